@@ -1,0 +1,38 @@
+# Every target installs what it needs into .venv first (made here, from PyPI).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 5000
+N      ?= 3
+HASH   ?= seed
+SLOTS  ?= 512
+VNODES ?= 9
+
+.PHONY: help venv test run-lb bench-lb clean
+
+help:
+	@echo "make test              run the test suite"
+	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
+	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk"
+
+$(VENV)/.installed: services/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e 'services[test,bench]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest tests
+
+run-lb: venv
+	exec $(PY) -m dslab.balancer --port $(PORT) -n $(N) --hash $(HASH) --slots $(SLOTS) --vnodes $(VNODES)
+
+bench-lb: venv
+	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk)
+	$(PY) bench/bench_lb.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
