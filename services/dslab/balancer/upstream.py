@@ -157,10 +157,13 @@ class UpstreamPool:
         self.timeout = timeout
         self.max_idle = max_idle
         self._idle: deque[_Connection] = deque()
+        self._busy: set[_Connection] = set()
         self._closed = False
 
     async def fetch(self, raw_request: bytes) -> UpstreamResponse:
         """Send one request; a reused connection that the replica had closed is retried once."""
+        if self._closed:
+            raise UpstreamClosed(f"replica {self.host}:{self.port} left the set")
         while self._idle:
             conn = self._idle.pop()
             if conn.closed:
@@ -168,7 +171,7 @@ class UpstreamPool:
             try:
                 return await self._exchange(conn, raw_request)
             except UpstreamClosed:
-                if conn.received_anything:
+                if conn.received_anything or self._closed:
                     raise
                 # The replica closed an idle keep-alive connection: not a failure of the replica.
         return await self._exchange(await self._connect(), raw_request)
@@ -187,6 +190,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         waiter = conn.send(raw_request, loop)
         timer = loop.call_later(self.timeout, _expire, waiter, self.timeout)
+        self._busy.add(conn)
         try:
             response = await waiter
         except BaseException:
@@ -194,6 +198,7 @@ class UpstreamPool:
             raise
         finally:
             timer.cancel()
+            self._busy.discard(conn)
         if not conn.closed and not self._closed and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         elif not conn.closed:
@@ -201,6 +206,10 @@ class UpstreamPool:
         return response
 
     def close(self) -> None:
+        """Close every connection; requests in flight fail now (and are retried elsewhere)
+        instead of waiting out their timeout on a replica that has left."""
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+        for conn in list(self._busy):
+            conn.close()

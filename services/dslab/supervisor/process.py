@@ -76,6 +76,7 @@ class ProcessSupervisor(ReplicaSupervisor):
         except KeyError:
             raise UnknownReplica(f"no replica {name!r}") from None
         self._kill(proc, signal.SIGTERM)
+        self._kill(proc, signal.SIGCONT)  # a stopped (hung) replica must run to see SIGTERM
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, proc.wait, self.stop_timeout)

@@ -1,0 +1,143 @@
+"""Failure paths of Part 1: replicas killed or hung under load, the balancer itself stopped or killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import httpx
+import psutil
+
+from conftest import assert_all_gone
+from dslab.stack import BalancerProcess, wait_until
+
+
+class Load:
+    """Client threads sending GET /home until stopped; counts answers and failures."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url
+        self.ok: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=20) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.get("/home")
+                    outcome = (response.headers.get("X-Served-By")
+                               if response.status_code == 200 else f"HTTP {response.status_code}")
+                except httpx.HTTPError as exc:
+                    outcome = f"{type(exc).__name__}"
+                with self._lock:
+                    if outcome and not outcome.startswith("HTTP") and "Error" not in outcome:
+                        self.ok[outcome] += 1
+                    else:
+                        self.failures.append(outcome)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.ok.values()) + len(self.failures)
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
+def replica_names(url: str) -> list[str]:
+    return httpx.get(f"{url}/rep", timeout=10).json()["message"]["replicas"]
+
+
+def test_replica_sigkilled_under_load_is_replaced_and_no_request_fails(balancer):
+    victim = balancer.replica_processes()["Server2"]
+    with Load(balancer.url) as load:
+        wait_until(lambda: load.total() > 200, 20, what="load to start")
+        os.kill(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        names = wait_until(
+            lambda: (n := replica_names(balancer.url)) and "Server2" not in n and len(n) == 3 and n,
+            10, what="a replacement for Server2")
+        replaced_after = time.monotonic() - killed_at
+        newcomer = (set(names) - {"Server1", "Server3"}).pop()
+        wait_until(lambda: load.ok[newcomer] > 0, 10, what="the replacement to serve requests")
+        served_before = load.total()
+        wait_until(lambda: load.total() > served_before + 200, 20, what="more load after it")
+    assert replaced_after < 5
+    assert load.failures == [], f"clients saw failures: {Counter(load.failures)}"
+    assert newcomer.startswith("Server") and newcomer in balancer.replica_processes()
+    assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
+
+
+def test_hung_replica_is_detected_by_heartbeats_and_replaced(balancer):
+    victim = balancer.replica_processes()["Server1"]
+    os.kill(victim.pid, signal.SIGSTOP)  # alive as a process, silent as a server
+    try:
+        stopped_at = time.monotonic()
+        names = wait_until(lambda: (n := replica_names(balancer.url)) and "Server1" not in n
+                           and len(n) == 3 and n, 10, what="Server1 to be replaced")
+        detected_after = time.monotonic() - stopped_at
+    finally:
+        if victim.is_running():
+            os.kill(victim.pid, signal.SIGCONT)
+    assert detected_after < 3  # 2 missed heartbeats of 0.25 s + a 0.5 s timeout, plus a spawn
+    assert set(balancer.replica_processes()) == set(names)
+    assert_all_gone([victim])
+    with httpx.Client(base_url=balancer.url, timeout=10) as client:
+        assert all(client.get("/home").status_code == 200 for _ in range(50))
+
+
+def test_requests_to_a_hung_replica_fail_over_once_it_leaves_the_ring(start_balancer):
+    # A long upstream timeout: without failing in-flight requests when the replica leaves
+    # the ring, these clients would wait the full 30 s.
+    b = start_balancer("-n", "3", "--hash", "blake2b", "--request-timeout", "30")
+    victim = b.replica_processes()["Server3"]
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        with Load(b.url, threads=6) as load:
+            wait_until(lambda: "Server3" not in replica_names(b.url), 10, what="Server3 to leave")
+            wait_until(lambda: load.total() > 300, 20, what="load after the failover")
+    finally:
+        if victim.is_running():
+            os.kill(victim.pid, signal.SIGCONT)
+    assert load.failures == []
+
+
+def test_sigterm_stops_every_replica(start_balancer):
+    b = start_balancer("-n", "4")
+    procs = b.descendants()
+    assert len(procs) == 4
+    assert b.stop() == 0
+    assert_all_gone(procs)
+
+
+def test_sigkilled_balancer_takes_its_replicas_with_it():
+    b = BalancerProcess(args=["-n", "3"]).start()
+    procs = b.descendants()
+    assert len(procs) == 3
+    b.kill()  # SIGKILL: no cleanup code runs; the kernel's parent-death signal does it
+    assert_all_gone(procs)
+
+
+def test_balancer_that_cannot_bind_its_port_exits_and_leaves_nothing(start_balancer):
+    first = start_balancer("-n", "1")
+    second = BalancerProcess(args=["-n", "2"], port=first.port)
+    try:
+        second.start()
+    except Exception as exc:  # the ready pipe closes: it exited before listening
+        assert "exited before it was ready" in str(exc)
+    else:
+        raise AssertionError("a second balancer bound an occupied port")
+    assert second.proc is not None and second.proc.returncode not in (None, 0)
+    assert len(first.descendants()) == 1  # only the first balancer's replica exists
