@@ -116,6 +116,12 @@ class ReplicaSet:
             existing = [name for name in hostnames if name.lower() in taken]
             if existing:
                 raise BadRequest(f"<Error> Replica(s) already exist: {', '.join(existing)}")
+            room = self.ring.capacity - len(self.ring)
+            if n > room:  # checked before naming: n may be absurdly large
+                raise BadRequest(
+                    f"<Error> Cannot add {n} replica(s): a ring of {self.ring.slots} slots with "
+                    f"K={self.ring.vnodes} holds at most {self.ring.capacity} servers and "
+                    f"{len(self.ring)} are there")
             names = list(hostnames)
             while len(names) < n:
                 names.append(random_hostname([*self._members, *names], self.name_prefix, self.rng))
