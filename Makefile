@@ -7,13 +7,14 @@ N      ?= 3
 HASH   ?= seed
 SLOTS  ?= 512
 VNODES ?= 9
+ARGS   ?=
 
 .PHONY: help venv test run-lb bench-lb clean
 
 help:
 	@echo "make test              run the test suite"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
-	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk"
+	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 
 $(VENV)/.installed: services/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +33,7 @@ run-lb: venv
 bench-lb: venv
 	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk)
-	$(PY) bench/bench_lb.py
+	$(PY) bench/bench_lb.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,8 @@ process. wrk sends GET /home with a random X-Request-ID per request. The three t
 measured in alternation, ``--rounds`` times, so drift of this noisy machine hits all of them.
 
 Prints requests/s and p99 latency of each (median over rounds) and the ratios lb/haproxy and
-lb/direct. ``--profile`` also records a py-spy flame graph of the balancer under load.
+lb/direct. ``--profile`` also samples the balancer with py-spy under load and prints the
+functions it spends its time in.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import statistics
+from collections import Counter
 import subprocess
 import sys
 import tempfile
@@ -111,6 +113,27 @@ def run_wrk(urls: list[str], seconds: int, connections: int, script: Path) -> tu
     return rps, p99, errors
 
 
+def profile_balancer(pid: int, urls: list[str], args: argparse.Namespace, script: Path,
+                     work: Path) -> None:
+    """py-spy under load; prints the hottest functions (own time) and their share."""
+    raw = work / "profile.txt"
+    py_spy = Path(sys.executable).parent / "py-spy"
+    spy = subprocess.Popen([str(py_spy), "record", "-p", str(pid), "-o", str(raw), "-f", "raw",
+                            "-r", "250", "-d", str(args.seconds), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_wrk(urls, args.seconds, args.connections, script)
+    spy.wait()
+    own: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frame = stack.split(";")[-1]
+        own[re.sub(r" \(.*/site-packages/", " (", frame)] += int(count)
+    total = sum(own.values())
+    print(f"\nbalancer profile ({total} samples at 250 Hz), own time:")
+    for frame, count in own.most_common(15):
+        print(f"  {100 * count / total:5.1f}%  {frame}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +142,8 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hash", default="blake2b", help="balancer hash (HAProxy uses its own)")
-    ap.add_argument("--profile", metavar="SVG", help="py-spy flame graph of the balancer")
+    ap.add_argument("--profile", action="store_true",
+                    help="sample the balancer with py-spy under load; print where its time goes")
     args = ap.parse_args()
     for tool in ("wrk", "haproxy"):
         if not shutil.which(tool):
@@ -156,12 +180,6 @@ def main() -> None:
                 results[name].append(res)
                 print(f"round {rnd} {name:8s} {res[0]:9.0f} req/s  p99 {res[1]:7.2f} ms  "
                       f"errors {res[2]}", flush=True)
-        if args.profile:
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(lb.pid), "-o", args.profile,
-                                    "-d", str(args.seconds), "--nonblocking"])
-            run_wrk(targets["lb"], args.seconds, args.connections, script)
-            spy.wait()
-            print(f"flame graph: {args.profile}")
         med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v),
                    sum(r[2] for r in v)) for k, v in results.items()}
         print("\nmedian       req/s     p99 ms   errors")
@@ -170,6 +188,8 @@ def main() -> None:
         print(f"\nlb/haproxy = {med['lb'][0] / med['haproxy'][0]:.2f}   "
               f"lb/direct = {med['lb'][0] / med['direct'][0]:.2f}   "
               f"haproxy/direct = {med['haproxy'][0] / med['direct'][0]:.2f}")
+        if args.profile:
+            profile_balancer(lb.pid, targets["lb"], args, script, work)
     finally:
         if haproxy:
             haproxy.terminate()
