@@ -8,8 +8,15 @@ import socket
 import httpx
 import psutil
 import pytest
+from hypothesis import settings
 
 from dslab.stack import BalancerProcess
+
+# CI replays the same examples every run (a red CI must be reproducible); locally hypothesis
+# explores anew each time and remembers failures in .hypothesis/.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
