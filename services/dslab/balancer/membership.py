@@ -5,11 +5,9 @@ lock, so concurrent calls are serialized and the ring, the upstream pools and th
 never disagree. Lookups on the hot path take no lock: they read the ring, which replaces its
 tables rather than mutating them.
 
-A monitor pings every replica's /heartbeat each ``heartbeat_interval``. A replica whose
-process is gone (the supervisor's local view) is dead at once; one that misses
-``heartbeat_misses`` heartbeats in a row is dead too. A failed proxied request wakes the
-monitor early. A dead replica leaves the ring, is removed, and the set is filled back to its
-target size with replicas of random names.
+A ``HeartbeatMonitor`` finds dead replicas (gone, or ``heartbeat_misses`` heartbeats missed);
+a failed proxied request wakes it early. A dead replica leaves the ring, is removed, and the
+set is filled back to its target size with replicas of random names.
 """
 
 from __future__ import annotations
@@ -30,7 +28,8 @@ from ..supervisor import (
     UnknownReplica,
     random_hostname,
 )
-from .upstream import UpstreamClosed, UpstreamError, UpstreamPool, UpstreamResponse, format_get
+from .heartbeat import Dead, HeartbeatMonitor
+from .upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
 
 __all__ = ["ReplicaSet", "MembershipEvent"]
 
@@ -49,8 +48,6 @@ class MembershipEvent:
 class _Member:
     replica: Replica
     upstream: UpstreamPool
-    heartbeat: UpstreamPool
-    misses: int = 0
 
 
 @dataclass
@@ -67,8 +64,9 @@ class ReplicaSet:
     def __post_init__(self) -> None:
         self._members: dict[str, _Member] = {}
         self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._monitor: asyncio.Task[None] | None = None
+        self.monitor = HeartbeatMonitor(
+            self.supervisor, self._after_heartbeats, interval=self.heartbeat_interval,
+            timeout=self.heartbeat_timeout, misses=self.heartbeat_misses)
         self.target = 0
         self.events: list[MembershipEvent] = []
 
@@ -88,22 +86,17 @@ class ReplicaSet:
     def suspect(self, name: str, exc: Exception | None = None) -> None:
         """A proxied request failed on ``name``: check the replicas now, not at the next tick."""
         log.info("request to %s failed (%s): checking heartbeats now", name, exc)
-        self._wake.set()
+        self.monitor.wake()
 
     # ---- lifecycle --------------------------------------------------------------------------
     async def start(self, names: Sequence[str]) -> None:
         async with self._lock:
             await self._spawn_all(list(names))
             self.target = len(self._members)
-        self._monitor = asyncio.create_task(self._monitor_loop(), name="heartbeat-monitor")
+        self.monitor.start()
 
     async def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
-            try:
-                await self._monitor
-            except asyncio.CancelledError:
-                pass
+        await self.monitor.close()
         async with self._lock:
             for name in list(self._members):
                 self._forget(name)
@@ -173,10 +166,8 @@ class ReplicaSet:
     def _join(self, replica: Replica) -> None:
         self.ring.add(replica.name)
         self._members[replica.name] = _Member(
-            replica,
-            UpstreamPool(replica.host, replica.port, timeout=self.request_timeout),
-            UpstreamPool(replica.host, replica.port, timeout=self.heartbeat_timeout, max_idle=1),
-        )
+            replica, UpstreamPool(replica.host, replica.port, timeout=self.request_timeout))
+        self.monitor.watch(replica)
         self._record("added", replica.name, replica.address)
 
     def _forget(self, name: str) -> None:
@@ -184,7 +175,7 @@ class ReplicaSet:
         member = self._members.pop(name)
         self.ring.remove(name)
         member.upstream.close()
-        member.heartbeat.close()
+        self.monitor.unwatch(name)
 
     async def _stop(self, name: str) -> None:
         try:
@@ -196,22 +187,7 @@ class ReplicaSet:
         self.events.append(MembershipEvent(time.time(), kind, name, detail))
         log.info("replica %s %s %s", name, kind, detail)
 
-    async def _monitor_loop(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.heartbeat_interval)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self._check_once()
-            except Exception:  # the monitor must outlive any one bad round
-                log.exception("heartbeat round failed")
-
-    async def _check_once(self) -> None:
-        members = list(self._members.items())
-        verdicts = await asyncio.gather(*(self._probe(member) for _, member in members))
-        dead = [(name, why) for (name, _), why in zip(members, verdicts) if why]
+    async def _after_heartbeats(self, dead: Dead) -> None:
         if not dead and len(self._members) >= self.target:
             return
         async with self._lock:
@@ -221,26 +197,6 @@ class ReplicaSet:
                     self._record("died", name, why)
                     await self._stop(name)
             await self._fill_to_target()
-
-    async def _probe(self, member: _Member) -> str | None:
-        """None when healthy, else why the replica counts as dead."""
-        name = member.replica.name
-        if not self.supervisor.alive(name):
-            return "process or container is gone"
-        try:
-            response = await member.heartbeat.fetch(format_get("/heartbeat", name, "0"))
-            healthy = response.status == 200
-        except UpstreamError as exc:
-            healthy, reason = False, str(exc)
-        else:
-            reason = f"heartbeat answered {response.status}"
-        if healthy:
-            member.misses = 0
-            return None
-        member.misses += 1
-        if member.misses >= self.heartbeat_misses:
-            return f"{member.misses} heartbeats missed ({reason})"
-        return None
 
     async def _fill_to_target(self) -> None:
         missing = self.target - len(self._members)
