@@ -1,60 +1,26 @@
 """The Part 1 balancer's admin endpoints, as a Tornado application: GET /rep, POST /add, DELETE /rm.
 
-Every error becomes the contract's ``{"message": "<Error> ...", "status": "failure"}`` in
-``JsonHandler.write_error``, the one place that does it (Part 2's balancer reuses it).
+Every error becomes the contract's error shape in ``common.web.JsonHandler``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 
 import tornado.web
 
-from ..common.errors import ApiError, error_body
+from ..common.errors import ApiError
+from ..common.web import JsonHandler
 from .membership import ReplicaSet
 from .validation import parse_add, parse_rm
 
-__all__ = ["make_admin_app", "ADMIN_PATHS", "JsonHandler"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ADMIN_PATHS", "make_admin_app"]
 
 ADMIN_PATHS = frozenset({"/rep", "/add", "/rm"})
 
 
 def _ok(message: Any) -> dict[str, Any]:
     return {"message": message, "status": "successful"}
-
-
-class JsonHandler(tornado.web.RequestHandler):
-    """JSON in, JSON out, errors in the contract's shape."""
-
-    def send(self, payload: dict[str, Any], status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(payload))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            self.set_status(exc.status)
-            message = exc.message
-        elif status_code == 405:
-            message = f"<Error> Method {self.request.method} is not allowed on '{self.request.path}'"
-        elif isinstance(exc, tornado.web.HTTPError):
-            message = exc.log_message or self._reason
-        else:
-            message = "Internal error: see the balancer's log"
-        self.set_header("Content-Type", "application/json")
-        self.finish(error_body(message))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, ApiError):
-            log.info("%s %s -> %d %s", self.request.method, self.request.path, value.status,
-                     value.message)
-        else:
-            super().log_exception(typ, value, tb)
 
 
 class _ReplicaHandler(JsonHandler):

@@ -7,15 +7,15 @@ the HTTP layer only maps ``BadRequest`` to a 400.
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..common.errors import BadRequest
+from ..common.payload import parse_model
 from ..supervisor.names import is_dns_label
 
-__all__ = ["ScaleRequest", "parse_json_object", "parse_add", "parse_rm", "describe_validation_error"]
+__all__ = ["Hostname", "ScaleRequest", "parse_add", "parse_rm"]
 
 ADD_TOO_MANY = "<Error> Length of hostname list is more than newly added instances"
 RM_TOO_MANY = "<Error> Length of hostname list is more than removable instances"
@@ -51,31 +51,8 @@ class ScaleRequest(BaseModel):
         return dups
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("<Error> Request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("<Error> Request body must be a JSON object")
-    return data
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        message = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {message}")
-    return "<Error> Invalid payload: " + "; ".join(parts)
-
-
 def _parse(body: bytes, too_many_message: str) -> ScaleRequest:
-    data = parse_json_object(body)
-    try:
-        request = ScaleRequest.model_validate(data)
-    except ValidationError as exc:
-        raise BadRequest(describe_validation_error(exc)) from None
+    request = parse_model(ScaleRequest, body)
     if len(request.hostnames) > request.n:
         raise BadRequest(too_many_message)
     dups = request.duplicate_names()
