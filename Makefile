@@ -9,11 +9,12 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test run-lb bench-lb clean
+.PHONY: help venv test run-lb run-db bench-lb clean
 
 help:
 	@echo "make test              run the test suite"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
+	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 
 $(VENV)/.installed: services/pyproject.toml
@@ -30,10 +31,13 @@ test: venv
 run-lb: venv
 	exec $(PY) -m dslab.balancer --port $(PORT) -n $(N) --hash $(HASH) --slots $(SLOTS) --vnodes $(VNODES)
 
+run-db: venv
+	exec $(PY) -m dslab.db --port $(PORT) $(ARGS)
+
 bench-lb: venv
 	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk)
 	$(PY) bench/bench_lb.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .state

@@ -64,6 +64,10 @@ class LocalEngine:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def log_path(self) -> Path:
+        return self.storage.parent / f"{self.storage.name}.log"
+
+    @property
     def uri(self) -> str:
         return f"mongodb://{self.host}:{self.port}/?directConnection=true"
 
@@ -72,7 +76,7 @@ class LocalEngine:
         self.storage.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # the free port may be taken between our probe and its bind
             self.port = _free_port(self.host)
-            log_file = open(self.storage.parent / f"{self.storage.name}.engine.log", "ab")
+            log_file = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
                 [engine_executable(), "--host", self.host, "--port", str(self.port),
                  "--storage-path", str(self.storage), "--log-level", "WARNING"],
@@ -82,7 +86,7 @@ class LocalEngine:
             if await self._wait_listening():
                 log.info("engine on %s (storage %s)", self.uri, self.storage)
                 return self.uri
-        raise EngineError(f"the engine did not start; see {self.storage}.engine.log")
+        raise EngineError(f"the engine did not start; see {self.log_path}")
 
     async def _wait_listening(self) -> bool:
         assert self.proc is not None

@@ -159,7 +159,7 @@ async def _run(args: argparse.Namespace) -> None:
     engine: LocalEngine | None = None
     uri = args.mongo_uri
     if not uri:
-        engine = LocalEngine(Path(args.data_root) / name)
+        engine = LocalEngine(Path(args.data_root) / name / "engine")
         uri = await engine.start()
     client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=10000)
     store = ShardStore(client[args.db_name])

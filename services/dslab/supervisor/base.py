@@ -13,6 +13,7 @@ backend's cheap local view (has the process exited, is the container gone).
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -73,9 +74,8 @@ class ReplicaSupervisor(abc.ABC):
         """The backend's local view: False once the replica's process or container is gone."""
 
     async def close(self) -> None:
-        """Remove every replica."""
-        for replica in reversed(self.replicas()):
-            await self.remove(replica.name)
+        """Remove every replica (all at once: each may take seconds to shut down cleanly)."""
+        await asyncio.gather(*(self.remove(replica.name) for replica in self.replicas()))
 
     async def __aenter__(self) -> ReplicaSupervisor:
         return self
