@@ -38,8 +38,8 @@ def start_balancer():
     """start_balancer(*cli_args) -> a running BalancerProcess; stopped (and checked) after."""
     started: list[tuple[BalancerProcess, set[psutil.Process]]] = []
 
-    def start(*args: str, **kwargs) -> BalancerProcess:
-        balancer = BalancerProcess(args=args, **kwargs).start()
+    def start(*args: str, module: str = "dslab.balancer", **kwargs) -> BalancerProcess:
+        balancer = BalancerProcess(module, args=args, **kwargs).start()
         started.append((balancer, set()))
         return balancer
 
@@ -59,3 +59,39 @@ def balancer(start_balancer) -> BalancerProcess:
 def client(balancer):
     with httpx.Client(base_url=balancer.url, timeout=15) as c:
         yield c
+
+
+SEED_SCHEMA = {"columns": ["Stud_id", "Stud_name", "Stud_marks"],
+               "dtypes": ["Number", "String", "Number"]}
+SEED_SHARDS = [{"Stud_id_low": 4096 * k, "Shard_id": f"sh{k + 1}", "Shard_size": 4096}
+               for k in range(4)]
+SEED_SERVERS = {"Server0": ["sh1", "sh2"], "Server1": ["sh3", "sh4"], "Server3": ["sh1", "sh3"],
+                "Server4": ["sh4", "sh2"], "Server5": ["sh1", "sh4"], "Server6": ["sh3", "sh2"]}
+
+
+def seed_init(**changes) -> dict:
+    """The assignment's default configuration: 4 shards, 3 replicas each, 6 servers."""
+    body = {"N": 6, "schema": SEED_SCHEMA, "shards": SEED_SHARDS, "servers": SEED_SERVERS}
+    body.update(changes)
+    return body
+
+
+def row(stud_id: int, marks: int = 50) -> dict:
+    return {"Stud_id": stud_id, "Stud_name": f"S{stud_id}", "Stud_marks": marks}
+
+
+@pytest.fixture
+def start_db(start_balancer, tmp_path):
+    """start_db(*cli_args) -> a running Part 2 balancer with its state in tmp_path."""
+    def start(*args: str, state: str = "state") -> BalancerProcess:
+        return start_balancer("--state-dir", str(tmp_path / state), *args, module="dslab.db")
+    return start
+
+
+def shard_rows(db: BalancerProcess, server: str, shard: str) -> list[dict]:
+    """Every row of ``shard`` as the shard server ``server`` holds it, asked directly."""
+    port = db.replica_ports()[server]
+    response = httpx.request("GET", f"http://127.0.0.1:{port}/copy", json={"shards": [shard]},
+                             timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()[shard]

@@ -58,7 +58,8 @@ def _read_ready_line(fd: int, timeout: float, proc: subprocess.Popen[bytes]) -> 
 
 
 class BalancerProcess:
-    """A balancer (Part 1 by default) and the replicas it spawns, as child processes."""
+    """A balancer and the replicas it spawns, as child processes: Part 1 by default,
+    Part 2 with ``module="dslab.db"``."""
 
     def __init__(self, module: str = "dslab.balancer", args: Sequence[str] = (), *,
                  port: int = 0, host: str = "127.0.0.1", env: dict[str, str] | None = None,
@@ -113,6 +114,19 @@ class BalancerProcess:
             except psutil.NoSuchProcess:
                 continue
         return found
+
+    def replica_ports(self) -> dict[str, int]:
+        """SERVER_ID -> the port the replica listens on (loopback, process backend)."""
+        ports: dict[str, int] = {}
+        for name, proc in self.replica_processes().items():
+            try:
+                listening = [c.laddr.port for c in proc.net_connections("tcp")
+                             if c.status == psutil.CONN_LISTEN]
+            except psutil.NoSuchProcess:
+                continue
+            if listening:
+                ports[name] = listening[0]
+        return ports
 
     def descendants(self) -> list[psutil.Process]:
         try:

@@ -214,6 +214,9 @@ class ShardCluster:
         shards = self.placement[dead]
         if dead in self.servers:
             await self._stop_server(dead)
+        orphaned = [shard for shard in shards if not len(self.rings[shard])]
+        if orphaned:  # nothing to copy from: a new empty replica would pass for the data
+            raise Unavailable(f"<Error> No live replica of {', '.join(orphaned)} to copy from")
         newcomer = self._random_name()
         await self._start_servers({newcomer: shards})
         try:
@@ -235,17 +238,15 @@ class ShardCluster:
         """Copy ``shard`` from a live replica to ``newcomer``, then let it join the shard's ring.
         The caller holds the shard's lock."""
         ring = self.rings[shard]
-        rows: list[dict[str, Any]] = []
-        if len(ring):
-            async def copy(name: str) -> dict[str, Any]:
-                return await self.call(name, "GET", "/copy", {"shards": [shard]})
-            try:
-                _, copied = await route(self.rng.randint(0, 999999), ring, copy)
-            except NoReplicaAvailable as exc:
-                raise Unavailable(f"<Error> No live replica of {shard} to copy from: {exc}") from exc
-            rows = copied[shard]
-        else:
-            log.error("shard %s has no live replica: %s joins it empty", shard, newcomer)
+
+        async def copy(name: str) -> dict[str, Any]:
+            return await self.call(name, "GET", "/copy", {"shards": [shard]})
+
+        try:
+            _, copied = await route(self.rng.randint(0, 999999), ring, copy)
+        except NoReplicaAvailable as exc:
+            raise Unavailable(f"<Error> No live replica of {shard} to copy from: {exc}") from exc
+        rows = copied[shard]
         await self.call(newcomer, "POST", "/write", {"shard": shard, "curr_idx": 0, "data": rows})
         ring.add(newcomer)
         log.info("%s holds %s: %d rows copied", newcomer, shard, len(rows))
