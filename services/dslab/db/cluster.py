@@ -478,9 +478,11 @@ class ShardCluster:
         async def exists(name: str) -> dict[str, Any]:
             return await self.call(name, "POST", "/exists", {"shard": shard, "Stud_ids": stud_ids})
         try:
-            _, answer = await route(self.rng.randint(0, 999999), self.rings[shard], exists)
+            _, answer = await route(self.rng.randint(0, 999999), self.rings[shard], exists,
+                                    lambda name, exc: self.monitor.wake())
         except NoReplicaAvailable as exc:
-            raise Unavailable(f"<Error> Shard {shard} has no live replica: {exc}") from None
+            log.warning("no replica of %s could check ids: %s", shard, exc)
+            raise Unavailable(f"<Error> Shard {shard} has no live replica: nothing written") from None
         return list(answer["Stud_ids"])
 
     async def _fan_out(self, shard: str, method: str, path: str, payload: dict[str, Any]) -> bool:

@@ -1,0 +1,205 @@
+"""Part 2 under concurrency and failure: parallel writers, a shard server killed mid-write, a
+shard with no live replica, the balancer restarted (cleanly or killed) with its data in place."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pymongo
+import pytest
+
+from conftest import assert_all_gone, row, seed_init, shard_rows
+from dslab.engine import LocalEngine
+from dslab.stack import BalancerProcess, wait_until
+
+SHARD_OF = lambda stud_id: f"sh{stud_id // 4096 + 1}"  # noqa: E731 - the seed's 4 shards
+
+
+@pytest.fixture
+def meta(tmp_path):
+    """An engine the test owns, given to the balancer as --meta-uri, to read ShardT directly."""
+    engine = LocalEngine(tmp_path / "meta" / "engine")
+    uri = asyncio.run(engine.start())
+    client = pymongo.MongoClient(uri)
+    yield uri, client["dslab_meta"]
+    client.close()
+    engine.stop()
+
+
+def status(client: httpx.Client) -> dict:
+    return client.get("/status").json()
+
+
+def all_rows(client: httpx.Client) -> list[dict]:
+    return client.post("/read", json={"Stud_id": {"low": 0, "high": 16383}}).json()["data"]
+
+
+def assert_replicas_hold(db: BalancerProcess, client: httpx.Client, expected: dict[str, list[int]]):
+    """Every replica of every shard holds exactly the expected Stud_ids."""
+    for server, shards in status(client)["servers"].items():
+        for shard in shards:
+            held = [r["Stud_id"] for r in shard_rows(db, server, shard)]
+            assert held == sorted(expected.get(shard, [])), f"{server}:{shard}"
+
+
+def test_parallel_writes_lose_nothing_and_duplicate_nothing(meta, start_db):
+    uri, meta_db = meta
+    db = start_db("--meta-uri", uri)
+    ids = list(range(0, 16384, 41))  # spread over the four shards
+    batches = [ids[k:k + 5] for k in range(0, len(ids), 5)]
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(
+                lambda batch: client.post("/write", json={"data": [row(i) for i in batch]}).status_code,
+                batches))
+        assert codes == [200] * len(batches)
+        assert [r["Stud_id"] for r in all_rows(client)] == ids
+        expected: dict[str, list[int]] = {}
+        for i in ids:
+            expected.setdefault(SHARD_OF(i), []).append(i)
+        assert_replicas_hold(db, client, expected)
+        valid_idx = {d["Shard_id"]: d["valid_idx"] for d in meta_db.ShardT.find()}
+        assert valid_idx == {shard: len(rows) for shard, rows in expected.items()}
+
+        # Racing writers of the same ids: exactly one wins each race, never both.
+        races = [[row(20 + k)] for k in range(10)] * 2
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda data: client.post("/write", json={"data": data}).status_code, races))
+        assert Counter(codes) == {200: 10, 409: 10}
+        assert Counter(r["Stud_id"] for r in all_rows(client)).most_common(1)[0][1] == 1
+
+
+class Writer:
+    """Threads writing fresh Stud_ids until stopped; remembers which writes were acknowledged."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url
+        self.acked: list[int] = []
+        self.failed: list[str] = []
+        self._ids = itertools.count(5)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=120) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    batch = [next(self._ids) * 7 % 16384 for _ in range(3)]
+                response = client.post("/write", json={"data": [row(i) for i in batch]})
+                with self._lock:
+                    if response.status_code == 200:
+                        self.acked += batch
+                    else:
+                        self.failed.append(f"{response.status_code} {response.text}")
+
+    def __enter__(self) -> Writer:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(120)
+
+
+def test_shard_server_killed_while_writes_go_on(start_db):
+    db = start_db()
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        victim = db.replica_processes()["Server0"]
+        engine = victim.children()[0]
+        with Writer(db.url) as writer:
+            wait_until(lambda: len(writer.acked) > 150, 60, what="writes before the kill")
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            servers = wait_until(lambda: (s := status(client)["servers"]) and "Server0" not in s
+                                 and len(s) == 6 and s, 30, what="Server0 to be replaced")
+            replaced_after = time.monotonic() - killed_at
+            acked_at_replacement = len(writer.acked)
+            wait_until(lambda: len(writer.acked) > acked_at_replacement + 150, 60,
+                       what="writes after the replacement")
+        assert writer.failed == []
+        newcomer = (set(servers) - {"Server1", "Server3", "Server4", "Server5", "Server6"}).pop()
+        assert servers[newcomer] == ["sh1", "sh2"]
+        assert replaced_after < 15
+        assert_all_gone([engine])  # the killed server's engine followed it
+        expected: dict[str, list[int]] = {}
+        for i in writer.acked:
+            expected.setdefault(SHARD_OF(i), []).append(i)
+        assert_replicas_hold(db, client, expected)
+        assert sorted(writer.acked) == [r["Stud_id"] for r in all_rows(client)]
+
+
+def test_a_shard_with_no_live_replica_is_a_503_and_nothing_is_written(start_db):
+    db = start_db()
+    config = seed_init(N=4, shards=[{"Stud_id_low": 0, "Shard_id": "a", "Shard_size": 100},
+                                    {"Stud_id_low": 100, "Shard_id": "b", "Shard_size": 100}],
+                       servers={"S1": ["a"], "S2": ["a"], "S3": ["b"], "S4": ["b"]})
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=config).status_code == 200
+        assert client.post("/write", json={"data": [row(1), row(101)]}).status_code == 200
+        procs = db.replica_processes()
+        for name in ("S1", "S2"):
+            os.kill(procs[name].pid, signal.SIGSTOP)
+        try:
+            def rejected():
+                r = client.post("/write", json={"data": [row(2), row(102)]})
+                return r if r.status_code == 503 else None
+            response = wait_until(rejected, 20, interval=0.2, what="writes to shard a to be refused")
+        finally:
+            for name in ("S1", "S2"):
+                if procs[name].is_running():
+                    os.kill(procs[name].pid, signal.SIGCONT)
+        assert response.json() == {
+            "message": "<Error> Shard a has no live replica: nothing written", "status": "failure"}
+        assert [r["Stud_id"] for r in shard_rows(db, "S3", "b")] == [101]
+        assert client.post("/read", json={"Stud_id": {"low": 0, "high": 99}}).status_code == 503
+        reads_b = client.post("/read", json={"Stud_id": {"low": 100, "high": 199}}).json()["data"]
+        assert reads_b == [row(101)]
+        assert client.post("/write", json={"data": [row(103)]}).status_code == 200
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_balancer_restarted_with_data_in_place(tmp_path, how):
+    state = tmp_path / "state"
+    first = BalancerProcess("dslab.db", args=["--state-dir", str(state)]).start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as client:
+            assert client.post("/init", json=seed_init()).status_code == 200
+            rows = [row(i) for i in range(0, 16384, 97)]
+            assert client.post("/write", json={"data": rows}).status_code == 200
+            assert client.request("DELETE", "/del", json={"Stud_id": 97}).status_code == 200
+            before_status, before_rows = status(client), all_rows(client)
+        tree = first.descendants()
+        if how == "sigterm":
+            assert first.stop() == 0
+        else:
+            first.kill()  # a crash: the kernel's parent-death signal takes the servers down
+        assert_all_gone(tree)
+    finally:
+        first.kill()
+    second = BalancerProcess("dslab.db", args=["--state-dir", str(state)]).start()
+    try:
+        with httpx.Client(base_url=second.url, timeout=60) as client:
+            assert status(client) == before_status
+            assert all_rows(client) == before_rows == [r for r in rows if r["Stud_id"] != 97]
+            assert client.post("/write", json={"data": [row(97)]}).status_code == 200
+            expected: dict[str, list[int]] = {}
+            for r in rows:
+                expected.setdefault(SHARD_OF(r["Stud_id"]), []).append(r["Stud_id"])
+            assert_replicas_hold(second, client, expected)
+    finally:
+        tree = second.descendants()
+        assert second.stop() == 0
+        assert_all_gone(tree)
