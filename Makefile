@@ -9,12 +9,13 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test run-lb run-db bench-lb clean
+.PHONY: help venv test run-lb run-db bench-lb bench-db clean
 
 help:
 	@echo "make test              run the test suite"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
+	@echo "make bench-db          Part 2: 10000 writes + 10000 reads, balancer vs the engines directly"
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 
 $(VENV)/.installed: services/pyproject.toml
@@ -38,6 +39,9 @@ bench-lb: venv
 	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk)
 	$(PY) bench/bench_lb.py $(ARGS)
+
+bench-db: venv
+	$(PY) bench/bench_db.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .state

@@ -10,6 +10,7 @@ import psutil
 import pytest
 from hypothesis import settings
 
+from dslab.db.seed import SEED_SCHEMA, SEED_SERVERS, SEED_SHARDS, row, seed_init  # noqa: F401
 from dslab.stack import BalancerProcess
 
 # CI replays the same examples every run (a red CI must be reproducible); locally hypothesis
@@ -59,25 +60,6 @@ def balancer(start_balancer) -> BalancerProcess:
 def client(balancer):
     with httpx.Client(base_url=balancer.url, timeout=15) as c:
         yield c
-
-
-SEED_SCHEMA = {"columns": ["Stud_id", "Stud_name", "Stud_marks"],
-               "dtypes": ["Number", "String", "Number"]}
-SEED_SHARDS = [{"Stud_id_low": 4096 * k, "Shard_id": f"sh{k + 1}", "Shard_size": 4096}
-               for k in range(4)]
-SEED_SERVERS = {"Server0": ["sh1", "sh2"], "Server1": ["sh3", "sh4"], "Server3": ["sh1", "sh3"],
-                "Server4": ["sh4", "sh2"], "Server5": ["sh1", "sh4"], "Server6": ["sh3", "sh2"]}
-
-
-def seed_init(**changes) -> dict:
-    """The assignment's default configuration: 4 shards, 3 replicas each, 6 servers."""
-    body = {"N": 6, "schema": SEED_SCHEMA, "shards": SEED_SHARDS, "servers": SEED_SERVERS}
-    body.update(changes)
-    return body
-
-
-def row(stud_id: int, marks: int = 50) -> dict:
-    return {"Stud_id": stud_id, "Stud_name": f"S{stud_id}", "Stud_marks": marks}
 
 
 @pytest.fixture

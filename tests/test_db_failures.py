@@ -20,7 +20,7 @@ from conftest import assert_all_gone, row, seed_init, shard_rows
 from dslab.engine import LocalEngine
 from dslab.stack import BalancerProcess, wait_until
 
-SHARD_OF = lambda stud_id: f"sh{stud_id // 4096 + 1}"  # noqa: E731 - the seed's 4 shards
+from dslab.db.seed import shard_of as SHARD_OF  # noqa: N812
 
 
 @pytest.fixture

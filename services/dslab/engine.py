@@ -81,7 +81,9 @@ class LocalEngine:
                 [engine_executable(), "--host", self.host, "--port", str(self.port),
                  "--storage-path", str(self.storage), "--log-level", "WARNING"],
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                preexec_fn=_die_with_parent)
+                # Its own session: a Ctrl-C meant for the service must not reach the engine
+                # first; the service stops it, or the parent-death signal does.
+                start_new_session=True, preexec_fn=_die_with_parent)
             log_file.close()
             if await self._wait_listening():
                 log.info("engine on %s (storage %s)", self.uri, self.storage)
