@@ -87,6 +87,7 @@ class ShardCluster:
         self.rings: dict[str, ConsistentHashRing] = {}
         self.servers: dict[str, UpstreamPool] = {}
         self._evicted: dict[str, str] = {}  # name -> why, for the next heartbeat round
+        self._replace_errors: dict[str, str] = {}
         self.replacements: list[tuple[str, str]] = []  # (dead, newcomer), for experiments
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -205,8 +206,11 @@ class ShardCluster:
                 try:
                     newcomer = await self._replace(name)
                 except (Unavailable, SupervisorError, UpstreamError) as exc:
-                    log.error("replacing %s failed, will retry: %s", name, exc)
+                    if self._replace_errors.get(name) != str(exc):  # once, not every round
+                        log.error("replacing %s failed, will retry: %s", name, exc)
+                        self._replace_errors[name] = str(exc)
                     continue
+                self._replace_errors.pop(name, None)
                 del self._evicted[name]
                 log.warning("server %s (%s) replaced by %s", name, why, newcomer)
 
