@@ -9,10 +9,11 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test run-lb run-db bench-lb bench-db clean
+.PHONY: help venv test lint run-lb run-db bench-lb bench-db clean
 
 help:
 	@echo "make test              run the test suite"
+	@echo "make lint              ruff over services, tests and bench"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
 	@echo "make bench-db          Part 2: 10000 writes + 10000 reads, balancer vs the engines directly"
@@ -28,6 +29,9 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 run-lb: venv
 	exec $(PY) -m dslab.balancer --port $(PORT) -n $(N) --hash $(HASH) --slots $(SLOTS) --vnodes $(VNODES)

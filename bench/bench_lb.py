@@ -19,11 +19,11 @@ import re
 import shutil
 import signal
 import statistics
-from collections import Counter
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 
 import httpx
 import psutil
@@ -32,6 +34,61 @@ def assert_all_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"processes left behind: {alive}"
+
+
+def assert_error(response: httpx.Response, status: int, message: str | None = None) -> str:
+    """A response in the contract's error shape; returns its message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"message", "status"} and body["status"] == "failure"
+    assert body["message"].startswith("<Error> ")
+    if message is not None:
+        assert body["message"] == message
+    return body["message"]
+
+
+@contextlib.contextmanager
+def seeded_db(state: os.PathLike, rows: list[dict]):
+    """A Part 2 stack with the seed's configuration and ``rows``; checked for leaks after."""
+    db = BalancerProcess("dslab.db", args=["--state-dir", str(state)]).start()
+    try:
+        with httpx.Client(base_url=db.url, timeout=60) as client:
+            assert client.post("/init", json=seed_init()).status_code == 200
+            assert client.post("/write", json={"data": rows}).status_code == 200
+            yield db, client
+    finally:
+        seen = db.descendants()
+        assert db.stop() == 0
+        assert_all_gone(seen)
+
+
+class Workers:
+    """Client threads repeating ``step(client)`` until the ``with`` block ends."""
+
+    def __init__(self, url: str, threads: int = 4, timeout: float = 60) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def step(self, client: httpx.Client) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
+            while not self._stop.is_set():
+                self.step(client)
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(120)
 
 
 @pytest.fixture

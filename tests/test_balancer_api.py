@@ -10,10 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from conftest import assert_error
 from dslab.stack import wait_until
 from dslab.supervisor import is_dns_label
-
-ERROR_KEYS = {"message", "status"}
 
 
 def replicas(client: httpx.Client) -> list[str]:
@@ -23,15 +22,6 @@ def replicas(client: httpx.Client) -> list[str]:
     assert body["status"] == "successful"
     assert body["message"]["N"] == len(body["message"]["replicas"])
     return body["message"]["replicas"]
-
-
-def assert_error(response: httpx.Response, status: int, message: str | None = None) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == ERROR_KEYS and body["status"] == "failure"
-    assert body["message"].startswith("<Error> ")
-    if message is not None:
-        assert body["message"] == message
 
 
 def test_rep_lists_the_default_replicas(client):

@@ -4,56 +4,40 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 
 import httpx
 import psutil
 
-from conftest import assert_all_gone
+from conftest import Workers, assert_all_gone
 from dslab.stack import BalancerProcess, wait_until
 
 
-class Load:
-    """Client threads sending GET /home until stopped; counts answers and failures."""
+class Load(Workers):
+    """GET /home in a loop; counts answers per replica and failures."""
 
     def __init__(self, url: str, threads: int = 4) -> None:
-        self.url = url
+        super().__init__(url, threads, timeout=20)
         self.ok: Counter[str] = Counter()
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=20) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.get("/home")
-                    outcome = (response.headers.get("X-Served-By")
-                               if response.status_code == 200 else f"HTTP {response.status_code}")
-                except httpx.HTTPError as exc:
-                    outcome = f"{type(exc).__name__}"
-                with self._lock:
-                    if outcome and not outcome.startswith("HTTP") and "Error" not in outcome:
-                        self.ok[outcome] += 1
-                    else:
-                        self.failures.append(outcome)
+    def step(self, client: httpx.Client) -> None:
+        try:
+            response = client.get("/home")
+            served_by = response.headers.get("X-Served-By") if response.status_code == 200 else None
+            failure = None if served_by else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            served_by, failure = None, type(exc).__name__
+        with self.lock:
+            if served_by:
+                self.ok[served_by] += 1
+            else:
+                self.failures.append(failure)
 
     def total(self) -> int:
-        with self._lock:
+        with self.lock:
             return sum(self.ok.values()) + len(self.failures)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
 
 
 def replica_names(url: str) -> list[str]:

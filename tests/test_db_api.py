@@ -9,23 +9,13 @@ from conftest import (
     SEED_SCHEMA,
     SEED_SERVERS,
     SEED_SHARDS,
-    assert_all_gone,
+    assert_error,
     row,
     seed_init,
+    seeded_db,
     shard_rows,
 )
-from dslab.stack import BalancerProcess
 from dslab.supervisor import is_dns_label
-
-
-def assert_error(response: httpx.Response, status: int, message: str | None = None) -> str:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"message", "status"} and body["status"] == "failure"
-    assert body["message"].startswith("<Error> ")
-    if message is not None:
-        assert body["message"] == message
-    return body["message"]
 
 
 @pytest.fixture
@@ -49,17 +39,8 @@ def seeded(db, client):
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One seeded stack for the tests that must leave it as they found it (rejections)."""
-    db = BalancerProcess("dslab.db", args=["--state-dir", str(tmp_path_factory.mktemp("shared"))])
-    db.start()
-    try:
-        with httpx.Client(base_url=db.url, timeout=60) as client:
-            assert client.post("/init", json=seed_init()).status_code == 200
-            assert client.post("/write", json={"data": [row(2)]}).status_code == 200
-            yield db, client
-    finally:
-        seen = db.descendants()
-        assert db.stop() == 0
-        assert_all_gone(seen)
+    with seeded_db(tmp_path_factory.mktemp("shared"), [row(2)]) as stack:
+        yield stack
 
 
 def every_row(client: httpx.Client) -> list[dict]:

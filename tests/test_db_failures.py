@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +15,10 @@ import httpx
 import pymongo
 import pytest
 
-from conftest import assert_all_gone, row, seed_init, shard_rows
+from conftest import Workers, assert_all_gone, row, seed_init, shard_rows
+from dslab.db.seed import shard_of
 from dslab.engine import LocalEngine
 from dslab.stack import BalancerProcess, wait_until
-
-from dslab.db.seed import shard_of as SHARD_OF  # noqa: N812
 
 
 @pytest.fixture
@@ -65,7 +63,7 @@ def test_parallel_writes_lose_nothing_and_duplicate_nothing(meta, start_db):
         assert [r["Stud_id"] for r in all_rows(client)] == ids
         expected: dict[str, list[int]] = {}
         for i in ids:
-            expected.setdefault(SHARD_OF(i), []).append(i)
+            expected.setdefault(shard_of(i), []).append(i)
         assert_replicas_hold(db, client, expected)
         valid_idx = {d["Shard_id"]: d["valid_idx"] for d in meta_db.ShardT.find()}
         assert valid_idx == {shard: len(rows) for shard, rows in expected.items()}
@@ -78,39 +76,24 @@ def test_parallel_writes_lose_nothing_and_duplicate_nothing(meta, start_db):
         assert Counter(r["Stud_id"] for r in all_rows(client)).most_common(1)[0][1] == 1
 
 
-class Writer:
-    """Threads writing fresh Stud_ids until stopped; remembers which writes were acknowledged."""
+class Writer(Workers):
+    """Writes fresh Stud_ids in a loop; remembers which writes were acknowledged."""
 
     def __init__(self, url: str, threads: int = 4) -> None:
-        self.url = url
+        super().__init__(url, threads, timeout=120)
         self.acked: list[int] = []
         self.failed: list[str] = []
         self._ids = itertools.count(5)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=120) as client:
-            while not self._stop.is_set():
-                with self._lock:
-                    batch = [next(self._ids) * 7 % 16384 for _ in range(3)]
-                response = client.post("/write", json={"data": [row(i) for i in batch]})
-                with self._lock:
-                    if response.status_code == 200:
-                        self.acked += batch
-                    else:
-                        self.failed.append(f"{response.status_code} {response.text}")
-
-    def __enter__(self) -> Writer:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(120)
+    def step(self, client: httpx.Client) -> None:
+        with self.lock:
+            batch = [next(self._ids) * 7 % 16384 for _ in range(3)]
+        response = client.post("/write", json={"data": [row(i) for i in batch]})
+        with self.lock:
+            if response.status_code == 200:
+                self.acked += batch
+            else:
+                self.failed.append(f"{response.status_code} {response.text}")
 
 
 def test_shard_server_killed_while_writes_go_on(start_db):
@@ -136,7 +119,7 @@ def test_shard_server_killed_while_writes_go_on(start_db):
         assert_all_gone([engine])  # the killed server's engine followed it
         expected: dict[str, list[int]] = {}
         for i in writer.acked:
-            expected.setdefault(SHARD_OF(i), []).append(i)
+            expected.setdefault(shard_of(i), []).append(i)
         assert_replicas_hold(db, client, expected)
         assert sorted(writer.acked) == [r["Stud_id"] for r in all_rows(client)]
 
@@ -197,7 +180,7 @@ def test_balancer_restarted_with_data_in_place(tmp_path, how):
             assert client.post("/write", json={"data": [row(97)]}).status_code == 200
             expected: dict[str, list[int]] = {}
             for r in rows:
-                expected.setdefault(SHARD_OF(r["Stud_id"]), []).append(r["Stud_id"])
+                expected.setdefault(shard_of(r["Stud_id"]), []).append(r["Stud_id"])
             assert_replicas_hold(second, client, expected)
     finally:
         tree = second.descendants()

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_all_gone, row, seed_init
-from dslab.stack import BalancerProcess
+from conftest import row, seeded_db
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 20000), st.integers(),
                     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
@@ -46,18 +45,8 @@ requests = st.sampled_from(sorted(ENDPOINTS)).flatmap(
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
-    db = BalancerProcess("dslab.db", args=["--state-dir", str(tmp_path_factory.mktemp("fuzz"))])
-    db.start()
-    try:
-        with httpx.Client(base_url=db.url, timeout=60) as client:
-            assert client.post("/init", json=seed_init()).status_code == 200
-            assert client.post("/write", json={"data": [row(i) for i in (5, 4100, 9000, 16000)]}
-                               ).status_code == 200
-            yield client
-    finally:
-        seen = db.descendants()
-        assert db.stop() == 0
-        assert_all_gone(seen)
+    with seeded_db(tmp_path_factory.mktemp("fuzz"), [row(i) for i in (5, 4100, 9000, 16000)]) as (_, client):
+        yield client
 
 
 def snapshot(client: httpx.Client) -> tuple[list[dict], dict]:

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import psutil
 
-__all__ = ["BalancerProcess", "wait_until", "StackError"]
+__all__ = ["BalancerProcess", "StackError", "wait_until"]
 
 T = TypeVar("T")
 

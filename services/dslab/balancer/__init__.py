@@ -2,7 +2,6 @@
 
 from .front import Front, start_front
 from .membership import ReplicaSet
-
 from .proxy import Proxy
 
-__all__ = ["Front", "start_front", "Proxy", "ReplicaSet"]
+__all__ = ["Front", "Proxy", "ReplicaSet", "start_front"]

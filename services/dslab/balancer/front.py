@@ -58,7 +58,7 @@ class Front:
 
 
 class _Request:
-    __slots__ = ("url", "method", "version", "keep_alive", "request_id", "headers", "body")
+    __slots__ = ("body", "headers", "keep_alive", "method", "request_id", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""

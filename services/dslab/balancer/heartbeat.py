@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..supervisor import Replica, ReplicaSupervisor
 from .upstream import UpstreamError, UpstreamPool, format_get
 
-__all__ = ["HeartbeatMonitor", "Dead"]
+__all__ = ["Dead", "HeartbeatMonitor"]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class HeartbeatMonitor:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:

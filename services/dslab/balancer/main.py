@@ -13,13 +13,13 @@ import os
 
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
 from ..ring import HASH_PAIRS, PROBING, ConsistentHashRing
-from ..supervisor import ProcessSupervisor, ReplicaSpec, ReplicaSupervisor
+from ..supervisor import BACKENDS, ReplicaSpec, make_supervisor
 from .admin import make_admin_app
 from .front import Front, start_front
 from .membership import ReplicaSet
 from .proxy import Proxy
 
-__all__ = ["main", "build_parser", "make_supervisor"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("dslab.balancer")
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual servers per replica, K (env VNODES)")
     p.add_argument("--probing", choices=PROBING, default=_env("PROBING", "linear"),
                    help="collision probing (env PROBING)")
-    p.add_argument("--backend", choices=["process"], default=_env("BACKEND", "process"),
+    p.add_argument("--backend", choices=BACKENDS, default=_env("BACKEND", "process"),
                    help="how replicas run (env BACKEND)")
     p.add_argument("--heartbeat-interval", type=float,
                    default=float(_env("HEARTBEAT_INTERVAL", "0.25")), help="seconds")
@@ -52,12 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
-
-def make_supervisor(backend: str, spec: ReplicaSpec) -> ReplicaSupervisor:
-    """The one place a backend is chosen."""
-    if backend == "process":
-        return ProcessSupervisor(spec)
-    raise ValueError(f"unknown backend {backend!r}")
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ from ..supervisor import (
 from .heartbeat import Dead, HeartbeatMonitor
 from .upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
 
-__all__ = ["ReplicaSet", "MembershipEvent"]
+__all__ = ["MembershipEvent", "ReplicaSet"]
 
 log = logging.getLogger(__name__)
 

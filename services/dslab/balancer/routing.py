@@ -14,7 +14,7 @@ from typing import TypeVar
 from ..ring import ConsistentHashRing
 from .upstream import UpstreamError
 
-__all__ = ["route", "NoReplicaAvailable"]
+__all__ = ["NoReplicaAvailable", "route"]
 
 T = TypeVar("T")
 

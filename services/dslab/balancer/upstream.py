@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import httptools
 
 __all__ = [
-    "UpstreamResponse",
-    "UpstreamPool",
-    "UpstreamError",
-    "UpstreamConnectError",
     "UpstreamClosed",
-    "UpstreamTimeout",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamPool",
     "UpstreamProtocolError",
+    "UpstreamResponse",
+    "UpstreamTimeout",
     "format_get",
     "format_json_request",
 ]
@@ -80,7 +80,7 @@ def format_json_request(method: str, uri: str, host: str, body: bytes) -> bytes:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time."""
 
-    __slots__ = ("transport", "_parser", "_waiter", "_content_type", "_body", "_received", "closed")
+    __slots__ = ("_body", "_content_type", "_parser", "_received", "_waiter", "closed", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -191,7 +191,7 @@ class UpstreamPool:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(_Connection, self.host, self.port), self.timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return conn
 

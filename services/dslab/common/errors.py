@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["ApiError", "BadRequest", "NotFound", "Conflict", "Unavailable", "error_body"]
+__all__ = ["ApiError", "BadRequest", "Conflict", "NotFound", "Unavailable", "error_body"]
 
 
 class ApiError(Exception):

@@ -16,7 +16,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 
-__all__ = ["die_with_parent", "announce_port", "bind_socket", "serve_forever", "install_uvloop"]
+__all__ = ["announce_port", "bind_socket", "die_with_parent", "install_uvloop", "serve_forever"]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
 from ..engine import LocalEngine
 from ..ring import HASH_PAIRS
-from ..supervisor import ProcessSupervisor, ReplicaSpec, ReplicaSupervisor
+from ..supervisor import BACKENDS, ReplicaSpec, make_supervisor
 from .cluster import ShardCluster
 from .http import make_app
 from .metadata import Metadata
@@ -45,16 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true", help="forget the configuration and all data")
     p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=env("HASH", "blake2b"),
                    help="hash functions of the per-shard rings (env HASH)")
-    p.add_argument("--backend", choices=["process"], default=env("BACKEND", "process"))
+    p.add_argument("--backend", choices=BACKENDS, default=env("BACKEND", "process"))
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
-
-def make_supervisor(backend: str, spec: ReplicaSpec) -> ReplicaSupervisor:
-    if backend == "process":
-        return ProcessSupervisor(spec)
-    raise ValueError(f"unknown backend {backend!r}")
 
 
 async def run(args: argparse.Namespace) -> None:

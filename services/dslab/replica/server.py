@@ -15,7 +15,7 @@ import tornado.web
 
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
 
-__all__ = ["make_app", "server_id_from_env", "main"]
+__all__ = ["main", "make_app", "server_id_from_env"]
 
 
 def server_id_from_env() -> str:

@@ -13,15 +13,15 @@ from .ring import (
 
 __all__ = [
     "HASH_PAIRS",
-    "HashPair",
-    "get_hash_pair",
-    "request_number",
-    "server_number",
     "PROBING",
     "ConsistentHashRing",
     "DuplicateServerError",
     "EmptyRingError",
+    "HashPair",
     "RingError",
     "RingFullError",
     "UnknownServerError",
+    "get_hash_pair",
+    "request_number",
+    "server_number",
 ]

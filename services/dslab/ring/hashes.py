@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
-    "HashPair",
     "HASH_PAIRS",
+    "HashPair",
     "get_hash_pair",
-    "server_number",
     "request_number",
+    "server_number",
 ]
 
 RequestHash = Callable[[int], int]

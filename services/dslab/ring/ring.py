@@ -19,13 +19,13 @@ from collections.abc import Iterable, Iterator
 from .hashes import HashPair, get_hash_pair, server_number
 
 __all__ = [
+    "PROBING",
     "ConsistentHashRing",
+    "DuplicateServerError",
+    "EmptyRingError",
     "RingError",
     "RingFullError",
-    "DuplicateServerError",
     "UnknownServerError",
-    "EmptyRingError",
-    "PROBING",
 ]
 
 PROBING = ("linear", "quadratic")

@@ -17,8 +17,14 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Replica", "ReplicaSpec", "ReplicaSupervisor", "SupervisorError", "SpawnError",
-           "UnknownReplica"]
+__all__ = [
+    "Replica",
+    "ReplicaSpec",
+    "ReplicaSupervisor",
+    "SpawnError",
+    "SupervisorError",
+    "UnknownReplica",
+]
 
 
 class SupervisorError(Exception):

@@ -61,7 +61,7 @@ class ProcessSupervisor(ReplicaSupervisor):
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0))
         try:
             line = await asyncio.wait_for(reader.readline(), self.start_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SpawnError(f"replica {name!r} did not listen within {self.start_timeout:g}s") from None
         finally:
             transport.close()
