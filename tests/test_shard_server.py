@@ -1,0 +1,127 @@
+"""The shard server on its own: a real process with its own engine, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import httpx
+import psutil
+import pytest
+
+from conftest import SEED_SCHEMA, assert_all_gone, assert_error, row
+from dslab.supervisor import ProcessSupervisor, ReplicaSpec
+
+
+class ShardServer:
+    """One shard server started by the process backend, as the balancer starts it."""
+
+    def __init__(self, data_root, name: str = "Server0") -> None:
+        self.name = name
+        self.supervisor = ProcessSupervisor(ReplicaSpec(
+            module="dslab.shard", env={"SHARD_DATA_ROOT": str(data_root)}))
+
+    def __enter__(self) -> httpx.Client:
+        replica = asyncio.run(self.supervisor.spawn(self.name))
+        self.proc = psutil.Process(self.supervisor.pid(self.name))
+        self.tree = [self.proc, *self.proc.children(recursive=True)]
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{replica.port}", timeout=30)
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        if self.proc.is_running():
+            self.proc.terminate()
+        assert_all_gone(self.tree, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory):
+    with ShardServer(tmp_path_factory.mktemp("shard")) as client:
+        configure(client)
+        yield client
+
+
+def configure(client: httpx.Client, shards=("sh1", "sh2")) -> None:
+    response = client.post("/config", json={"schema": SEED_SCHEMA, "shards": list(shards)})
+    assert response.json() == {"message": ", ".join(f"Server0:{s}" for s in shards) + " configured",
+                               "status": "success"}
+
+
+def test_the_contract_endpoints(tmp_path):
+    with ShardServer(tmp_path) as client:
+        heartbeat = client.get("/heartbeat")
+        assert heartbeat.status_code == 200 and heartbeat.content == b""
+        configure(client)
+        rows = [row(2255, 27), row(2300), row(2600), row(3000)]
+        assert client.post("/write", json={"shard": "sh2", "curr_idx": 507, "data": rows}).json() == {
+            "message": "Data entries added", "current_idx": 511, "status": "success"}
+        assert client.post("/read", json={"shard": "sh2", "Stud_id": {"low": 2235, "high": 2600}}).json() == {
+            "data": rows[:3], "status": "success"}
+        assert client.put("/update", json={"shard": "sh2", "Stud_id": 2255,
+                                           "data": row(2255, 28)}).json() == {
+            "message": "Data entry for Stud_id:2255 updated", "status": "success"}
+        assert client.request("DELETE", "/del", json={"shard": "sh2", "Stud_id": 2300}).json() == {
+            "message": "Data entry with Stud_id:2300 removed", "status": "success"}
+        assert client.request("GET", "/copy", json={"shards": ["sh1", "sh2"]}).json() == {
+            "sh1": [], "sh2": [row(2255, 28), row(2600), row(3000)], "status": "success"}
+
+
+def test_a_retried_write_does_not_duplicate(tmp_path):
+    with ShardServer(tmp_path) as client:
+        configure(client)
+        body = {"shard": "sh1", "curr_idx": 0, "data": [row(1), row(2)]}
+        assert client.post("/write", json=body).status_code == 200
+        assert client.post("/write", json=body).status_code == 200  # the balancer retried
+        copy = client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"]
+        assert copy == [row(1), row(2)]
+        assert client.post("/exists", json={"shard": "sh1", "Stud_ids": [2, 3, 1]}).json()[
+            "Stud_ids"] == [1, 2]
+        assert client.post("/erase", json={"shard": "sh1", "Stud_ids": [1, 7]}).status_code == 200
+        assert client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"] == [row(2)]
+
+
+@pytest.mark.parametrize("method, path, body, status, fragment", [
+    ("POST", "/write", {"shard": "sh9", "curr_idx": 0, "data": []}, 400, "sh9 is not configured on Server0"),
+    ("POST", "/write", {"shard": "sh1", "curr_idx": -1, "data": []}, 400, "curr_idx"),
+    ("POST", "/write", {"shard": "sh1", "curr_idx": 0, "data": [{"Stud_id": 1}]}, 400, "missing"),
+    ("PUT", "/update", {"shard": "sh1", "Stud_id": 5, "data": row(5)}, 404, "No data entry with Stud_id:5"),
+    ("PUT", "/update", {"shard": "sh1", "Stud_id": 5, "data": row(6)}, 400, "cannot move a row"),
+    ("DELETE", "/del", {"shard": "sh1", "Stud_id": 5}, 404, "No data entry with Stud_id:5"),
+    ("POST", "/read", {"shard": "sh1", "Stud_id": {"low": 5}}, 400, "Field required"),
+    ("GET", "/copy", {"shards": []}, 400, "at least 1 item"),
+    ("POST", "/config", {"schema": {"columns": ["x"], "dtypes": ["Number"]}, "shards": ["a"]}, 400,
+     "needs a Stud_id column"),
+])
+def test_bad_requests(configured, method, path, body, status, fragment):
+    assert fragment in assert_error(configured.request(method, path, json=body), status)
+    assert configured.request("GET", "/copy", json={"shards": ["sh1", "sh2"]}).json() == {
+        "sh1": [], "sh2": [], "status": "success"}
+
+
+def test_writes_before_config_are_refused(tmp_path):
+    with ShardServer(tmp_path) as client:
+        message = assert_error(client.post("/write", json={"shard": "sh1", "curr_idx": 0,
+                                                          "data": [row(1)]}), 400)
+        assert message == "<Error> Server0 is not configured: POST /config first"
+
+
+def test_a_restarted_server_finds_its_configuration_and_rows(tmp_path):
+    with ShardServer(tmp_path) as client:
+        configure(client)
+        client.post("/write", json={"shard": "sh1", "curr_idx": 0, "data": [row(1), row(2)]})
+    with ShardServer(tmp_path) as client:  # same name, same data root: same engine storage
+        assert client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"] == [row(1), row(2)]
+        assert client.post("/write", json={"shard": "sh2", "curr_idx": 0, "data": [row(4100)]}
+                           ).status_code == 200
+
+
+def test_sigkill_of_the_server_takes_its_engine_along(tmp_path):
+    server = ShardServer(tmp_path)
+    with server:
+        engine = server.proc.children()[0]
+        assert "secantusd" in " ".join(engine.cmdline())
+        assert engine.environ()["SERVER_ID"] == "Server0"  # the name is in every process
+        os.kill(server.proc.pid, signal.SIGKILL)
+        assert_all_gone([engine])
