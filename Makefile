@@ -9,9 +9,14 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test lint run-lb run-db bench-lb bench-db clean
+.PHONY: help venv test lint report lab run-lb run-db bench-lb bench-db clean
+
+EXP    ?=
 
 help:
+	@echo "make report            re-run every experiment, render reports/*.html and reports/figures/*.png"
+	@echo "                       (EXP='lb_a1 lb_a3' for some; ARGS=--quick for small sizes)"
+	@echo "make lab               JupyterLab on notebooks/"
 	@echo "make test              run the test suite"
 	@echo "make lint              ruff over services, tests and bench"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
@@ -22,13 +27,19 @@ help:
 $(VENV)/.installed: services/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e 'services[test,bench]'
+	$(PY) -m pip install -q -e 'services[test,bench,lab]'
 	touch $@
 
 venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest tests
+
+report: venv
+	$(PY) -m dslab.lab.report $(EXP) $(ARGS)
+
+lab: venv
+	cd notebooks && ../$(VENV)/bin/jupyter lab
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,7 @@ Every error becomes the contract's error shape in ``common.web.JsonHandler``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import tornado.web
@@ -15,6 +16,8 @@ from .membership import ReplicaSet
 from .validation import parse_add, parse_rm
 
 __all__ = ["ADMIN_PATHS", "make_admin_app"]
+
+log = logging.getLogger(__name__)
 
 ADMIN_PATHS = frozenset({"/rep", "/add", "/rm"})
 
@@ -60,9 +63,18 @@ class NotAllowedHandler(JsonHandler):
                        405)
 
 
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Client errors are the client's business (JsonHandler logs why at INFO); 5xx are ours."""
+    status = handler.get_status()
+    level = logging.ERROR if status >= 500 else logging.INFO
+    log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.uri,
+            1000 * handler.request.request_time())
+
+
 def make_admin_app(replicas: ReplicaSet) -> tornado.web.Application:
     args = {"replicas": replicas}
     return tornado.web.Application(
         [(r"/rep", RepHandler, args), (r"/add", AddHandler, args), (r"/rm", RmHandler, args)],
         default_handler_class=NotAllowedHandler,
+        log_function=_log_request,
     )
