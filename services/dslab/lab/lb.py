@@ -212,8 +212,10 @@ def disruption(configs: Sequence[HashConfig], n: int = 5, n_requests: int = 1000
     rows = []
     for config in configs:
         ring = config.ring(names)
-        route = (lambda r: assign_bounded(r, rids, config.bounded)) if config.bounded else \
-            (lambda r: assign(r, rids))
+
+        def route(r: ConsistentHashRing, c: float | None = config.bounded) -> list[str]:
+            return assign_bounded(r, rids, c) if c else assign(r, rids)
+
         before = route(ring)
         ring.add("Server58127")
         joined = route(ring)

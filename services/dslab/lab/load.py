@@ -52,7 +52,7 @@ async def _worker(session: aiohttp.ClientSession, path: str, next_rid: Callable[
             async with session.get(path, headers={"X-Request-ID": str(rid)}) as response:
                 await response.read()
                 status, server = response.status, response.headers.get("X-Served-By", "")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             status, server = 0, type(exc).__name__
         end = time.perf_counter()
         rows.append((rid, status, server, start - t0, end - t0, 1000 * (end - start)))
