@@ -9,14 +9,18 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test lint report lab run-lb run-db bench-lb bench-db clean
+.PHONY: help venv test lint report lab wheelhouse base-image images run-lb run-db bench-lb bench-db clean
 
 EXP    ?=
+# The base of the images: built here by debootstrap (no registry reachable); on a machine that
+# reaches Docker Hub, `make images BASE=python:3.11-slim`.
+BASE   ?= dslab-base:bookworm
 
 help:
 	@echo "make report            re-run every experiment, render reports/*.html and reports/figures/*.png"
 	@echo "                       (EXP='lb_a1 lb_a3' for some; ARGS=--quick for small sizes)"
 	@echo "make lab               JupyterLab on notebooks/"
+	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
 	@echo "make test              run the test suite"
 	@echo "make lint              ruff over services, tests and bench"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
@@ -27,7 +31,7 @@ help:
 $(VENV)/.installed: services/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e 'services[test,bench,lab]'
+	$(PY) -m pip install -q -e 'services[test,bench,lab,docker]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -40,6 +44,18 @@ report: venv
 
 lab: venv
 	cd notebooks && ../$(VENV)/bin/jupyter lab
+
+wheelhouse: venv
+	rm -rf wheelhouse
+	$(PY) -m pip wheel -q -w wheelhouse './services[docker]'
+
+base-image:
+	@if [ "$(BASE)" = "dslab-base:bookworm" ]; then docker/build-base.sh $(BASE); fi
+
+images: wheelhouse base-image
+	for target in replica shard balancer; do \
+	  docker build -q --build-arg BASE=$(BASE) --target $$target -t dslab-$$target:latest -f docker/Dockerfile . ; \
+	done
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -10,10 +10,11 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
 from ..ring import HASH_PAIRS, PROBING, ConsistentHashRing
-from ..supervisor import BACKENDS, ReplicaSpec, make_supervisor
+from ..supervisor import BACKENDS, ReplicaSpec, SupervisorError, make_supervisor
 from .admin import make_admin_app
 from .front import Front, start_front
 from .membership import ReplicaSet
@@ -44,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="collision probing (env PROBING)")
     p.add_argument("--backend", choices=BACKENDS, default=_env("BACKEND", "process"),
                    help="how replicas run (env BACKEND)")
+    p.add_argument("--replica-image", default=_env("REPLICA_IMAGE", "dslab-replica:latest"),
+                   help="image of a replica, Docker backend (env REPLICA_IMAGE)")
+    p.add_argument("--stack", default=_env("STACK", "dslab"),
+                   help="label of the containers this balancer starts (env STACK)")
+    p.add_argument("--docker-address", choices=["name", "loopback"],
+                   default=_env("DOCKER_ADDRESS", "name"),
+                   help="reach containers by name (balancer in Docker) or on published loopback "
+                        "ports (balancer on the host) (env DOCKER_ADDRESS)")
     p.add_argument("--heartbeat-interval", type=float,
                    default=float(_env("HEARTBEAT_INTERVAL", "0.25")), help="seconds")
     p.add_argument("--request-timeout", type=float,
@@ -56,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace) -> None:
     ring = ConsistentHashRing(args.slots, args.vnodes, args.hash, args.probing)
-    supervisor = make_supervisor(args.backend, ReplicaSpec(module="dslab.replica"))
+    supervisor = make_supervisor(
+        args.backend, ReplicaSpec(module="dslab.replica", image=args.replica_image),
+        stack=args.stack, address=args.docker_address)
     replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
                           heartbeat_interval=args.heartbeat_interval)
     front = Front(Proxy(replicas), make_admin_app(replicas))
@@ -88,4 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     die_with_parent()  # `make run-lb` killed: we still clean up
     install_uvloop()
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except SupervisorError as exc:  # Docker asked for and absent, an image missing, ...
+        sys.exit(f"error: {exc}")

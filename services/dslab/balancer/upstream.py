@@ -133,8 +133,15 @@ class _Connection(asyncio.Protocol):
         waiter = loop.create_future()
         self._waiter = waiter
         self._received = False
-        assert self.transport is not None
-        self.transport.write(raw)
+        if self.transport is None or self.transport.is_closing():
+            self.closed = True
+            waiter.set_exception(UpstreamClosed("connection closed by replica"))
+            return waiter
+        try:
+            self.transport.write(raw)
+        except RuntimeError as exc:  # uvloop: the peer closed it an instant ago
+            self.closed = True
+            waiter.set_exception(UpstreamClosed(f"connection closed by replica: {exc}"))
         return waiter
 
     @property
@@ -175,7 +182,7 @@ class UpstreamPool:
             raise UpstreamClosed(f"replica {self.host}:{self.port} left the set")
         while self._idle:
             conn = self._idle.pop()
-            if conn.closed:
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
             try:
                 return await self._exchange(conn, raw_request)

@@ -12,14 +12,20 @@ from .names import is_dns_label, random_hostname, same_name
 from .process import ProcessSupervisor
 
 
-def make_supervisor(backend: str, spec: ReplicaSpec) -> ReplicaSupervisor:
-    """The one place a backend is chosen, for both balancers."""
+def make_supervisor(backend: str, spec: ReplicaSpec, *, stack: str = "dslab",
+                    address: str = "name") -> ReplicaSupervisor:
+    """The one place a backend is chosen, for both balancers. ``stack`` and ``address`` are
+    the Docker backend's (see ``supervisor/docker.py``)."""
     if backend == "process":
         return ProcessSupervisor(spec)
+    if backend == "docker":
+        from .docker import DockerSupervisor  # imports the Docker SDK only when asked for
+
+        return DockerSupervisor(spec, stack=stack, address=address)
     raise ValueError(f"unknown backend {backend!r}")
 
 
-BACKENDS = ("process",)
+BACKENDS = ("process", "docker")
 
 __all__ = [
     "BACKENDS",

@@ -1,0 +1,80 @@
+"""The Part 1 balancer's admin endpoints, as a Tornado application: GET /rep, POST /add, DELETE /rm.
+
+Every error becomes the contract's error shape in ``common.web.JsonHandler``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import tornado.web
+
+from ..common.errors import ApiError
+from ..common.web import JsonHandler
+from .membership import ReplicaSet
+from .validation import parse_add, parse_rm
+
+__all__ = ["ADMIN_PATHS", "make_admin_app"]
+
+log = logging.getLogger(__name__)
+
+ADMIN_PATHS = frozenset({"/rep", "/add", "/rm"})
+
+
+def _ok(message: Any) -> dict[str, Any]:
+    return {"message": message, "status": "successful"}
+
+
+class _ReplicaHandler(JsonHandler):
+    def initialize(self, replicas: ReplicaSet) -> None:
+        self.replicas = replicas
+
+    def send_replicas(self, names: list[str]) -> None:
+        self.send(_ok({"N": len(names), "replicas": names}))
+
+
+class RepHandler(_ReplicaHandler):
+    def get(self) -> None:
+        self.send_replicas(self.replicas.names())
+
+
+class AddHandler(_ReplicaHandler):
+    async def post(self) -> None:
+        request = parse_add(self.request.body)
+        self.send_replicas(await self.replicas.add(request.n, request.hostnames))
+
+
+class RmHandler(_ReplicaHandler):
+    async def delete(self) -> None:
+        request = parse_rm(self.request.body)
+        _, names = await self.replicas.remove(request.n, request.hostnames)
+        self.send_replicas(names)
+
+
+class NotAllowedHandler(JsonHandler):
+    """Anything that is neither an admin endpoint nor a GET to proxy."""
+
+    def prepare(self) -> None:
+        path, method = self.request.path, self.request.method
+        if path in ADMIN_PATHS:
+            raise ApiError(f"<Error> Method {method} is not allowed on '{path}'", 405)
+        raise ApiError(f"<Error> Method {method} is not allowed: only GET is proxied to replicas",
+                       405)
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Client errors are the client's business (JsonHandler logs why at INFO); 5xx are ours."""
+    status = handler.get_status()
+    level = logging.ERROR if status >= 500 else logging.INFO
+    log.log(level, "%d %s %s %.1fms", status, handler.request.method, handler.request.uri,
+            1000 * handler.request.request_time())
+
+
+def make_admin_app(replicas: ReplicaSet) -> tornado.web.Application:
+    args = {"replicas": replicas}
+    return tornado.web.Application(
+        [(r"/rep", RepHandler, args), (r"/add", AddHandler, args), (r"/rm", RmHandler, args)],
+        default_handler_class=NotAllowedHandler,
+        log_function=_log_request,
+    )

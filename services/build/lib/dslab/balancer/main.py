@@ -1,0 +1,105 @@
+"""Run the Part 1 balancer: ``python -m dslab.balancer --port 5000 -n 3``.
+
+Every option also reads an environment variable (shown in ``--help``), which is how Docker
+Compose configures it. SIGINT or SIGTERM stops the balancer and every replica it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
+from ..ring import HASH_PAIRS, PROBING, ConsistentHashRing
+from ..supervisor import BACKENDS, ReplicaSpec, SupervisorError, make_supervisor
+from .admin import make_admin_app
+from .front import Front, start_front
+from .membership import ReplicaSet
+from .proxy import Proxy
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("dslab.balancer")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dslab.balancer", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="env HOST")
+    p.add_argument("--port", type=int, default=int(_env("PORT", "5000")), help="env PORT")
+    p.add_argument("-n", "--replicas", type=int, default=int(_env("N", "3")),
+                   help="replicas to keep alive (env N)")
+    p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=_env("HASH", "seed"),
+                   help="hash functions H and Phi (env HASH)")
+    p.add_argument("--slots", type=int, default=int(_env("SLOTS", "512")), help="env SLOTS")
+    p.add_argument("--vnodes", type=int, default=int(_env("VNODES", "9")),
+                   help="virtual servers per replica, K (env VNODES)")
+    p.add_argument("--probing", choices=PROBING, default=_env("PROBING", "linear"),
+                   help="collision probing (env PROBING)")
+    p.add_argument("--backend", choices=BACKENDS, default=_env("BACKEND", "process"),
+                   help="how replicas run (env BACKEND)")
+    p.add_argument("--replica-image", default=_env("REPLICA_IMAGE", "dslab-replica:latest"),
+                   help="image of a replica, Docker backend (env REPLICA_IMAGE)")
+    p.add_argument("--stack", default=_env("STACK", "dslab"),
+                   help="label of the containers this balancer starts (env STACK)")
+    p.add_argument("--docker-address", choices=["name", "loopback"],
+                   default=_env("DOCKER_ADDRESS", "name"),
+                   help="reach containers by name (balancer in Docker) or on published loopback "
+                        "ports (balancer on the host) (env DOCKER_ADDRESS)")
+    p.add_argument("--heartbeat-interval", type=float,
+                   default=float(_env("HEARTBEAT_INTERVAL", "0.25")), help="seconds")
+    p.add_argument("--request-timeout", type=float,
+                   default=float(_env("REQUEST_TIMEOUT", "5")), help="seconds per upstream try")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+
+async def run(args: argparse.Namespace) -> None:
+    ring = ConsistentHashRing(args.slots, args.vnodes, args.hash, args.probing)
+    supervisor = make_supervisor(
+        args.backend, ReplicaSpec(module="dslab.replica", image=args.replica_image),
+        stack=args.stack, address=args.docker_address)
+    replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
+                          heartbeat_interval=args.heartbeat_interval)
+    front = Front(Proxy(replicas), make_admin_app(replicas))
+    servers: list[asyncio.Server] = []
+
+    async def start() -> int:
+        await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])
+        sock = bind_socket(args.host, args.port)
+        servers.append(await start_front(front, sock))
+        port = sock.getsockname()[1]
+        log.info("balancer on port %d: %d replicas, hash=%s, slots=%d, K=%d, %s probing",
+                 port, args.replicas, args.hash, args.slots, args.vnodes, args.probing)
+        return port
+
+    async def stop() -> None:
+        for server in servers:
+            server.close()
+        for conn in list(front.connections):
+            conn.close()
+        await replicas.close()
+        log.info("stopped; every replica removed")
+
+    await serve_forever(start, stop, args.ready_fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    die_with_parent()  # `make run-lb` killed: we still clean up
+    install_uvloop()
+    try:
+        asyncio.run(run(args))
+    except SupervisorError as exc:  # Docker asked for and absent, an image missing, ...
+        sys.exit(f"error: {exc}")

@@ -1,0 +1,78 @@
+"""Process plumbing shared by every service: event loop, listening, readiness, shutdown.
+
+A service started by a supervisor gets ``--ready-fd N``: once it listens it writes its port
+to that pipe, so the supervisor knows it is up without polling or sleeping, even when it
+asked for port 0. ``die_with_parent`` makes the kernel signal the service when its parent
+dies, so a SIGKILLed balancer cannot leave replicas behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+
+__all__ = ["announce_port", "bind_socket", "die_with_parent", "install_uvloop", "serve_forever"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent exits (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def bind_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def announce_port(ready_fd: int | None, port: int) -> None:
+    """Tell the supervisor (if any) that we listen on ``port``."""
+    if ready_fd is None:
+        return
+    with os.fdopen(ready_fd, "w") as pipe:
+        pipe.write(f"{port}\n")
+
+
+async def serve_forever(
+    start: Callable[[], Awaitable[int]],
+    stop: Callable[[], Awaitable[None]],
+    ready_fd: int | None = None,
+) -> None:
+    """Run ``start`` (returns the port it listens on), then wait for SIGINT/SIGTERM and ``stop``."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        port = await start()
+    except BaseException:
+        await stop()  # undo whatever the failed start had begun (replicas spawned, say)
+        raise
+    announce_port(ready_fd, port)
+    await stopping.wait()
+    log.info("signal received, stopping")
+    await stop()

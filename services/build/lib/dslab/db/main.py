@@ -1,0 +1,100 @@
+"""Run the Part 2 balancer: ``python -m dslab.db --port 5000``.
+
+Its metadata lives in MongoDB: ``--meta-uri`` (env META_URI), or else a local engine it starts
+in ``<state dir>/meta``. Shard servers keep their engines' data in ``<state dir>/servers/<name>``.
+A restarted balancer finds its configuration and starts the same servers on the same data;
+``--reset`` forgets both. SIGINT or SIGTERM stops the balancer and every server it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import tornado.httpserver
+from pymongo import AsyncMongoClient
+
+from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
+from ..engine import LocalEngine
+from ..ring import HASH_PAIRS
+from ..supervisor import BACKENDS, ReplicaSpec, make_supervisor
+from .cluster import ShardCluster
+from .http import make_app
+from .metadata import Metadata
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("dslab.db")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m dslab.db", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default=env("HOST", "0.0.0.0"))
+    p.add_argument("--port", type=int, default=int(env("PORT", "5000")))
+    p.add_argument("--state-dir", default=env("STATE_DIR", ".state/db"),
+                   help="metadata engine and shard servers' data (env STATE_DIR)")
+    p.add_argument("--meta-uri", default=env("META_URI", ""),
+                   help="MongoDB for the metadata (env META_URI); none: a local engine")
+    p.add_argument("--reset", action="store_true", help="forget the configuration and all data")
+    p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=env("HASH", "blake2b"),
+                   help="hash functions of the per-shard rings (env HASH)")
+    p.add_argument("--backend", choices=BACKENDS, default=env("BACKEND", "process"))
+    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+
+async def run(args: argparse.Namespace) -> None:
+    state = Path(args.state_dir).resolve()
+    servers_dir = state / "servers"
+    if args.reset:
+        shutil.rmtree(servers_dir, ignore_errors=True)
+    engine: LocalEngine | None = None
+    meta_uri = args.meta_uri
+    if not meta_uri:
+        engine = LocalEngine(state / "meta" / "engine")
+        meta_uri = await engine.start()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(meta_uri, serverSelectionTimeoutMS=10000)
+    metadata = Metadata(client["dslab_meta"])
+    if args.reset:
+        await metadata.reset()
+    spec = ReplicaSpec(module="dslab.shard", env={"SHARD_DATA_ROOT": str(servers_dir),
+                                                  "LOG_LEVEL": "WARNING"})
+    cluster = ShardCluster(make_supervisor(args.backend, spec), metadata,
+                           data_root=servers_dir, hashes=args.hash)
+    server = tornado.httpserver.HTTPServer(make_app(cluster))
+
+    async def start() -> int:
+        await cluster.start()
+        sock = bind_socket(args.host, args.port)
+        server.add_sockets([sock])
+        port = int(sock.getsockname()[1])
+        log.info("database balancer on port %d, metadata at %s, state in %s", port, meta_uri, state)
+        return port
+
+    async def stop() -> None:
+        server.stop()
+        await cluster.close()
+        await client.close()
+        if engine is not None:
+            engine.stop()
+        log.info("stopped; every shard server removed")
+
+    await serve_forever(start, stop, args.ready_fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    die_with_parent()
+    install_uvloop()
+    asyncio.run(run(args))

@@ -1,0 +1,250 @@
+"""Part 1 experiments (seed section V), as functions that return DataFrames.
+
+Every function starts the real stack it needs (``python -m dslab.balancer`` and its replica
+processes) and stops it again, so a notebook cell is one call and a plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from ..ring import ConsistentHashRing
+from ..ring.analysis import assign, assign_bounded, loads, moved_share
+from ..stack import BalancerProcess
+from .load import fire, load, random_rids, run_sync
+
+__all__ = [
+    "HashConfig",
+    "balance_table",
+    "bounded_per_server",
+    "disruption",
+    "endpoint_tour",
+    "kill_under_load",
+    "lb_stack",
+    "replicas",
+    "requests_per_server",
+    "ring_layout",
+    "scaling",
+    "summarize",
+]
+
+
+@dataclass(frozen=True)
+class HashConfig:
+    """A ring configuration to compare in A-4."""
+
+    label: str
+    hashes: str = "seed"
+    vnodes: int = 9
+    slots: int = 512
+    bounded: float | None = None  # c of "bounded loads", None for plain consistent hashing
+
+    def args(self, n: int) -> list[str]:
+        return ["-n", str(n), "--hash", self.hashes, "--vnodes", str(self.vnodes),
+                "--slots", str(self.slots)]
+
+    def ring(self, names: Sequence[str]) -> ConsistentHashRing:
+        return ConsistentHashRing(self.slots, self.vnodes, self.hashes, servers=names)
+
+
+@contextlib.contextmanager
+def lb_stack(n: int = 3, config: HashConfig = HashConfig("seed")) -> Iterator[BalancerProcess]:
+    """A running Part 1 balancer with ``n`` replicas; stopped (with them) on leaving."""
+    balancer = BalancerProcess("dslab.balancer", args=config.args(n)).start()
+    try:
+        yield balancer
+    finally:
+        balancer.stop()
+
+
+def replicas(balancer: BalancerProcess) -> list[str]:
+    return httpx.get(f"{balancer.url}/rep", timeout=10).json()["message"]["replicas"]
+
+
+def requests_per_server(n_requests: int = 10000, n: int = 3, config: HashConfig = HashConfig("seed"),
+                        concurrency: int = 64, seed: int = 0) -> pd.DataFrame:
+    """A-1: ``n_requests`` async GET /home on ``n`` replicas: one row per request."""
+    with lb_stack(n, config) as balancer:
+        names = replicas(balancer)
+        df = fire(balancer.url, random_rids(n_requests, seed), concurrency=concurrency)
+    df["N"] = n
+    df["config"] = config.label
+    df.attrs["replicas"] = names
+    return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Requests per server (servers that got none included), per (config, N)."""
+    rows = []
+    groups = list(df.groupby(["config", "N"], sort=False))
+    for (label, n), part in groups:
+        ok = part[part.status == 200]
+        known = df.attrs.get("replicas") if len(groups) == 1 else None
+        names = known or sorted(ok.server.unique())
+        for server, count in loads(ok.server, names).items():
+            rows.append({"config": label, "N": n, "server": server, "requests": count})
+        failed = len(part) - len(ok)
+        if failed:
+            rows.append({"config": label, "N": n, "server": "(failed)", "requests": failed})
+    return pd.DataFrame(rows)
+
+
+def balance_table(per_server: pd.DataFrame) -> pd.DataFrame:
+    """Per (config, N): mean, std, min, max requests per server and max/mean."""
+    real = per_server[per_server.server != "(failed)"]
+    table = real.groupby(["config", "N"], sort=False).requests.agg(["mean", "std", "min", "max"])
+    table["max_over_mean"] = table["max"] / table["mean"]
+    return table.reset_index()
+
+
+def scaling(ns: Sequence[int] = (2, 3, 4, 5, 6), n_requests: int = 10000,
+            config: HashConfig = HashConfig("seed"), concurrency: int = 64,
+            seed: int = 0) -> pd.DataFrame:
+    """A-2: the A-1 run for every N; requests per server for each."""
+    parts = []
+    for n in ns:
+        df = requests_per_server(n_requests, n, config, concurrency, seed)
+        parts.append(summarize(df))
+    return pd.concat(parts, ignore_index=True)
+
+
+def endpoint_tour(balancer: BalancerProcess) -> pd.DataFrame:
+    """A-3: every endpoint once, with what it answered (including the errors)."""
+    calls: list[tuple[str, str, Any]] = [
+        ("GET", "/rep", None),
+        ("GET", "/home", None),
+        ("GET", "/heartbeat", None),
+        ("GET", "/other", None),
+        ("POST", "/add", {"n": 2, "hostnames": ["S5"]}),
+        ("POST", "/add", {"n": 2, "hostnames": ["S5", "S4", "S10", "S11"]}),
+        ("POST", "/add", {"n": 1, "hostnames": ["S5"]}),
+        ("POST", "/add", {"n": "two"}),
+        ("DELETE", "/rm", {"n": 2, "hostnames": ["S5"]}),
+        ("DELETE", "/rm", {"n": 2, "hostnames": ["S5", "S4", "S10", "S11"]}),
+        ("DELETE", "/rm", {"n": 1, "hostnames": ["nobody"]}),
+        ("GET", "/rep", None),
+    ]
+    rows = []
+    with httpx.Client(base_url=balancer.url, timeout=30) as client:
+        for method, path, body in calls:
+            response = client.request(method, path, json=body) if body is not None else \
+                client.request(method, path)
+            rows.append({"request": f"{method} {path}",
+                         "payload": "" if body is None else json.dumps(body),
+                         "status": response.status_code,
+                         "response": response.text or "(empty)"})
+    return pd.DataFrame(rows)
+
+
+def kill_under_load(n: int = 3, seconds: float = 6.0, kill_at: float = 2.0,
+                    victim: str | None = None, concurrency: int = 16,
+                    config: HashConfig = HashConfig("blake2b"), seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A-3: continuous GET /home; one replica is SIGKILLed ``kill_at`` seconds in.
+
+    Returns one row per request and the events: which replica died and when, which replica
+    replaced it, when /rep first showed it and when it first served a request (seconds since
+    the load started), and how many requests failed.
+    """
+    with lb_stack(n, config) as balancer:
+        names = replicas(balancer)
+        victim = victim or names[0]
+        process = balancer.replica_processes()[victim]
+        events: dict[str, Any] = {"victim": victim, "replicas_before": names}
+
+        async def scenario() -> pd.DataFrame:
+            rng = random.Random(seed)
+            t0 = time.perf_counter()
+            deadline = t0 + seconds
+
+            def next_rid() -> int | None:
+                return rng.randint(100000, 999999) if time.perf_counter() < deadline else None
+
+            async def kill_and_watch() -> None:
+                await asyncio.sleep(kill_at)
+                os.kill(process.pid, signal.SIGKILL)
+                events["killed_at"] = time.perf_counter() - t0
+                loop = asyncio.get_running_loop()
+                while time.perf_counter() < deadline:
+                    now = await loop.run_in_executor(None, replicas, balancer)
+                    if victim not in now and len(now) == n:
+                        events["listed_at"] = time.perf_counter() - t0
+                        events["replacement"] = (set(now) - set(names)).pop()
+                        events["replicas_after"] = now
+                        return
+                    await asyncio.sleep(0.02)
+
+            results = await asyncio.gather(load(balancer.url, "/home", next_rid, concurrency, 30),
+                                           kill_and_watch())
+            return results[0]
+
+        df = run_sync(scenario())
+    newcomer = events.get("replacement")
+    served = df[(df.server == newcomer) & (df.status == 200)] if newcomer else df.iloc[0:0]
+    events["first_served_at"] = float(served.end.min()) if len(served) else None
+    if events.get("killed_at") is not None and events["first_served_at"] is not None:
+        events["recovery_s"] = events["first_served_at"] - events["killed_at"]
+    events["failed"] = int((df.status != 200).sum())
+    events["requests"] = len(df)
+    return df, events
+
+
+def disruption(configs: Sequence[HashConfig], n: int = 5, n_requests: int = 10000,
+               seed: int = 0) -> pd.DataFrame:
+    """A-4: the share of request ids that change server when one server joins or leaves.
+
+    Computed on the ring itself (the balancer's own ``ConsistentHashRing``). ``ideal`` is the
+    fair share: 1/(n+1) of the ids for a newcomer, 1/n for a leaver's.
+    """
+    rids = random_rids(n_requests, seed)
+    names = [f"Server{i}" for i in range(1, n + 1)]
+    rows = []
+    for config in configs:
+        ring = config.ring(names)
+
+        def route(r: ConsistentHashRing, c: float | None = config.bounded) -> list[str]:
+            return assign_bounded(r, rids, c) if c else assign(r, rids)
+
+        before = route(ring)
+        ring.add("Server58127")
+        joined = route(ring)
+        ring.remove("Server58127")
+        ring.remove(names[-1])
+        left = route(ring)
+        rows.append({"config": config.label, "event": "a server joins",
+                     "moved": moved_share(before, joined), "ideal": 1 / (n + 1)})
+        rows.append({"config": config.label, "event": "a server leaves",
+                     "moved": moved_share(before, left), "ideal": 1 / n})
+    return pd.DataFrame(rows)
+
+
+def bounded_per_server(config: HashConfig, ns: Sequence[int], n_requests: int = 10000,
+                       seed: int = 0) -> pd.DataFrame:
+    """A-4, bounded loads: requests per server on the real ring with the bound applied."""
+    assert config.bounded is not None
+    rids = random_rids(n_requests, seed)
+    rows = []
+    for n in ns:
+        names = [f"Server{i}" for i in range(1, n + 1)]
+        owners = assign_bounded(config.ring(names), rids, config.bounded)
+        for server, count in loads(owners, names).items():
+            rows.append({"config": config.label, "N": n, "server": server, "requests": count})
+    return pd.DataFrame(rows)
+
+
+def ring_layout(config: HashConfig, names: Sequence[str]) -> pd.DataFrame:
+    """A-4: slot -> the server whose virtual node sits there, and who serves the slot."""
+    ring = config.ring(names)
+    return pd.DataFrame({"slot": range(ring.slots), "node": ring.owners(),
+                         "served_by": ring.arc_owners(), "config": config.label})

@@ -1,0 +1,97 @@
+"""Load generation with aiohttp: many concurrent requests, one row of results per request.
+
+``fire`` sends ``n`` GETs with at most ``concurrency`` in flight, each with its own request id
+(``X-Request-ID``, drawn from a seeded generator so a run can be repeated), and returns a
+DataFrame: rid, status, server (from ``X-Served-By``), start and end (seconds since the first
+request) and latency in ms. ``fire_for`` keeps that up for a duration instead of a count, for
+timelines around a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import aiohttp
+import pandas as pd
+from tqdm.auto import tqdm
+
+__all__ = ["COLUMNS", "fire", "fire_for", "load", "random_rids", "run_sync"]
+
+T = TypeVar("T")
+
+COLUMNS = ["rid", "status", "server", "start", "end", "latency_ms"]
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion, also from inside Jupyter (whose kernel already runs an
+    event loop: there the coroutine gets a loop of its own in a worker thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def random_rids(n: int, seed: int = 0) -> list[int]:
+    """``n`` six-digit request ids, as the assignment's clients send them."""
+    rng = random.Random(seed)
+    return [rng.randint(100000, 999999) for _ in range(n)]
+
+
+async def _worker(session: aiohttp.ClientSession, path: str, next_rid: Callable[[], int | None],
+                  rows: list[tuple], t0: float, bar: tqdm | None) -> None:
+    while (rid := next_rid()) is not None:
+        start = time.perf_counter()
+        try:
+            async with session.get(path, headers={"X-Request-ID": str(rid)}) as response:
+                await response.read()
+                status, server = response.status, response.headers.get("X-Served-By", "")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            status, server = 0, type(exc).__name__
+        end = time.perf_counter()
+        rows.append((rid, status, server, start - t0, end - t0, 1000 * (end - start)))
+        if bar is not None:
+            bar.update()
+
+
+async def load(url: str, path: str, next_rid: Callable[[], int | None], concurrency: int,
+               timeout: float, bar: tqdm | None = None) -> pd.DataFrame:
+    """Requests until ``next_rid`` says None; the async core of ``fire`` and ``fire_for``."""
+    rows: list[tuple] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=client_timeout) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_worker(session, path, next_rid, rows, t0, bar)
+                               for _ in range(concurrency)))
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values("start", ignore_index=True)
+
+
+def fire(url: str, rids: list[int], *, path: str = "/home", concurrency: int = 64,
+         timeout: float = 30.0, progress: bool = True) -> pd.DataFrame:
+    """One GET per request id, ``concurrency`` at a time."""
+    pending = iter(rids)
+    bar = tqdm(total=len(rids), desc=f"GET {path}", leave=False) if progress else None
+    try:
+        return run_sync(load(url, path, lambda: next(pending, None), concurrency, timeout, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def fire_for(url: str, seconds: float, *, path: str = "/home", concurrency: int = 16,
+             seed: int = 0, timeout: float = 30.0) -> pd.DataFrame:
+    """GETs with fresh random ids until ``seconds`` have passed."""
+    rng = random.Random(seed)
+    deadline = time.perf_counter() + seconds
+
+    def next_rid() -> int | None:
+        return rng.randint(100000, 999999) if time.perf_counter() < deadline else None
+
+    return run_sync(load(url, path, next_rid, concurrency, timeout, None))

@@ -1,0 +1,92 @@
+"""``make report``: run every experiment notebook with papermill and render it with nbconvert.
+
+Each notebook in ``notebooks/`` runs with the seed's sizes (or ``--quick`` sizes, for tests),
+its figures go to ``reports/figures/*.png`` (which the README embeds) and the executed notebook
+becomes ``reports/<name>.html``. Progress is printed per experiment, and papermill shows a bar
+per notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXPERIMENTS", "QUICK", "main", "run_experiment"]
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# name -> the one-line description printed while it runs
+EXPERIMENTS: dict[str, str] = {
+    "lb_a1": "Part 1 A-1: 10000 requests on N=3",
+    "lb_a2": "Part 1 A-2: N from 2 to 6",
+    "lb_a3": "Part 1 A-3: endpoints, and a replica killed under load",
+    "lb_a4": "Part 1 A-4: hash functions, K, bounded loads",
+    "db_a1": "Part 2 A-1: 10000 writes and 10000 reads, default configuration",
+    "db_a2": "Part 2 A-2: 7 replicas per shard, against A-1",
+    "db_a3": "Part 2 A-3: 10 servers, 6 shards, 8 replicas, against A-1",
+    "db_a4": "Part 2 A-4: endpoints, and a shard server killed and refilled",
+}
+
+# Small sizes: every notebook runs in seconds (make test runs them all like this).
+QUICK: dict[str, dict[str, Any]] = {
+    "lb_a1": {"n_requests": 300},
+    "lb_a2": {"n_requests": 300, "ns": [2, 3]},
+    "lb_a3": {"seconds": 2.5, "kill_at": 0.8},
+    "lb_a4": {"n_requests": 300, "ns": [2, 3]},
+    "db_a1": {"n_writes": 200, "n_reads": 200, "repeats": 1},
+    "db_a2": {"n_writes": 200, "n_reads": 200, "repeats": 1},
+    "db_a3": {"n_writes": 200, "n_reads": 200, "repeats": 1},
+    "db_a4": {"n_rows": 200},
+}
+
+
+def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = False,
+                   progress: bool = True, executed_dir: Path | None = None) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` and write ``reports/<name>.html``; returns that path."""
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    parameters = dict(QUICK.get(name, {})) if quick else {}
+    parameters["figures_dir"] = str(reports / "figures")
+    with tempfile.TemporaryDirectory() as tmp:
+        executed = (executed_dir or Path(tmp)) / f"{name}.ipynb"
+        papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(executed),
+                                   parameters=parameters, progress_bar=progress,
+                                   kernel_name="python3", cwd=str(notebooks))
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    html = reports / f"{name}.html"
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dslab.lab.report", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"experiments (default all: {', '.join(EXPERIMENTS)})")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
+    parser.add_argument("--reports", type=Path, default=ROOT / "reports")
+    args = parser.parse_args(argv)
+    names = args.names or list(EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        sys.exit(f"unknown experiment(s): {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
+    args.reports.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    for k, name in enumerate(names, 1):
+        print(f"[{k}/{len(names)}] {name}: {EXPERIMENTS[name]}", flush=True)
+        t = time.monotonic()
+        html = run_experiment(name, notebooks=args.notebooks, reports=args.reports,
+                              quick=args.quick)
+        print(f"      done in {time.monotonic() - t:.0f}s -> {html.relative_to(Path.cwd()) if html.is_relative_to(Path.cwd()) else html}",
+              flush=True)
+    print(f"all {len(names)} experiments in {time.monotonic() - started:.0f}s; "
+          f"figures in {args.reports / 'figures'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

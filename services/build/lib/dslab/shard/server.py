@@ -1,0 +1,202 @@
+"""The Part 2 shard server (Tornado + PyMongo's async client).
+
+Contract endpoints: POST /config, GET /heartbeat, GET /copy, POST /read, POST /write,
+PUT /update, DELETE /del. Two more serve the balancer's write path: POST /exists (which of
+these Stud_ids are here) and POST /erase (delete these Stud_ids: undoing a batch that could not
+be written everywhere).
+
+It takes a MongoDB URI (``--mongo-uri`` / ``MONGO_URI``); without one it starts its own engine
+(``dslab.engine.LocalEngine``) in ``<data root>/<server name>``, as a container would have its
+own database, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import tornado.httpserver
+import tornado.web
+from pymongo import AsyncMongoClient
+
+from ..common.errors import BadRequest, NotFound
+from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
+from ..common.web import JsonHandler
+from ..db.payloads import (
+    ConfigRequest,
+    CopyRequest,
+    ShardDelRequest,
+    ShardIdsRequest,
+    ShardReadRequest,
+    ShardUpdateRequest,
+    ShardWriteRequest,
+    validate_row,
+)
+from ..engine import LocalEngine
+from ..replica.server import server_id_from_env
+from .store import ShardStore
+
+__all__ = ["main", "make_app"]
+
+log = logging.getLogger("dslab.shard")
+
+
+class _ShardHandler(JsonHandler):
+    def initialize(self, store: ShardStore, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    def shard(self, shard: str) -> str:
+        if shard not in self.store.shards:
+            raise BadRequest(f"<Error> Shard {shard} is not configured on {self.name}")
+        return shard
+
+    def row(self, row: Any) -> dict[str, Any]:
+        if self.store.schema is None:
+            raise BadRequest(f"<Error> {self.name} is not configured: POST /config first")
+        return validate_row(self.store.schema, row)
+
+
+class ConfigHandler(_ShardHandler):
+    async def post(self) -> None:
+        request = self.parse(ConfigRequest)
+        await self.store.configure(request.schema_, request.shards)
+        configured = ", ".join(f"{self.name}:{shard}" for shard in request.shards)
+        self.send({"message": f"{configured} configured", "status": "success"})
+
+
+class HeartbeatHandler(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.finish()
+
+
+class CopyHandler(_ShardHandler):
+    async def get(self) -> None:
+        request = self.parse(CopyRequest)
+        answer: dict[str, Any] = {}
+        for shard in request.shards:
+            answer[shard] = await self.store.rows(self.shard(shard))
+        answer["status"] = "success"
+        self.send(answer)
+
+
+class ReadHandler(_ShardHandler):
+    async def post(self) -> None:
+        request = self.parse(ShardReadRequest)
+        rows = await self.store.rows(self.shard(request.shard), request.Stud_id.low,
+                                     request.Stud_id.high)
+        self.send({"data": rows, "status": "success"})
+
+
+class WriteHandler(_ShardHandler):
+    async def post(self) -> None:
+        request = self.parse(ShardWriteRequest)
+        rows = [self.row(row) for row in request.data]
+        await self.store.write(self.shard(request.shard), rows)
+        self.send({"message": "Data entries added", "current_idx": request.curr_idx + len(rows),
+                   "status": "success"})
+
+
+class UpdateHandler(_ShardHandler):
+    async def put(self) -> None:
+        request = self.parse(ShardUpdateRequest)
+        row = self.row(request.data)
+        if row["Stud_id"] != request.Stud_id:
+            raise BadRequest("<Error> data.Stud_id must equal Stud_id: an update cannot move a row")
+        if not await self.store.update(self.shard(request.shard), request.Stud_id, row):
+            raise NotFound(f"<Error> No data entry with Stud_id:{request.Stud_id}")
+        self.send({"message": f"Data entry for Stud_id:{request.Stud_id} updated",
+                   "status": "success"})
+
+
+class DelHandler(_ShardHandler):
+    async def delete(self) -> None:
+        request = self.parse(ShardDelRequest)
+        if not await self.store.delete(self.shard(request.shard), request.Stud_id):
+            raise NotFound(f"<Error> No data entry with Stud_id:{request.Stud_id}")
+        self.send({"message": f"Data entry with Stud_id:{request.Stud_id} removed",
+                   "status": "success"})
+
+
+class ExistsHandler(_ShardHandler):
+    async def post(self) -> None:
+        request = self.parse(ShardIdsRequest)
+        found = await self.store.existing(self.shard(request.shard), request.Stud_ids)
+        self.send({"Stud_ids": found, "status": "success"})
+
+
+class EraseHandler(_ShardHandler):
+    async def post(self) -> None:
+        request = self.parse(ShardIdsRequest)
+        await self.store.delete_many(self.shard(request.shard), request.Stud_ids)
+        self.send({"message": f"{len(request.Stud_ids)} Stud_ids erased", "status": "success"})
+
+
+def make_app(store: ShardStore, name: str) -> tornado.web.Application:
+    args = {"store": store, "name": name}
+    return tornado.web.Application(
+        [
+            (r"/config", ConfigHandler, args),
+            (r"/heartbeat", HeartbeatHandler),
+            (r"/copy", CopyHandler, args),
+            (r"/read", ReadHandler, args),
+            (r"/write", WriteHandler, args),
+            (r"/update", UpdateHandler, args),
+            (r"/del", DelHandler, args),
+            (r"/exists", ExistsHandler, args),
+            (r"/erase", EraseHandler, args),
+        ],
+        log_function=lambda handler: None,
+    )
+
+
+async def _run(args: argparse.Namespace) -> None:
+    name = server_id_from_env()
+    engine: LocalEngine | None = None
+    uri = args.mongo_uri
+    if not uri:
+        engine = LocalEngine(Path(args.data_root) / name / "engine")
+        uri = await engine.start()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=10000)
+    store = ShardStore(client[args.db_name])
+    server = tornado.httpserver.HTTPServer(make_app(store, name))
+
+    async def start() -> int:
+        await store.load()
+        sock = bind_socket(args.host, args.port)
+        server.add_sockets([sock])
+        log.info("%s on port %d, database %s, shards %s", name, sock.getsockname()[1], uri,
+                 store.shards or "none yet")
+        return int(sock.getsockname()[1])
+
+    async def stop() -> None:
+        server.stop()
+        await client.close()
+        if engine is not None:
+            engine.stop()
+
+    await serve_forever(start, stop, args.ready_fd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dslab.shard", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "5000")))
+    parser.add_argument("--mongo-uri", default=os.environ.get("MONGO_URI", ""),
+                        help="MongoDB to use (env MONGO_URI); none: start a local engine")
+    parser.add_argument("--data-root", default=os.environ.get("SHARD_DATA_ROOT", "./data"),
+                        help="where a local engine keeps <server name>/ (env SHARD_DATA_ROOT)")
+    parser.add_argument("--db-name", default=os.environ.get("DB_NAME", "studdb"))
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"))
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    die_with_parent()
+    install_uvloop()
+    asyncio.run(_run(args))

@@ -1,0 +1,90 @@
+"""One interface for "start, stop, list replicas"; backends differ only in how a replica runs.
+
+The balancer holds a ``ReplicaSupervisor`` and never knows which backend it is: local
+processes on loopback ports (``ProcessSupervisor``, the embedded default) or Docker containers
+(added later). Liveness over HTTP (heartbeats) is the balancer's job; ``alive`` is the
+backend's cheap local view (has the process exited, is the container gone).
+
+    SupervisorError
+    ├── SpawnError     a replica could not be started or never became ready
+    └── UnknownReplica no replica of that name
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Replica",
+    "ReplicaSpec",
+    "ReplicaSupervisor",
+    "SpawnError",
+    "SupervisorError",
+    "UnknownReplica",
+]
+
+
+class SupervisorError(Exception):
+    pass
+
+
+class SpawnError(SupervisorError):
+    pass
+
+
+class UnknownReplica(SupervisorError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What a replica runs: a Python module (process backend) or an image (Docker backend)."""
+
+    module: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class ReplicaSupervisor(abc.ABC):
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.spec = spec
+
+    @abc.abstractmethod
+    async def spawn(self, name: str) -> Replica:
+        """Start a replica called ``name``; returns once it listens."""
+
+    @abc.abstractmethod
+    async def remove(self, name: str) -> None:
+        """Stop a replica and release what it held. Removing a dead replica is fine."""
+
+    @abc.abstractmethod
+    def replicas(self) -> list[Replica]:
+        """The replicas this supervisor started and has not removed, in start order."""
+
+    @abc.abstractmethod
+    def alive(self, name: str) -> bool:
+        """The backend's local view: False once the replica's process or container is gone."""
+
+    async def close(self) -> None:
+        """Remove every replica (all at once: each may take seconds to shut down cleanly)."""
+        await asyncio.gather(*(self.remove(replica.name) for replica in self.replicas()))
+
+    async def __aenter__(self) -> ReplicaSupervisor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

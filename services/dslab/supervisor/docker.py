@@ -1,0 +1,188 @@
+"""The Docker backend: each replica is a container the balancer spawns through the Docker SDK.
+
+A replica is ``docker run <image>`` named after it (its hostname too), on the stack's network,
+with ``SERVER_ID`` in its environment and labels that say which stack started it, so that
+``remove_stack`` (and ``make down``) finds every container a balancer left. It listens on 5000.
+
+How the balancer reaches it depends on where the balancer runs:
+
+* ``address="name"``: the balancer is a container on the same network: ``<name>:5000``,
+  resolved by Docker's DNS (the Compose deployment);
+* ``address="loopback"``: the balancer runs on the host (tests, experiments): the container's
+  port 5000 is published on an ephemeral port of 127.0.0.1.
+
+A thread follows Docker's event stream for the stack's containers, so ``alive`` turns False the
+moment a container dies, is stopped or removed, without an API call per heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from .base import Replica, ReplicaSpec, ReplicaSupervisor, SpawnError, SupervisorError, UnknownReplica
+
+__all__ = ["DockerSupervisor", "DockerUnavailable", "remove_stack"]
+
+log = logging.getLogger(__name__)
+
+LABEL_STACK = "dslab.stack"
+LABEL_ROLE = "dslab.role"
+
+
+class DockerUnavailable(SupervisorError):
+    """Docker was asked for and no engine answers, or an image is missing."""
+
+
+def docker_client() -> Any:
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - a dependency of the docker extra
+        raise DockerUnavailable("the Docker SDK is not installed: pip install 'dslab[docker]'") from exc
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # docker-py raises several unrelated types for "no engine"
+        raise DockerUnavailable(f"Docker was asked for but no engine answers: {exc}") from exc
+    return client
+
+
+def remove_stack(stack: str) -> int:
+    """Remove every container and network labelled with ``stack``; returns how many containers."""
+    client = docker_client()
+    containers = client.containers.list(all=True, filters={"label": f"{LABEL_STACK}={stack}"})
+    for container in containers:
+        container.remove(force=True, v=True)
+    for network in client.networks.list(filters={"label": f"{LABEL_STACK}={stack}"}):
+        network.remove()
+    return len(containers)
+
+
+class DockerSupervisor(ReplicaSupervisor):
+    def __init__(self, spec: ReplicaSpec, *, stack: str = "dslab", network: str | None = None,
+                 address: str = "name", start_timeout: float = 30.0,
+                 stop_timeout: int = 5) -> None:
+        super().__init__(spec)
+        if spec.image is None:
+            raise ValueError("the Docker backend needs an image in the replica spec")
+        if address not in ("name", "loopback"):
+            raise ValueError(f"address must be 'name' or 'loopback', got {address!r}")
+        self.client = docker_client()
+        try:
+            self.client.images.get(spec.image)
+        except Exception as exc:
+            raise DockerUnavailable(f"image {spec.image} is missing: build it with `make images`") from exc
+        self.stack = stack
+        self.address = address
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.network = network or f"{stack}-net"
+        self._ensure_network()
+        self._replicas: dict[str, Replica] = {}
+        self._dead: set[str] = set()
+        self._events = self.client.events(decode=True, filters={
+            "type": "container", "label": f"{LABEL_STACK}={stack}",
+            "event": ["die", "stop", "kill", "destroy", "oom"]})
+        threading.Thread(target=self._follow_events, name="docker-events", daemon=True).start()
+
+    def _ensure_network(self) -> None:
+        self._own_network = not self.client.networks.list(names=[self.network])
+        if self._own_network:  # Compose made it otherwise, and removes it itself
+            self.client.networks.create(self.network, driver="bridge",
+                                        labels={LABEL_STACK: self.stack})
+
+    def _follow_events(self) -> None:
+        try:
+            for event in self._events:
+                name = event.get("Actor", {}).get("Attributes", {}).get("name")
+                if name:
+                    self._dead.add(name)
+        except Exception:  # the stream ends when close() closes it
+            pass
+
+    async def spawn(self, name: str) -> Replica:
+        if name in self._replicas:
+            raise SpawnError(f"replica {name!r} already runs")
+        loop = asyncio.get_running_loop()
+        try:
+            replica = await loop.run_in_executor(None, self._run, name)
+        except SupervisorError:
+            raise
+        except Exception as exc:
+            raise SpawnError(f"could not start container {name}: {exc}") from exc
+        self._dead.discard(name)
+        try:
+            await self._wait_ready(replica)
+        except BaseException:
+            await loop.run_in_executor(None, self._remove_container, name)
+            raise
+        self._replicas[name] = replica
+        log.info("replica %s started: container on %s", name, replica.address)
+        return replica
+
+    def _run(self, name: str) -> Replica:
+        publish = {"5000/tcp": ("127.0.0.1", None)} if self.address == "loopback" else None
+        container = self.client.containers.run(
+            self.spec.image, name=name, hostname=name, detach=True, network=self.network,
+            environment={**self.spec.env, "SERVER_ID": name, "PORT": "5000"},
+            labels={LABEL_STACK: self.stack, LABEL_ROLE: "replica"}, ports=publish)
+        if self.address == "name":
+            return Replica(name, name, 5000)
+        container.reload()
+        binding = container.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]
+        return Replica(name, "127.0.0.1", int(binding["HostPort"]))
+
+    async def _wait_ready(self, replica: Replica) -> None:
+        """The container runs; wait until its server accepts connections (with a deadline)."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if replica.name in self._dead:
+                raise SpawnError(f"container {replica.name} exited before listening")
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(replica.host, replica.port), 1)
+                writer.close()
+                # a published port accepts before the server inside listens: ask it
+                reader, writer = await asyncio.open_connection(replica.host, replica.port)
+                writer.write(b"GET /heartbeat HTTP/1.0\r\n\r\n")
+                line = await asyncio.wait_for(reader.readline(), 1)
+                writer.close()
+                if line.startswith(b"HTTP/1.") and b" 200 " in line:
+                    return
+            except (OSError, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.05)
+        raise SpawnError(f"container {replica.name} did not answer within {self.start_timeout:g}s")
+
+    async def remove(self, name: str) -> None:
+        if self._replicas.pop(name, None) is None:
+            raise UnknownReplica(f"no replica {name!r}")
+        await asyncio.get_running_loop().run_in_executor(None, self._remove_container, name)
+        log.info("replica %s removed", name)
+
+    def _remove_container(self, name: str) -> None:
+        try:
+            container = self.client.containers.get(name)
+        except Exception:
+            return  # already gone (removed outside the balancer)
+        try:
+            container.stop(timeout=self.stop_timeout)
+        except Exception:
+            pass
+        container.remove(force=True, v=True)
+
+    def replicas(self) -> list[Replica]:
+        return list(self._replicas.values())
+
+    def alive(self, name: str) -> bool:
+        return name in self._replicas and name not in self._dead
+
+    async def close(self) -> None:
+        await super().close()
+        self._events.close()
+        if self._own_network:
+            for network in self.client.networks.list(names=[self.network]):
+                network.remove()

@@ -1,0 +1,165 @@
+"""The Docker backend: replicas as containers the balancer spawns through the Docker SDK.
+
+These run wherever a Docker engine answers (CI here has one); they build the images with
+`make images` first if they are missing. They skip only where no engine answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+
+import httpx
+import pytest
+
+from conftest import REPO, Workers, assert_all_gone
+from dslab.stack import BalancerProcess, StackError, wait_until
+from dslab.supervisor import ProcessSupervisor, ReplicaSpec, SpawnError
+from dslab.supervisor.docker import DockerSupervisor, DockerUnavailable, docker_client
+
+IMAGES = ("dslab-replica:latest", "dslab-shard:latest", "dslab-balancer:latest")
+
+
+@pytest.fixture(scope="module")
+def docker():
+    try:
+        client = docker_client()
+    except DockerUnavailable as exc:
+        pytest.skip(f"no Docker engine answers here: {exc}")
+    missing = [image for image in IMAGES if not client.images.list(name=image)]
+    if missing:
+        subprocess.run(["make", "images"], cwd=REPO, check=True)
+    return client
+
+
+@pytest.fixture
+def stack(docker):
+    """A fresh label for this test's containers; afterwards none of them may be left."""
+    label = f"test-{uuid.uuid4().hex[:8]}"
+    yield label
+    left = docker.containers.list(all=True, filters={"label": f"dslab.stack={label}"})
+    networks = docker.networks.list(filters={"label": f"dslab.stack={label}"})
+    for container in left:
+        container.remove(force=True)
+    for network in networks:
+        network.remove()
+    assert not left and not networks, f"left behind: {left} {networks}"
+
+
+def make(backend: str, stack: str):
+    spec = ReplicaSpec(module="dslab.replica", image="dslab-replica:latest")
+    if backend == "process":
+        return ProcessSupervisor(spec), None
+    return DockerSupervisor(spec, stack=stack, address="loopback"), None
+
+
+@pytest.mark.parametrize("backend", ["process", "docker"])
+def test_one_interface_over_both_backends(docker, stack, backend):
+    async def scenario():
+        supervisor, _ = make(backend, stack)
+        async with supervisor:
+            a, b = await asyncio.gather(supervisor.spawn("A1"), supervisor.spawn("B2"))
+            assert {r.name for r in supervisor.replicas()} == {"A1", "B2"}
+            async with httpx.AsyncClient(timeout=10) as client:
+                home = await client.get(f"http://{a.host}:{a.port}/home")
+            assert home.json()["message"] == "Hello from Server: A1"
+            assert supervisor.alive("A1") and supervisor.alive("B2")
+            await supervisor.remove("A1")
+            assert not supervisor.alive("A1") and [r.name for r in supervisor.replicas()] == ["B2"]
+            with pytest.raises(SpawnError):
+                await supervisor.spawn("B2")
+            # Killed outside the supervisor: its local view says so.
+            if backend == "docker":
+                docker.containers.get("B2").kill()
+            else:
+                os.kill(supervisor.pid("B2"), 9)
+            for _ in range(200):
+                if not supervisor.alive("B2"):
+                    return True
+                await asyncio.sleep(0.02)
+            return False
+
+    assert asyncio.run(scenario())
+
+
+class Load(Workers):
+    def __init__(self, url: str) -> None:
+        super().__init__(url, threads=4, timeout=20)
+        self.ok, self.failed = 0, []
+
+    def step(self, client: httpx.Client) -> None:
+        try:
+            code = client.get("/home").status_code
+        except httpx.HTTPError as exc:
+            code = type(exc).__name__
+        with self.lock:
+            if code == 200:
+                self.ok += 1
+            else:
+                self.failed.append(code)
+
+
+def test_balancer_with_containers_replaces_a_killed_one_under_load(docker, stack):
+    balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--backend", "docker",
+                                     "--docker-address", "loopback", "--stack", stack]).start()
+    try:
+        with httpx.Client(base_url=balancer.url, timeout=30) as client:
+            assert client.get("/rep").json()["message"]["replicas"] == ["Server1", "Server2", "Server3"]
+            added = client.post("/add", json={"n": 1, "hostnames": ["S5"]}).json()["message"]
+            assert added["N"] == 4
+            container = docker.containers.get("S5")
+            assert container.labels == {"dslab.stack": stack, "dslab.role": "replica"}
+            assert "SERVER_ID=S5" in container.attrs["Config"]["Env"]
+            assert client.request("DELETE", "/rm", json={"n": 1, "hostnames": ["S5"]}).status_code == 200
+            assert not docker.containers.list(all=True, filters={"name": "^S5$"})
+
+            with Load(balancer.url) as load:
+                wait_until(lambda: load.ok > 100, 30, what="load")
+                docker.containers.get("Server2").kill()
+                killed = time.monotonic()
+                names = wait_until(lambda: (n := client.get("/rep").json()["message"]["replicas"])
+                                   and "Server2" not in n and len(n) == 3 and n, 20,
+                                   what="a replacement container")
+                took = time.monotonic() - killed
+                served = load.ok
+                wait_until(lambda: load.ok > served + 100, 30, what="load after it")
+            assert load.failed == []
+            assert took < 10
+            newcomer = (set(names) - {"Server1", "Server3"}).pop()
+            assert docker.containers.get(newcomer).status == "running"
+    finally:
+        assert balancer.stop() == 0
+
+
+def test_missing_image_is_a_clear_error(docker, stack):
+    balancer = BalancerProcess(args=["--backend", "docker", "--stack", stack,
+                                     "--replica-image", "dslab-nope:latest"], quiet=False)
+    with pytest.raises(StackError, match="exited before it was ready"):
+        balancer.start()
+    assert balancer.proc.returncode == 1
+
+
+def test_no_engine_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(DockerUnavailable, match="no engine answers"):
+        docker_client()
+    result = subprocess.run(
+        [os.sys.executable, "-m", "dslab.balancer", "--backend", "docker", "--port", "0"],
+        capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert result.returncode == 1
+    assert "error: Docker was asked for but no engine answers" in result.stderr
+
+
+def test_process_tree_is_untouched_by_docker_mode(docker, stack):
+    """The balancer's own children are none: replicas are containers, not processes."""
+    balancer = BalancerProcess(args=["-n", "2", "--backend", "docker", "--docker-address",
+                                     "loopback", "--stack", stack]).start()
+    try:
+        assert balancer.descendants() == []
+        assert len(docker.containers.list(filters={"label": f"dslab.stack={stack}"})) == 2
+    finally:
+        assert balancer.stop() == 0
+    assert_all_gone([])
