@@ -23,7 +23,14 @@ import threading
 import time
 from typing import Any
 
-from .base import Replica, ReplicaSpec, ReplicaSupervisor, SpawnError, SupervisorError, UnknownReplica
+from .base import (
+    Replica,
+    ReplicaSpec,
+    ReplicaSupervisor,
+    SpawnError,
+    SupervisorError,
+    UnknownReplica,
+)
 
 __all__ = ["DockerSupervisor", "DockerUnavailable", "remove_stack"]
 
@@ -152,7 +159,7 @@ class DockerSupervisor(ReplicaSupervisor):
                 writer.close()
                 if line.startswith(b"HTTP/1.") and b" 200 " in line:
                     return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             await asyncio.sleep(0.05)
         raise SpawnError(f"container {replica.name} did not answer within {self.start_timeout:g}s")

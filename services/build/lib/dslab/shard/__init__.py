@@ -1,1 +1,0 @@
-"""The Part 2 shard server: one engine, one collection per shard it holds."""
