@@ -15,7 +15,7 @@ import uuid
 import httpx
 import pytest
 
-from conftest import REPO, Workers, assert_all_gone
+from conftest import REPO, Workers, assert_all_gone, row, seed_init
 from dslab.stack import BalancerProcess, StackError, wait_until
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec, SpawnError
 from dslab.supervisor.docker import DockerSupervisor, DockerUnavailable, docker_client
@@ -163,3 +163,31 @@ def test_process_tree_is_untouched_by_docker_mode(docker, stack):
     finally:
         assert balancer.stop() == 0
     assert_all_gone([])
+
+
+def test_shard_server_container_killed_with_data_is_replaced_and_refilled(docker, stack, tmp_path):
+    db = BalancerProcess("dslab.db", args=["--state-dir", str(tmp_path), "--backend", "docker",
+                                           "--docker-address", "loopback", "--stack", stack]).start()
+    try:
+        with httpx.Client(base_url=db.url, timeout=120) as client:
+            assert client.post("/init", json=seed_init()).status_code == 200
+            container = docker.containers.get("Server0")
+            assert container.labels["dslab.stack"] == stack
+            rows = [row(i) for i in range(0, 16384, 37)]
+            assert client.post("/write", json={"data": rows}).status_code == 200
+            docker.containers.get("Server0").kill()
+            servers = wait_until(lambda: (s := client.get("/status").json()["servers"])
+                                 and "Server0" not in s and len(s) == 6 and s, 60,
+                                 what="Server0's container to be replaced")
+            newcomer = (set(servers) - {"Server1", "Server3", "Server4", "Server5", "Server6"}).pop()
+            assert servers[newcomer] == ["sh1", "sh2"]
+            everything = client.post("/read", json={"Stud_id": {"low": 0, "high": 16383}}).json()
+            assert everything["data"] == rows
+            # The newcomer, asked directly on its published port, holds every row of its shards.
+            port = int(docker.containers.get(newcomer).attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"])
+            copy = httpx.request("GET", f"http://127.0.0.1:{port}/copy",
+                                 json={"shards": ["sh1", "sh2"]}, timeout=60).json()
+            assert copy["sh1"] == [r for r in rows if r["Stud_id"] < 4096]
+            assert copy["sh2"] == [r for r in rows if 4096 <= r["Stud_id"] < 8192]
+    finally:
+        assert db.stop() == 0

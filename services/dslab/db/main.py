@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pymongo import AsyncMongoClient
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
 from ..engine import LocalEngine
 from ..ring import HASH_PAIRS
-from ..supervisor import BACKENDS, ReplicaSpec, make_supervisor
+from ..supervisor import BACKENDS, ReplicaSpec, SupervisorError, make_supervisor
 from .cluster import ShardCluster
 from .http import make_app
 from .metadata import Metadata
@@ -46,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=env("HASH", "blake2b"),
                    help="hash functions of the per-shard rings (env HASH)")
     p.add_argument("--backend", choices=BACKENDS, default=env("BACKEND", "process"))
+    p.add_argument("--shard-image", default=env("SHARD_IMAGE", "dslab-shard:latest"),
+                   help="image of a shard server, Docker backend (env SHARD_IMAGE)")
+    p.add_argument("--stack", default=env("STACK", "dslab"),
+                   help="label of the containers this balancer starts (env STACK)")
+    p.add_argument("--docker-address", choices=["name", "loopback"],
+                   default=env("DOCKER_ADDRESS", "name"),
+                   help="reach containers by name (balancer in Docker) or on published loopback "
+                        "ports (balancer on the host) (env DOCKER_ADDRESS)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -66,10 +75,16 @@ async def run(args: argparse.Namespace) -> None:
     metadata = Metadata(client["dslab_meta"])
     if args.reset:
         await metadata.reset()
-    spec = ReplicaSpec(module="dslab.shard", env={"SHARD_DATA_ROOT": str(servers_dir),
-                                                  "LOG_LEVEL": "WARNING"})
-    cluster = ShardCluster(make_supervisor(args.backend, spec), metadata,
-                           data_root=servers_dir, hashes=args.hash)
+    if args.backend == "process":  # engines' data in host folders, one per server
+        spec = ReplicaSpec(module="dslab.shard", env={"SHARD_DATA_ROOT": str(servers_dir),
+                                                      "LOG_LEVEL": "WARNING"})
+        data_root: Path | None = servers_dir
+    else:  # each container keeps its engine's data in its own /data
+        spec = ReplicaSpec(module="dslab.shard", image=args.shard_image, env={"LOG_LEVEL": "WARNING"})
+        data_root = None
+    supervisor = make_supervisor(args.backend, spec, stack=args.stack,
+                                 address=args.docker_address)
+    cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash)
     server = tornado.httpserver.HTTPServer(make_app(cluster))
 
     async def start() -> int:
@@ -97,4 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     die_with_parent()
     install_uvloop()
-    asyncio.run(run(args))
+    try:
+        asyncio.run(run(args))
+    except SupervisorError as exc:  # Docker asked for and absent, an image missing, ...
+        sys.exit(f"error: {exc}")
