@@ -9,17 +9,22 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test lint report lab wheelhouse base-image images run-lb run-db bench-lb bench-db clean
+.PHONY: help venv test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
 # reaches Docker Hub, `make images BASE=python:3.11-slim`.
 BASE   ?= dslab-base:bookworm
+STACK  ?= dslab
+APP    ?= dslab.balancer
+# Debian's docker-compose here; `docker compose` (the plugin) on most machines.
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 help:
 	@echo "make report            re-run every experiment, render reports/*.html and reports/figures/*.png"
 	@echo "                       (EXP='lb_a1 lb_a3' for some; ARGS=--quick for small sizes)"
 	@echo "make lab               JupyterLab on notebooks/"
+	@echo "make up / make down    the stack under Compose on PORT (APP=dslab.db for Part 2); down removes everything"
 	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
 	@echo "make test              run the test suite"
 	@echo "make lint              ruff over services, tests and bench"
@@ -56,6 +61,18 @@ images: wheelhouse base-image
 	for target in replica shard balancer; do \
 	  docker build -q --build-arg BASE=$(BASE) --target $$target -t dslab-$$target:latest -f docker/Dockerfile . ; \
 	done
+
+up:
+	@docker image inspect dslab-balancer:latest dslab-replica:latest dslab-shard:latest >/dev/null 2>&1 \
+	  || $(MAKE) images
+	STACK=$(STACK) APP=$(APP) PORT=$(PORT) N=$(N) HASH=$(HASH) $(COMPOSE) -p $(STACK) up -d
+
+# Compose removes what it made; the balancer's own containers go by their label.
+down:
+	-STACK=$(STACK) $(COMPOSE) -p $(STACK) down -v --remove-orphans
+	-docker ps -aq --filter label=dslab.stack=$(STACK) | xargs -r docker rm -f -v
+	-docker network ls -q --filter label=dslab.stack=$(STACK) | xargs -r docker network rm
+	-docker volume ls -q --filter label=dslab.stack=$(STACK) | xargs -r docker volume rm
 
 lint: venv
 	$(VENV)/bin/ruff check .

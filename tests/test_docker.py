@@ -191,3 +191,37 @@ def test_shard_server_container_killed_with_data_is_replaced_and_refilled(docker
             assert copy["sh2"] == [r for r in rows if 4096 <= r["Stud_id"] < 8192]
     finally:
         assert db.stop() == 0
+
+
+def test_compose_up_serves_replaces_and_down_leaves_nothing(docker, stack):
+    from conftest import free_port
+
+    port = free_port()
+    up = subprocess.run(["make", "up", f"PORT={port}", "N=2", f"STACK={stack}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+    try:
+        assert up.returncode == 0, up.stderr
+        url = f"http://127.0.0.1:{port}"
+
+        def replicas():
+            try:
+                return httpx.get(f"{url}/rep", timeout=5).json()["message"]["replicas"]
+            except (httpx.HTTPError, ValueError):
+                return None
+
+        names = wait_until(lambda: (r := replicas()) and len(r) == 2 and r, 90, what="the stack")
+        assert httpx.get(f"{url}/home", timeout=10).status_code == 200
+        # The replicas are containers on the internal network, not published on the host.
+        victim = docker.containers.get(names[0])
+        assert victim.attrs["NetworkSettings"]["Ports"] in ({}, {"5000/tcp": None})
+        victim.kill()
+        wait_until(lambda: (r := replicas()) and names[0] not in r and len(r) == 2, 30,
+                   what="a replacement")
+    finally:
+        down = subprocess.run(["make", "down", f"STACK={stack}"], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+    assert down.returncode == 0, down.stderr
+    label = {"label": f"dslab.stack={stack}"}
+    assert docker.containers.list(all=True, filters=label) == []
+    assert docker.networks.list(filters=label) == []
+    assert docker.volumes.list(filters=label) == []
