@@ -9,7 +9,7 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db clean
+.PHONY: help venv test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db bench-failover clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
@@ -31,6 +31,7 @@ help:
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
 	@echo "make bench-db          Part 2: 10000 writes + 10000 reads, balancer vs the engines directly"
+	@echo "make bench-failover    kill-to-serving and /add times, process vs Docker backend"
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 
 $(VENV)/.installed: services/pyproject.toml
@@ -90,6 +91,9 @@ bench-lb: venv
 
 bench-db: venv
 	$(PY) bench/bench_db.py $(ARGS)
+
+bench-failover: venv
+	$(PY) bench/bench_failover.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .state
