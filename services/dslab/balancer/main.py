@@ -10,11 +10,11 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 
-from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
+from ..common.cli import add_backend_options, run_main
+from ..common.runtime import bind_socket, serve_forever
 from ..ring import HASH_PAIRS, PROBING, ConsistentHashRing
-from ..supervisor import BACKENDS, ReplicaSpec, SupervisorError, make_supervisor
+from ..supervisor import ReplicaSpec, make_supervisor
 from .admin import make_admin_app
 from .front import Front, start_front
 from .membership import ReplicaSet
@@ -43,22 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual servers per replica, K (env VNODES)")
     p.add_argument("--probing", choices=PROBING, default=_env("PROBING", "linear"),
                    help="collision probing (env PROBING)")
-    p.add_argument("--backend", choices=BACKENDS, default=_env("BACKEND", "process"),
-                   help="how replicas run (env BACKEND)")
-    p.add_argument("--replica-image", default=_env("REPLICA_IMAGE", "dslab-replica:latest"),
-                   help="image of a replica, Docker backend (env REPLICA_IMAGE)")
-    p.add_argument("--stack", default=_env("STACK", "dslab"),
-                   help="label of the containers this balancer starts (env STACK)")
-    p.add_argument("--docker-address", choices=["name", "loopback"],
-                   default=_env("DOCKER_ADDRESS", "name"),
-                   help="reach containers by name (balancer in Docker) or on published loopback "
-                        "ports (balancer on the host) (env DOCKER_ADDRESS)")
     p.add_argument("--heartbeat-interval", type=float,
                    default=float(_env("HEARTBEAT_INTERVAL", "0.25")), help="seconds")
     p.add_argument("--request-timeout", type=float,
                    default=float(_env("REQUEST_TIMEOUT", "5")), help="seconds per upstream try")
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
-    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    add_backend_options(p, "--replica-image", "REPLICA_IMAGE", "dslab-replica:latest")
     return p
 
 
@@ -94,12 +83,4 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    die_with_parent()  # `make run-lb` killed: we still clean up
-    install_uvloop()
-    try:
-        asyncio.run(run(args))
-    except SupervisorError as exc:  # Docker asked for and absent, an image missing, ...
-        sys.exit(f"error: {exc}")
+    run_main(run, build_parser().parse_args(argv))

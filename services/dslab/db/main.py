@@ -9,21 +9,20 @@ A restarted balancer finds its configuration and starts the same servers on the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import tornado.httpserver
 from pymongo import AsyncMongoClient
 
-from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
+from ..common.cli import add_backend_options, run_main
+from ..common.runtime import bind_socket, serve_forever
 from ..engine import LocalEngine
 from ..ring import HASH_PAIRS
-from ..supervisor import BACKENDS, ReplicaSpec, SupervisorError, make_supervisor
+from ..supervisor import ReplicaSpec, make_supervisor
 from .cluster import ShardCluster
 from .http import make_app
 from .metadata import Metadata
@@ -46,17 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true", help="forget the configuration and all data")
     p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=env("HASH", "blake2b"),
                    help="hash functions of the per-shard rings (env HASH)")
-    p.add_argument("--backend", choices=BACKENDS, default=env("BACKEND", "process"))
-    p.add_argument("--shard-image", default=env("SHARD_IMAGE", "dslab-shard:latest"),
-                   help="image of a shard server, Docker backend (env SHARD_IMAGE)")
-    p.add_argument("--stack", default=env("STACK", "dslab"),
-                   help="label of the containers this balancer starts (env STACK)")
-    p.add_argument("--docker-address", choices=["name", "loopback"],
-                   default=env("DOCKER_ADDRESS", "name"),
-                   help="reach containers by name (balancer in Docker) or on published loopback "
-                        "ports (balancer on the host) (env DOCKER_ADDRESS)")
-    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
-    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    add_backend_options(p, "--shard-image", "SHARD_IMAGE", "dslab-shard:latest")
     return p
 
 
@@ -107,12 +96,4 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    die_with_parent()
-    install_uvloop()
-    try:
-        asyncio.run(run(args))
-    except SupervisorError as exc:  # Docker asked for and absent, an image missing, ...
-        sys.exit(f"error: {exc}")
+    run_main(run, build_parser().parse_args(argv))
