@@ -158,7 +158,7 @@ class ShardCluster:
             failure = next((r for r in configured if isinstance(r, BaseException)), None)
         if failure is not None:
             for replica in started:
-                await self._stop_server(replica.name)
+                await self._stop_server(replica.name, remove_data=True)
             raise Unavailable(f"<Error> Could not start shard servers: {failure}") from failure
         for replica in started:
             self.monitor.watch(replica)
@@ -172,7 +172,13 @@ class ShardCluster:
             await self.supervisor.remove(name)
         except UnknownReplica:
             pass
-        if remove_data and self.data_root is not None:
+        if remove_data:
+            await self._discard_data(name)
+
+    async def _discard_data(self, name: str) -> None:
+        """A server that is gone for good: its engine's data goes too (folder or volume)."""
+        await self.supervisor.discard_data(name)
+        if self.data_root is not None:
             shutil.rmtree(self.data_root / name, ignore_errors=True)
 
     def _evict(self, name: str, why: str) -> None:
@@ -234,8 +240,7 @@ class ShardCluster:
         del self.placement[dead]
         self.placement[newcomer] = list(shards)
         self.replacements.append((dead, newcomer))
-        if self.data_root is not None:
-            shutil.rmtree(self.data_root / dead, ignore_errors=True)
+        await self._discard_data(dead)
         return newcomer
 
     async def _refill(self, newcomer: str, shard: str) -> None:

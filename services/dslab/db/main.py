@@ -62,17 +62,21 @@ async def run(args: argparse.Namespace) -> None:
         meta_uri = await engine.start()
     client: AsyncMongoClient[Any] = AsyncMongoClient(meta_uri, serverSelectionTimeoutMS=10000)
     metadata = Metadata(client["dslab_meta"])
-    if args.reset:
-        await metadata.reset()
     if args.backend == "process":  # engines' data in host folders, one per server
         spec = ReplicaSpec(module="dslab.shard", env={"SHARD_DATA_ROOT": str(servers_dir),
                                                       "LOG_LEVEL": "WARNING"})
         data_root: Path | None = servers_dir
-    else:  # each container keeps its engine's data in its own /data
-        spec = ReplicaSpec(module="dslab.shard", image=args.shard_image, env={"LOG_LEVEL": "WARNING"})
+    else:  # each container keeps its engine's data in a named volume at /data
+        spec = ReplicaSpec(module="dslab.shard", image=args.shard_image, data_path="/data",
+                           env={"LOG_LEVEL": "WARNING"})
         data_root = None
     supervisor = make_supervisor(args.backend, spec, stack=args.stack,
                                  address=args.docker_address)
+    if args.reset:
+        old = await metadata.load()
+        for name in old.placement if old else []:
+            await supervisor.discard_data(name)
+        await metadata.reset()
     cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash)
     server = tornado.httpserver.HTTPServer(make_app(cluster))
 

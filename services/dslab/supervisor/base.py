@@ -46,6 +46,7 @@ class ReplicaSpec:
     module: str
     env: Mapping[str, str] = field(default_factory=dict)
     image: str | None = None
+    data_path: str | None = None  # Docker: a path whose data outlives the container
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class ReplicaSupervisor(abc.ABC):
     @abc.abstractmethod
     def alive(self, name: str) -> bool:
         """The backend's local view: False once the replica's process or container is gone."""
+
+    async def discard_data(self, name: str) -> None:
+        """Forget the data a removed replica kept outside itself (a volume); nothing by default.
+        ``remove`` alone keeps it, so a restarted balancer can start the replica on it again."""
+        return None  # the process backend keeps no data of its own (the caller owns folders)
 
     async def close(self) -> None:
         """Remove every replica (all at once: each may take seconds to shut down cleanly)."""

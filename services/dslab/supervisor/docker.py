@@ -132,10 +132,15 @@ class DockerSupervisor(ReplicaSupervisor):
 
     def _run(self, name: str) -> Replica:
         publish = {"5000/tcp": ("127.0.0.1", None)} if self.address == "loopback" else None
+        volumes = None
+        if self.spec.data_path:  # a named volume: the data outlives this container
+            self._volume(name)
+            volumes = {self._volume_name(name): {"bind": self.spec.data_path, "mode": "rw"}}
         container = self.client.containers.run(
             self.spec.image, name=name, hostname=name, detach=True, network=self.network,
             environment={**self.spec.env, "SERVER_ID": name, "PORT": "5000"},
-            labels={LABEL_STACK: self.stack, LABEL_ROLE: "replica"}, ports=publish)
+            labels={LABEL_STACK: self.stack, LABEL_ROLE: "replica"}, ports=publish,
+            volumes=volumes)
         if self.address == "name":
             return Replica(name, name, 5000)
         container.reload()
@@ -179,7 +184,26 @@ class DockerSupervisor(ReplicaSupervisor):
             container.stop(timeout=self.stop_timeout)
         except Exception:
             pass
-        container.remove(force=True, v=True)
+        container.remove(force=True)  # its named volume, if any, stays
+
+    def _volume_name(self, name: str) -> str:
+        return f"{self.stack}-{name}-data"
+
+    def _volume(self, name: str) -> None:
+        try:
+            self.client.volumes.get(self._volume_name(name))
+        except Exception:
+            self.client.volumes.create(self._volume_name(name), labels={LABEL_STACK: self.stack})
+
+    async def discard_data(self, name: str) -> None:
+        def remove() -> None:
+            try:
+                self.client.volumes.get(self._volume_name(name)).remove(force=True)
+            except Exception:
+                pass  # never made, or already gone
+
+        if self.spec.data_path:
+            await asyncio.get_running_loop().run_in_executor(None, remove)
 
     def replicas(self) -> list[Replica]:
         return list(self._replicas.values())
