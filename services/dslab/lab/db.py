@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from ..db.placement import servers_of
 from ..db.seed import SEED_SCHEMA, row, seed_init
 from ..stack import BalancerProcess, wait_until
-from .load import run_sync
+from .load import run_sync, tour
 
 __all__ = [
     "config_a2",
@@ -174,15 +173,7 @@ def endpoint_tour(db: BalancerProcess) -> pd.DataFrame:
         ("DELETE", "/rm", {"n": 1, "servers": ["Server4", "Server1"]}),
         ("GET", "/status", None),
     ]
-    rows = []
-    with httpx.Client(base_url=db.url, timeout=120) as client:
-        for method, path, body in calls:
-            response = client.request(method, path, json=body) if body is not None else \
-                client.request(method, path)
-            rows.append({"request": f"{method} {path}",
-                         "payload": "" if body is None else json.dumps(body)[:160],
-                         "status": response.status_code, "response": response.text[:400]})
-    return pd.DataFrame(rows)
+    return tour(db.url, calls)
 
 
 def kill_and_refill(db: BalancerProcess, victim: str = "Server0", n_rows: int = 2000,

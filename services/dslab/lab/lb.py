@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
@@ -23,7 +22,7 @@ import pandas as pd
 from ..ring import ConsistentHashRing
 from ..ring.analysis import assign, assign_bounded, loads, moved_share
 from ..stack import BalancerProcess
-from .load import fire, load, random_rids, run_sync
+from .load import fire, load, random_rids, run_sync, tour
 
 __all__ = [
     "HashConfig",
@@ -136,16 +135,7 @@ def endpoint_tour(balancer: BalancerProcess) -> pd.DataFrame:
         ("DELETE", "/rm", {"n": 1, "hostnames": ["nobody"]}),
         ("GET", "/rep", None),
     ]
-    rows = []
-    with httpx.Client(base_url=balancer.url, timeout=30) as client:
-        for method, path, body in calls:
-            response = client.request(method, path, json=body) if body is not None else \
-                client.request(method, path)
-            rows.append({"request": f"{method} {path}",
-                         "payload": "" if body is None else json.dumps(body),
-                         "status": response.status_code,
-                         "response": response.text or "(empty)"})
-    return pd.DataFrame(rows)
+    return tour(balancer.url, calls)
 
 
 def kill_under_load(n: int = 3, seconds: float = 6.0, kill_at: float = 2.0,

@@ -10,6 +10,7 @@ timelines around a failure.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -17,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import aiohttp
+import httpx
 import pandas as pd
 from tqdm.auto import tqdm
 
-__all__ = ["COLUMNS", "fire", "fire_for", "load", "random_rids", "run_sync"]
+__all__ = ["COLUMNS", "Call", "fire", "fire_for", "load", "random_rids", "run_sync", "tour"]
 
 T = TypeVar("T")
 
@@ -95,3 +97,20 @@ def fire_for(url: str, seconds: float, *, path: str = "/home", concurrency: int 
         return rng.randint(100000, 999999) if time.perf_counter() < deadline else None
 
     return run_sync(load(url, path, next_rid, concurrency, timeout, None))
+
+
+Call = tuple[str, str, Any]  # method, path, JSON body or None
+
+
+def tour(url: str, calls: list[Call], *, timeout: float = 120.0, width: int = 400) -> pd.DataFrame:
+    """Each call once, in order: request, payload, status and (the start of) the response."""
+    rows = []
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        for method, path, body in calls:
+            response = client.request(method, path, json=body) if body is not None else \
+                client.request(method, path)
+            rows.append({"request": f"{method} {path}",
+                         "payload": "" if body is None else json.dumps(body)[:160],
+                         "status": response.status_code,
+                         "response": response.text[:width] or "(empty)"})
+    return pd.DataFrame(rows)
