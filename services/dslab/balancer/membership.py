@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,17 +30,9 @@ from ..supervisor import (
 from .heartbeat import Dead, HeartbeatMonitor
 from .upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
 
-__all__ = ["MembershipEvent", "ReplicaSet"]
+__all__ = ["ReplicaSet"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MembershipEvent:
-    at: float  # time.time()
-    kind: str  # "added" | "removed" | "died" | "replaced"
-    name: str
-    detail: str = ""
 
 
 @dataclass
@@ -68,14 +59,10 @@ class ReplicaSet:
             self.supervisor, self._after_heartbeats, interval=self.heartbeat_interval,
             timeout=self.heartbeat_timeout, misses=self.heartbeat_misses)
         self.target = 0
-        self.events: list[MembershipEvent] = []
 
     # ---- read side --------------------------------------------------------------------------
     def names(self) -> list[str]:
         return list(self._members)
-
-    def replica(self, name: str) -> Replica:
-        return self._members[name].replica
 
     async def fetch(self, name: str, raw_request: bytes) -> UpstreamResponse:
         member = self._members.get(name)
@@ -184,7 +171,6 @@ class ReplicaSet:
             pass
 
     def _record(self, kind: str, name: str, detail: str = "") -> None:
-        self.events.append(MembershipEvent(time.time(), kind, name, detail))
         log.info("replica %s %s %s", name, kind, detail)
 
     async def _after_heartbeats(self, dead: Dead) -> None:

@@ -88,7 +88,6 @@ class ShardCluster:
         self.servers: dict[str, UpstreamPool] = {}
         self._evicted: dict[str, str] = {}  # name -> why, for the next heartbeat round
         self._replace_errors: dict[str, str] = {}
-        self.replacements: list[tuple[str, str]] = []  # (dead, newcomer), for experiments
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -239,7 +238,6 @@ class ShardCluster:
         await self.metadata.replace_server(dead, newcomer, shards)
         del self.placement[dead]
         self.placement[newcomer] = list(shards)
-        self.replacements.append((dead, newcomer))
         await self._discard_data(dead)
         return newcomer
 

@@ -3,8 +3,8 @@
 ``fire`` sends ``n`` GETs with at most ``concurrency`` in flight, each with its own request id
 (``X-Request-ID``, drawn from a seeded generator so a run can be repeated), and returns a
 DataFrame: rid, status, server (from ``X-Served-By``), start and end (seconds since the first
-request) and latency in ms. ``fire_for`` keeps that up for a duration instead of a count, for
-timelines around a failure.
+request) and latency in ms. ``load`` is the async core, for runs that must do something else
+meanwhile (a kill).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import httpx
 import pandas as pd
 from tqdm.auto import tqdm
 
-__all__ = ["COLUMNS", "Call", "fire", "fire_for", "load", "random_rids", "run_sync", "tour"]
+__all__ = ["COLUMNS", "Call", "fire", "load", "random_rids", "run_sync", "tour"]
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ async def _worker(session: aiohttp.ClientSession, path: str, next_rid: Callable[
 
 async def load(url: str, path: str, next_rid: Callable[[], int | None], concurrency: int,
                timeout: float, bar: tqdm | None = None) -> pd.DataFrame:
-    """Requests until ``next_rid`` says None; the async core of ``fire`` and ``fire_for``."""
+    """Requests until ``next_rid`` says None; the async core of ``fire``."""
     rows: list[tuple] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
@@ -86,17 +86,6 @@ def fire(url: str, rids: list[int], *, path: str = "/home", concurrency: int = 6
         if bar is not None:
             bar.close()
 
-
-def fire_for(url: str, seconds: float, *, path: str = "/home", concurrency: int = 16,
-             seed: int = 0, timeout: float = 30.0) -> pd.DataFrame:
-    """GETs with fresh random ids until ``seconds`` have passed."""
-    rng = random.Random(seed)
-    deadline = time.perf_counter() + seconds
-
-    def next_rid() -> int | None:
-        return rng.randint(100000, 999999) if time.perf_counter() < deadline else None
-
-    return run_sync(load(url, path, next_rid, concurrency, timeout, None))
 
 
 Call = tuple[str, str, Any]  # method, path, JSON body or None

@@ -8,7 +8,7 @@ from .base import (
     SupervisorError,
     UnknownReplica,
 )
-from .names import is_dns_label, random_hostname, same_name
+from .names import is_dns_label, random_hostname
 from .process import ProcessSupervisor
 
 
@@ -39,5 +39,4 @@ __all__ = [
     "is_dns_label",
     "make_supervisor",
     "random_hostname",
-    "same_name",
 ]

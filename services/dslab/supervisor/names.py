@@ -6,7 +6,7 @@ import random
 import re
 from collections.abc import Collection
 
-__all__ = ["DNS_LABEL", "is_dns_label", "random_hostname", "same_name"]
+__all__ = ["DNS_LABEL", "is_dns_label", "random_hostname"]
 
 # RFC 1123 label: letters, digits and '-', 1 to 63 characters, no '-' at either end.
 DNS_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -15,10 +15,6 @@ DNS_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 def is_dns_label(name: str) -> bool:
     return bool(DNS_LABEL.match(name))
 
-
-def same_name(a: str, b: str) -> bool:
-    """DNS compares names without case, so "S5" and "s5" would be the same host."""
-    return a.lower() == b.lower()
 
 
 def random_hostname(taken: Collection[str], prefix: str = "Server",
