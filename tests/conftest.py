@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
 import os
 import socket
 import threading
 
 import httpx
 import psutil
+import pymongo
 import pytest
 from hypothesis import settings
 
 from dslab.db.seed import SEED_SCHEMA, SEED_SERVERS, SEED_SHARDS, row, seed_init  # noqa: F401
+from dslab.engine import LocalEngine
 from dslab.stack import BalancerProcess
 
 # CI replays the same examples every run (a red CI must be reproducible); locally hypothesis
@@ -63,12 +67,17 @@ def seeded_db(state: os.PathLike, rows: list[dict]):
 
 
 class Workers:
-    """Client threads repeating ``step(client)`` until the ``with`` block ends."""
+    """Client threads repeating ``step(client)`` until the ``with`` block ends.
+
+    An exception out of ``step`` (a timeout, a refused connection) is a failed request: it is
+    counted in ``exceptions`` and the thread goes on; leaving the block fails the test if any
+    was raised or a thread did not stop, so no failure can hide in a dead thread."""
 
     def __init__(self, url: str, threads: int = 4, timeout: float = 60) -> None:
         self.url = url
         self.timeout = timeout
         self.lock = threading.Lock()
+        self.exceptions: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
@@ -78,17 +87,33 @@ class Workers:
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
             while not self._stop.is_set():
-                self.step(client)
+                try:
+                    self.step(client)
+                except Exception as exc:  # noqa: BLE001 - every exception is a failed request
+                    with self.lock:
+                        self.exceptions.append(f"{type(exc).__name__}: {exc}")
 
     def __enter__(self):
         for t in self._threads:
             t.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(120)
+            t.join(self.timeout + 30)
+        if exc_type is None:
+            assert not [t for t in self._threads if t.is_alive()], "a client thread did not stop"
+            assert self.exceptions == [], f"requests raised: {self.exceptions[:5]}"
+
+
+def detection_time(module: str, *args: str) -> float:
+    """The longest the balancer ``module`` started with ``args`` takes to find a hung replica,
+    from its heartbeat settings: ``misses`` rounds, each waiting out the timeout, one interval
+    apart."""
+    parser = importlib.import_module(f"{module}.main").build_parser()
+    options = parser.parse_known_args(list(args))[0]
+    return options.heartbeat_misses * (options.heartbeat_interval + options.heartbeat_timeout)
 
 
 @pytest.fixture
@@ -117,6 +142,17 @@ def balancer(start_balancer) -> BalancerProcess:
 def client(balancer):
     with httpx.Client(base_url=balancer.url, timeout=15) as c:
         yield c
+
+
+@pytest.fixture
+def meta(tmp_path):
+    """An engine the test owns, given to the balancer as --meta-uri, to read ShardT directly."""
+    engine = LocalEngine(tmp_path / "meta" / "engine")
+    uri = asyncio.run(engine.start())
+    client = pymongo.MongoClient(uri)
+    yield uri, client["dslab_meta"]
+    client.close()
+    engine.stop()
 
 
 @pytest.fixture

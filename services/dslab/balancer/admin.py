@@ -41,13 +41,13 @@ class RepHandler(_ReplicaHandler):
 
 class AddHandler(_ReplicaHandler):
     async def post(self) -> None:
-        request = parse_add(self.request.body)
+        request = parse_add(self.body())
         self.send_replicas(await self.replicas.add(request.n, request.hostnames))
 
 
 class RmHandler(_ReplicaHandler):
     async def delete(self) -> None:
-        request = parse_rm(self.request.body)
+        request = parse_rm(self.body())
         _, names = await self.replicas.remove(request.n, request.hostnames)
         self.send_replicas(names)
 

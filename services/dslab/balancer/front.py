@@ -77,6 +77,7 @@ class _FrontProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._current = _Request()
         self._body_size = 0
+        self._too_large = False
         self._queue: deque[_Request] = deque()
         self._busy = False
         self._paused = False
@@ -97,7 +98,10 @@ class _FrontProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._reject(400, "<Error> Protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._reject(400, f"<Error> Malformed HTTP request: {exc}")
+            if self._too_large:
+                self._reject(413, f"<Error> Request body is over the limit of {_MAX_BODY} bytes")
+            else:
+                self._reject(400, f"<Error> Malformed HTTP request: {exc}")
 
     # ---- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -122,6 +126,7 @@ class _FrontProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > _MAX_BODY:
+            self._too_large = True
             raise httptools.HttpParserError("request body over 1 MiB")
         self._current.body.append(body)
 

@@ -11,7 +11,12 @@ import asyncio
 import logging
 import os
 
-from ..common.cli import add_backend_options, run_main
+from ..common.cli import (
+    add_backend_options,
+    add_heartbeat_options,
+    heartbeat_settings,
+    run_main,
+)
 from ..common.runtime import bind_socket, serve_forever
 from ..ring import HASH_PAIRS, PROBING, ConsistentHashRing
 from ..supervisor import ReplicaSpec, make_supervisor
@@ -43,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual servers per replica, K (env VNODES)")
     p.add_argument("--probing", choices=PROBING, default=_env("PROBING", "linear"),
                    help="collision probing (env PROBING)")
-    p.add_argument("--heartbeat-interval", type=float,
-                   default=float(_env("HEARTBEAT_INTERVAL", "0.25")), help="seconds")
+    add_heartbeat_options(p, interval=0.25, timeout=0.5, misses=2)
     p.add_argument("--request-timeout", type=float,
                    default=float(_env("REQUEST_TIMEOUT", "5")), help="seconds per upstream try")
     add_backend_options(p, "--replica-image", "REPLICA_IMAGE", "dslab-replica:latest")
@@ -58,7 +62,7 @@ async def run(args: argparse.Namespace) -> None:
         args.backend, ReplicaSpec(module="dslab.replica", image=args.replica_image),
         stack=args.stack, address=args.docker_address)
     replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
-                          heartbeat_interval=args.heartbeat_interval)
+                          **heartbeat_settings(args))
     front = Front(Proxy(replicas), make_admin_app(replicas))
     servers: list[asyncio.Server] = []
 

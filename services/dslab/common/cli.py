@@ -13,7 +13,7 @@ from typing import Any
 from ..supervisor import BACKENDS, SupervisorError
 from .runtime import die_with_parent, install_uvloop
 
-__all__ = ["add_backend_options", "run_main"]
+__all__ = ["add_backend_options", "add_heartbeat_options", "heartbeat_settings", "run_main"]
 
 
 def add_backend_options(p: argparse.ArgumentParser, image_flag: str, image_env: str,
@@ -32,6 +32,29 @@ def add_backend_options(p: argparse.ArgumentParser, image_flag: str, image_env: 
                         "ports (balancer on the host) (env DOCKER_ADDRESS)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def add_heartbeat_options(p: argparse.ArgumentParser, interval: float, timeout: float,
+                          misses: int) -> None:
+    """--heartbeat-interval, --heartbeat-timeout, --heartbeat-misses (each with env): a replica
+    is dead after ``misses`` heartbeats in a row got no answer within ``timeout`` seconds, so
+    a hung one is found within about ``misses * (interval + timeout)`` seconds."""
+    env = os.environ.get
+    p.add_argument("--heartbeat-interval", type=float,
+                   default=float(env("HEARTBEAT_INTERVAL", str(interval))),
+                   help="seconds between heartbeat rounds (env HEARTBEAT_INTERVAL)")
+    p.add_argument("--heartbeat-timeout", type=float,
+                   default=float(env("HEARTBEAT_TIMEOUT", str(timeout))),
+                   help="seconds a heartbeat may take (env HEARTBEAT_TIMEOUT)")
+    p.add_argument("--heartbeat-misses", type=int,
+                   default=int(env("HEARTBEAT_MISSES", str(misses))),
+                   help="missed heartbeats in a row that make a replica dead (env HEARTBEAT_MISSES)")
+
+
+def heartbeat_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"heartbeat_interval": args.heartbeat_interval,
+            "heartbeat_timeout": args.heartbeat_timeout,
+            "heartbeat_misses": args.heartbeat_misses}
 
 
 def run_main(run: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],

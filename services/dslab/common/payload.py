@@ -19,6 +19,8 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("<Error> Request body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest("<Error> Request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("<Error> Request body must be a JSON object")
     return data

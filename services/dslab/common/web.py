@@ -10,9 +10,12 @@ import tornado.web
 from pydantic import BaseModel
 
 from .errors import ApiError, error_body
+from .limits import MAX_BODY
 from .payload import parse_model
 
-__all__ = ["JsonHandler"]
+__all__ = ["HARD_BODY_LIMIT", "JsonHandler", "StreamedJsonHandler"]
+
+HARD_BODY_LIMIT = 1 << 30  # Tornado drops the connection past this; below it, JsonHandler's 413
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ M = TypeVar("M", bound=BaseModel)
 
 class JsonHandler(tornado.web.RequestHandler):
     """JSON in, JSON out; ``write_error`` is the one place an exception becomes the contract's
-    ``{"message": "<Error> ...", "status": "failure"}``."""
+    ``{"message": "<Error> ...", "status": "failure"}``. A body over ``MAX_BODY`` is a 413."""
 
     def send(self, payload: dict[str, Any], status: int = 200) -> None:
         self.set_status(status)
@@ -49,6 +52,41 @@ class JsonHandler(tornado.web.RequestHandler):
         else:
             super().log_exception(typ, value, tb)
 
+    def body(self) -> bytes:
+        _check_size(len(self.request.body))
+        return self.request.body
+
     def parse(self, model: type[M]) -> M:
-        return parse_model(model, self.request.body)
+        return parse_model(model, self.body())
+
+
+@tornado.web.stream_request_body
+class StreamedJsonHandler(JsonHandler):
+    """A ``JsonHandler`` for Tornado's own ``HTTPServer``: the body is streamed in and kept up
+    to ``MAX_BODY`` bytes; past that it is read and dropped, and ``parse`` answers 413.
+    (Answering before the body is read would reset the connection under a client that is still
+    sending, and it would never see the 413.) Make the server with
+    ``max_body_size=HARD_BODY_LIMIT`` so that Tornado leaves the limit to this class."""
+
+    _body: list[bytes]
+    _body_size: int
+
+    def prepare(self) -> None:
+        self._body = []
+        self._body_size = 0
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size <= MAX_BODY:
+            self._body.append(chunk)
+
+    def body(self) -> bytes:
+        _check_size(self._body_size)
+        return b"".join(self._body)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_BODY:
+        raise ApiError(f"<Error> Request body of {size} bytes is over the limit of "
+                       f"{MAX_BODY} bytes", 413)
 

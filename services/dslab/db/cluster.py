@@ -15,11 +15,26 @@ A server found dead (by heartbeats, or evicted by a write) is replaced by a new 
 random name that gets the same shards: for each shard, under that shard's lock, its rows are
 copied (GET /copy) from a live replica, written to the newcomer, and only then does it join the
 shard's ring, so no write can slip between the copy and the join.
+
+Liveness is the transport's and the heartbeats' call, never a request's: a replica that
+refuses a write that the others applied is out of step and evicted; a write that every replica
+refuses is the request's fault, and nobody is evicted (``fanout``).
+
+Every shard keeps its *in-sync* servers (``in_sync``, saved beside valid_idx before a write is
+acknowledged): those that applied every acknowledged write. When every server of a shard has
+died, nothing is left to copy from: the dead in-sync servers are started again in place, on
+their own data, the first becomes the source and the others are made equal to it, and only then
+does the shard take reads and writes again. A server evicted earlier, which missed later writes,
+is never the source.
+
+Configuration changes (/init, /add, /rm, a replacement) are saved in the metadata before they
+are adopted: a failure leaves memory, /status and the metadata as they were.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -31,9 +46,11 @@ from typing import Any
 from ..balancer.heartbeat import Dead, HeartbeatMonitor
 from ..balancer.routing import NoReplicaAvailable, route
 from ..balancer.upstream import UpstreamError, UpstreamPool, format_json_request
-from ..common.errors import BadRequest, Conflict, NotFound, Unavailable
+from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
+from ..common.limits import INT64_MAX, INT64_MIN, MAX_ROWS
 from ..ring import ConsistentHashRing
 from ..supervisor import Replica, ReplicaSupervisor, SupervisorError, UnknownReplica
+from .fanout import ServerRefused, classify
 from .locks import ShardLocks
 from .metadata import ClusterConfig, Metadata
 from .payloads import (
@@ -50,17 +67,15 @@ from .payloads import (
 from .placement import least_replicated, place_randomly, servers_of
 from .shardmap import Shard, ShardMap, ShardOverlap
 
-__all__ = ["ServerCallFailed", "ShardCluster"]
+__all__ = ["ServerRefused", "ShardCluster"]
 
 log = logging.getLogger(__name__)
 
+_UNREACHABLE = (UpstreamError, OSError)
 
-class ServerCallFailed(UpstreamError):
-    """A shard server answered, but not with a 200 (for the router: try the next replica)."""
 
-    def __init__(self, name: str, status: int, message: str) -> None:
-        super().__init__(f"{name} answered {status}: {message}")
-        self.status = status
+class ServerTrouble(UpstreamError):
+    """A shard server answered 5xx to a read: for the router, try the next replica."""
 
 
 class ShardCluster:
@@ -83,6 +98,7 @@ class ShardCluster:
         self.schema: Schema | None = None
         self.shardmap = ShardMap()
         self.valid_idx: dict[str, int] = {}
+        self.in_sync: dict[str, set[str]] = {}
         self.placement: dict[str, list[str]] = {}
         self.rings: dict[str, ConsistentHashRing] = {}
         self.servers: dict[str, UpstreamPool] = {}
@@ -91,15 +107,18 @@ class ShardCluster:
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load the metadata; if the database was configured, start its servers again."""
+        """Load the metadata; if the database was configured, start its servers again. Each
+        shard's in-sync servers join its ring; any other holder is first made equal to them."""
         config = await self.metadata.load()
         if config is not None:
             async with self._membership:
+                await self._start_servers(config.placement, config.schema, keep_data=True)
                 self._adopt(config)
-                await self._start_servers(config.placement)
                 for name, shard_ids in config.placement.items():
                     for shard in shard_ids:
-                        self.rings[shard].add(name)
+                        if name in self.in_sync[shard]:
+                            self.rings[shard].add(name)
+                await self._catch_up()
             log.info("configuration found: %d shards on %s", len(config.shards),
                      ", ".join(config.placement))
         self.monitor.start()
@@ -117,6 +136,8 @@ class ShardCluster:
         self.shardmap = ShardMap(config.shards)
         self.valid_idx = {s.shard_id: config.valid_idx.get(s.shard_id, 0) for s in config.shards}
         self.placement = {name: list(shards) for name, shards in config.placement.items()}
+        self.in_sync = {s.shard_id: set(config.in_sync.get(s.shard_id, servers_of(
+            config.placement, s.shard_id))) for s in config.shards}
         self.rings = {s.shard_id: self._new_ring() for s in config.shards}
 
     def _new_ring(self) -> ConsistentHashRing:
@@ -124,9 +145,11 @@ class ShardCluster:
 
     # ---- talking to shard servers ---------------------------------------------------------------
     async def call(self, name: str, method: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One request to a shard server: its JSON answer, ``ServerRefused`` for any other
+        status, an ``UpstreamError`` when it could not be reached."""
         pool = self.servers.get(name)
         if pool is None:
-            raise ServerCallFailed(name, 503, "not a live server")
+            raise ServerTrouble(f"{name} is not a live server")
         response = await pool.fetch(format_json_request(method, path, name,
                                                         json.dumps(payload).encode()))
         try:
@@ -134,12 +157,36 @@ class ShardCluster:
         except ValueError:
             body = {"message": response.body[:200].decode("latin-1")}
         if response.status != 200:
-            raise ServerCallFailed(name, response.status, body.get("message", ""))
+            raise ServerRefused(name, response.status, str(body.get("message", "")))
         return body
 
-    async def _start_servers(self, placement: dict[str, list[str]]) -> None:
-        """Spawn and /config every server, or none (the started ones are stopped again)."""
-        assert self.schema is not None
+    async def _call_routed(self, name: str, method: str, path: str,
+                           payload: dict[str, Any]) -> dict[str, Any]:
+        """``call`` for ``route``: a 5xx is the replica's trouble (try the next one); a 4xx is
+        the request's fault and is the answer."""
+        try:
+            return await self.call(name, method, path, payload)
+        except ServerRefused as exc:
+            if exc.status >= 500:
+                raise ServerTrouble(f"{name} answered {exc.status}: {exc.message}") from exc
+            raise
+
+    async def _ask_one(self, shard: str, method: str, path: str,
+                       payload: dict[str, Any]) -> dict[str, Any]:
+        """Ask one live replica of ``shard`` (failing over along its ring)."""
+        async def ask(name: str) -> dict[str, Any]:
+            return await self._call_routed(name, method, path, payload)
+        try:
+            _, answer = await route(self.rng.randint(0, 999999), self.rings[shard], ask,
+                                    lambda name, exc: self.monitor.wake())
+        except NoReplicaAvailable as exc:
+            raise Unavailable(f"<Error> Shard {shard} has no live replica: {exc}") from None
+        return answer
+
+    async def _start_servers(self, placement: dict[str, list[str]], schema: Schema, *,
+                             keep_data: bool = False) -> None:
+        """Spawn and /config every server, or none: the started ones are stopped again, and
+        their data removed unless ``keep_data`` (a restart in place, which finds its data)."""
         names = list(placement)
         results = await asyncio.gather(*(self.supervisor.spawn(n) for n in names),
                                        return_exceptions=True)
@@ -150,14 +197,14 @@ class ShardCluster:
         failure: BaseException | None = next(
             (r for r in results if isinstance(r, BaseException)), None)
         if failure is None:
-            schema = self.schema.model_dump()
             configured = await asyncio.gather(
-                *(self.call(n, "POST", "/config", {"schema": schema, "shards": placement[n]})
+                *(self.call(n, "POST", "/config", {"schema": schema.model_dump(),
+                                                   "shards": placement[n]})
                   for n in names), return_exceptions=True)
             failure = next((r for r in configured if isinstance(r, BaseException)), None)
         if failure is not None:
             for replica in started:
-                await self._stop_server(replica.name, remove_data=True)
+                await self._stop_server(replica.name, remove_data=not keep_data)
             raise Unavailable(f"<Error> Could not start shard servers: {failure}") from failure
         for replica in started:
             self.monitor.watch(replica)
@@ -180,11 +227,20 @@ class ShardCluster:
         if self.data_root is not None:
             shutil.rmtree(self.data_root / name, ignore_errors=True)
 
-    def _evict(self, name: str, why: str) -> None:
-        """Take a server out of every ring now; the monitor replaces it on its next round."""
+    async def _discard_new(self, names: Sequence[str]) -> None:
+        """Undo servers started by a change that failed: off every ring, stopped, data gone."""
+        for name in names:
+            self._leave_rings(name)
+            await self._stop_server(name, remove_data=True)
+
+    def _leave_rings(self, name: str) -> None:
         for ring in self.rings.values():
             if name in ring:
                 ring.remove(name)
+
+    def _evict(self, name: str, why: str) -> None:
+        """Take a server out of every ring now; the monitor replaces it on its next round."""
+        self._leave_rings(name)
         if name in self.servers and name not in self._evicted:
             log.warning("server %s evicted: %s", name, why)
             self._evicted[name] = why
@@ -197,27 +253,32 @@ class ShardCluster:
             if name.lower() not in taken:
                 return name
 
-    # ---- failure: replace dead servers ----------------------------------------------------------
+    # ---- failure: replace dead servers, or start a dead shard's servers again -------------------
     async def _after_heartbeats(self, dead: Dead) -> None:
         for name, why in dead:
             self._evict(name, why)
         if not self._evicted:
             return
         async with self._membership:
+            await self._revive_dead_shards()
             for name, why in list(self._evicted.items()):
                 if name not in self.placement:
                     del self._evicted[name]
                     continue
                 try:
                     newcomer = await self._replace(name)
-                except (Unavailable, SupervisorError, UpstreamError) as exc:
-                    if self._replace_errors.get(name) != str(exc):  # once, not every round
-                        log.error("replacing %s failed, will retry: %s", name, exc)
-                        self._replace_errors[name] = str(exc)
+                except (ApiError, SupervisorError, UpstreamError) as exc:
+                    self._log_once(name, f"replacing {name} failed, will retry: {exc}")
                     continue
                 self._replace_errors.pop(name, None)
                 del self._evicted[name]
                 log.warning("server %s (%s) replaced by %s", name, why, newcomer)
+
+    def _log_once(self, key: str, message: str) -> None:
+        """A failure that repeats every heartbeat round is logged when it changes, not each time."""
+        if self._replace_errors.get(key) != message:
+            log.error("%s", message)
+            self._replace_errors[key] = message
 
     async def _replace(self, dead: str) -> str:
         shards = self.placement[dead]
@@ -226,37 +287,116 @@ class ShardCluster:
         orphaned = [shard for shard in shards if not len(self.rings[shard])]
         if orphaned:  # nothing to copy from: a new empty replica would pass for the data
             raise Unavailable(f"<Error> No live replica of {', '.join(orphaned)} to copy from")
+        assert self.schema is not None
         newcomer = self._random_name()
-        await self._start_servers({newcomer: shards})
+        await self._start_servers({newcomer: shards}, self.schema)
         try:
             for shard in shards:
                 async with self.locks.hold([shard]):
-                    await self._refill(newcomer, shard)
+                    await self._sync(newcomer, shard, fresh=True)
+            await self.metadata.replace_server(dead, newcomer, shards)
         except BaseException:
-            await self._stop_server(newcomer, remove_data=True)
+            await self._discard_new([newcomer])
             raise
-        await self.metadata.replace_server(dead, newcomer, shards)
         del self.placement[dead]
         self.placement[newcomer] = list(shards)
+        for shard in shards:
+            self.in_sync[shard].discard(dead)
+            self.in_sync[shard].add(newcomer)
         await self._discard_data(dead)
         return newcomer
 
-    async def _refill(self, newcomer: str, shard: str) -> None:
-        """Copy ``shard`` from a live replica to ``newcomer``, then let it join the shard's ring.
-        The caller holds the shard's lock."""
-        ring = self.rings[shard]
+    async def _revive_dead_shards(self) -> list[str]:
+        """For every shard with no live replica: start its dead in-sync servers again in place,
+        on their own data. The first to come back joins the ring (it is the source); the other
+        revived servers are made equal to the ring, on every shard they hold. Returns the names
+        that serve again."""
+        revived: list[str] = []
+        assert self.schema is not None or not self.rings
+        for shard, ring in self.rings.items():
+            if len(ring):
+                continue
+            candidates = sorted(n for n in self.in_sync[shard] if n in self.placement)
+            if not candidates:
+                self._log_once(shard, f"shard {shard} has no in-sync server left: its data is lost")
+                continue
+            for name in candidates:
+                if name in revived:
+                    continue
+                if name in self.servers:
+                    await self._stop_server(name)  # dead or hung: keep its data, not the process
+                try:
+                    assert self.schema is not None
+                    await self._start_servers({name: self.placement[name]}, self.schema,
+                                              keep_data=True)
+                except (ApiError, SupervisorError) as exc:
+                    self._log_once(name, f"restarting {name} in place failed, will retry: {exc}")
+                    continue
+                revived.append(name)
+                self._evicted.pop(name, None)
+                self._replace_errors.pop(name, None)
+                log.warning("server %s started again in place for %s", name, shard)
+        for name in revived:  # sources first: each dead shard's first in-sync server
+            for shard in self.placement[name]:
+                ring = self.rings[shard]
+                if not len(ring) and name in self.in_sync[shard]:
+                    async with self.locks.hold([shard]):
+                        ring.add(name)
+                        await self._recount(shard)
+        if revived:
+            await self._catch_up()
+        return revived
 
-        async def copy(name: str) -> dict[str, Any]:
-            return await self.call(name, "GET", "/copy", {"shards": [shard]})
+    async def _catch_up(self) -> None:
+        """Every live server that holds a shard but is off its ring (started again, or back
+        from a restart of the balancer) is made equal to the ring's replicas and joins it."""
+        for name, shard_ids in list(self.placement.items()):
+            if name not in self.servers or name in self._evicted:
+                continue
+            for shard in shard_ids:
+                ring = self.rings[shard]
+                if name not in ring and len(ring):
+                    async with self.locks.hold([shard]):
+                        await self._sync(name, shard, fresh=False)
+                    await self._save_in_sync(shard)
 
-        try:
-            _, copied = await route(self.rng.randint(0, 999999), ring, copy)
-        except NoReplicaAvailable as exc:
-            raise Unavailable(f"<Error> No live replica of {shard} to copy from: {exc}") from exc
-        rows = copied[shard]
-        await self.call(newcomer, "POST", "/write", {"shard": shard, "curr_idx": 0, "data": rows})
-        ring.add(newcomer)
-        log.info("%s holds %s: %d rows copied", newcomer, shard, len(rows))
+    async def _recount(self, shard: str) -> None:
+        """valid_idx of a shard started again: the rows its source holds (a write that was in
+        flight when every server died may or may not have reached it: it was never
+        acknowledged, and the replicas are made to agree on the source)."""
+        rows = (await self._ask_one(shard, "GET", "/copy", {"shards": [shard]}))[shard]
+        if len(rows) != self.valid_idx[shard]:
+            log.warning("%s: %d rows after the restart, %d acknowledged", shard, len(rows),
+                        self.valid_idx[shard])
+        self.valid_idx[shard] = len(rows)
+        self.in_sync[shard] = set(self.rings[shard].servers)
+        await self.metadata.set_shard_state(shard, valid_idx=len(rows),
+                                            in_sync=list(self.in_sync[shard]))
+
+    async def _save_in_sync(self, shard: str) -> None:
+        """After a server joined the shard's ring in step (a refill): it is in sync too."""
+        members = set(self.rings[shard].servers)
+        if members and members != self.in_sync[shard]:
+            await self.metadata.set_shard_state(shard, in_sync=list(members))
+            self.in_sync[shard] = members
+
+    async def _sync(self, target: str, shard: str, *, fresh: bool) -> None:
+        """Make ``target``'s copy of ``shard`` equal to a live replica's (GET /copy), then let
+        it join the shard's ring. ``fresh``: the target holds nothing yet. The caller holds the
+        shard's lock."""
+        rows = (await self._ask_one(shard, "GET", "/copy", {"shards": [shard]}))[shard]
+        if not fresh:
+            held = (await self.call(target, "GET", "/copy", {"shards": [shard]}))[shard]
+            keep = {r["Stud_id"] for r in rows}
+            extra = [r["Stud_id"] for r in held if r["Stud_id"] not in keep]
+            for k in range(0, len(extra), MAX_ROWS):
+                await self.call(target, "POST", "/erase",
+                                {"shard": shard, "Stud_ids": extra[k:k + MAX_ROWS]})
+        for k in range(0, len(rows), MAX_ROWS):  # upserts: rows it held are overwritten
+            await self.call(target, "POST", "/write",
+                            {"shard": shard, "curr_idx": k, "data": rows[k:k + MAX_ROWS]})
+        self.rings[shard].add(target)
+        log.info("%s holds %s: %d rows copied", target, shard, len(rows))
 
     # ---- configuration (POST /init, GET /status, POST /add, DELETE /rm) -----------------------
     def status(self) -> dict[str, Any]:
@@ -287,17 +427,18 @@ class ShardCluster:
             else:
                 placement = self._expand_names(request.servers)
             config = ClusterConfig(request.schema_, shardmap.shards, placement)
-            self._adopt(config)
+            await self._start_servers(placement, request.schema_)
             try:
-                await self._start_servers(placement)
-            except Unavailable:
-                self._adopt(ClusterConfig(request.schema_, [], {}))
-                self.schema = None
+                await self.metadata.save(config)
+            except BaseException:
+                await self._discard_new(list(placement))
+                with contextlib.suppress(ApiError):
+                    await self.metadata.reset()
                 raise
+            self._adopt(config)
             for name, shard_ids in placement.items():
                 for shard in shard_ids:
                     self.rings[shard].add(name)
-            await self.metadata.save(config)
 
     def _expand_names(self, servers: dict[str, list[str]]) -> dict[str, list[str]]:
         placement: dict[str, list[str]] = {}
@@ -318,8 +459,7 @@ class ShardCluster:
         if request.n < len(request.servers):
             raise BadRequest(ADD_N_TOO_SMALL)
         async with self._membership:
-            if self.schema is None:
-                raise BadRequest("<Error> The database is not configured: POST /init first")
+            schema = self._require_config()
             new_shards = [Shard(s.Stud_id_low, s.Shard_id, s.Shard_size) for s in request.new_shards]
             try:
                 shardmap = self.shardmap.with_shards(new_shards)
@@ -339,43 +479,31 @@ class ShardCluster:
                 shard = least_replicated({**self.placement, **placement}, existing_ids
                                          or [s.shard_id for s in new_shards])
                 placement[self._random_name()] = [shard]
-            # New shards exist (empty) before their servers join them.
+            await self._start_servers(placement, schema)
+            new_ids = {s.shard_id for s in new_shards}
+            try:  # existing shards: refilled under their locks, joining their rings at once
+                for name, shard_ids in placement.items():
+                    for shard in shard_ids:
+                        if shard not in new_ids:
+                            async with self.locks.hold([shard]):
+                                await self._sync(name, shard, fresh=True)
+                await self.metadata.add(new_shards, placement)
+            except BaseException:
+                await self._discard_new(list(placement))
+                raise
+            # Saved: now the new shards exist, with their servers.
             self.shardmap = shardmap
             for shard in new_shards:
                 self.rings[shard.shard_id] = self._new_ring()
                 self.valid_idx[shard.shard_id] = 0
-            try:
-                await self._start_servers(placement)
-            except Unavailable:
-                self._forget_shards(new_shards)
-                raise
-            new_ids = {s.shard_id for s in new_shards}
-            try:
-                for name, shard_ids in placement.items():
-                    for shard in shard_ids:
-                        if shard in new_ids:
-                            self.rings[shard].add(name)
-                        else:
-                            async with self.locks.hold([shard]):
-                                await self._refill(name, shard)
-            except BaseException:
-                for name in placement:
-                    for ring in self.rings.values():
-                        if name in ring:
-                            ring.remove(name)
-                    await self._stop_server(name, remove_data=True)
-                self._forget_shards(new_shards)
-                raise
+                self.in_sync[shard.shard_id] = set()
+            for name, shard_ids in placement.items():
+                for shard in shard_ids:
+                    self.in_sync[shard].add(name)
+                    if shard in new_ids:
+                        self.rings[shard].add(name)
             self.placement.update(placement)
-            await self.metadata.add(new_shards, placement)
             return len(self.placement), list(placement)
-
-    def _forget_shards(self, shards: Sequence[Shard]) -> None:
-        gone = {s.shard_id for s in shards}
-        self.shardmap = ShardMap(s for s in self.shardmap.shards if s.shard_id not in gone)
-        for shard_id in gone:
-            self.rings.pop(shard_id, None)
-            self.valid_idx.pop(shard_id, None)
 
     async def rm(self, request: RmRequest) -> tuple[int, list[str]]:
         if len(request.servers) > request.n:
@@ -401,14 +529,13 @@ class ShardCluster:
                                  f"({', '.join(chosen)}) would leave a shard without a replica")
             shards = {s for name in chosen for s in self.placement[name]}
             async with self.locks.hold(shards):  # writes in flight finish first
+                await self.metadata.remove_servers(chosen)
                 for name in chosen:
-                    for shard in self.placement[name]:
-                        if name in self.rings[shard]:
-                            self.rings[shard].remove(name)
+                    self._leave_rings(name)
             for name in chosen:
                 await self._stop_server(name, remove_data=True)
-                del self.placement[name]
-            await self.metadata.remove_servers(chosen)
+                for shard in self.placement.pop(name):
+                    self.in_sync[shard].discard(name)
             return len(self.placement), chosen
 
     def _safe_to_remove(self, names: list[str]) -> bool:
@@ -424,19 +551,16 @@ class ShardCluster:
     async def read(self, low: int, high: int) -> tuple[list[str], list[dict[str, Any]]]:
         self._require_config()
         shards = self.shardmap.shards_for_range(low, high)
-        parts = await asyncio.gather(*(self._read_shard(s.shard_id, low, high) for s in shards))
+        # Each shard is asked only for its own part: within 64 bits, whatever the bounds.
+        parts = await asyncio.gather(*(self._read_shard(
+            s.shard_id, max(low, s.low, INT64_MIN), min(high, s.high - 1, INT64_MAX))
+            for s in shards))
         rows = [row for part in parts for row in part]  # shards are in Stud_id order
         return [s.shard_id for s in shards], rows
 
     async def _read_shard(self, shard: str, low: int, high: int) -> list[dict[str, Any]]:
-        async def read(name: str) -> dict[str, Any]:
-            return await self.call(name, "POST", "/read",
-                                   {"shard": shard, "Stud_id": {"low": low, "high": high}})
-        try:
-            _, answer = await route(self.rng.randint(0, 999999), self.rings[shard], read,
-                                    lambda name, exc: self.monitor.wake())
-        except NoReplicaAvailable as exc:
-            raise Unavailable(f"<Error> Shard {shard} has no live replica: {exc}") from None
+        answer = await self._ask_one(shard, "POST", "/read",
+                                     {"shard": shard, "Stud_id": {"low": low, "high": high}})
         return list(answer["data"])
 
     def _clean_rows(self, data: list[Any]) -> dict[str, list[dict[str, Any]]]:
@@ -467,46 +591,59 @@ class ShardCluster:
             clash = sorted(i for ids in taken for i in ids)
             if clash:
                 raise Conflict(f"<Error> Stud_id(s) already exist: {_ids(clash)}; nothing written")
-            written = await asyncio.gather(*(self._fan_out(s, "POST", "/write", {
-                "shard": s, "curr_idx": self.valid_idx[s], "data": rows}) for s, rows in groups.items()))
-            lost = [s for s, ok in zip(groups, written) if not ok]
-            if lost:
+            outcomes = await asyncio.gather(*(self._fan_out(s, "POST", "/write", {
+                "shard": s, "curr_idx": self.valid_idx[s], "data": rows}) for s, rows in groups.items()),
+                return_exceptions=True)
+            failed = [o for o in outcomes if isinstance(o, BaseException)]
+            if failed:  # undo where it was applied: all or nothing (in_sync stays: no ack)
                 await asyncio.gather(*(self._fan_out(s, "POST", "/erase", {
                     "shard": s, "Stud_ids": [r["Stud_id"] for r in groups[s]]})
-                    for s, ok in zip(groups, written) if ok))
-                raise Unavailable(f"<Error> Every replica of {', '.join(lost)} failed the write: "
-                                  "nothing written")
-            for shard, rows in groups.items():
-                self.valid_idx[shard] += len(rows)
-                await self.metadata.set_valid_idx(shard, self.valid_idx[shard])
+                    for s, o in zip(groups, outcomes) if not isinstance(o, BaseException)),
+                    return_exceptions=True)
+                raise failed[0]
+            for (shard, rows), applied in zip(groups.items(), outcomes):
+                await self._acknowledge(shard, applied, len(rows))  # type: ignore[arg-type]
         return sum(len(rows) for rows in groups.values())
 
+    async def _acknowledge(self, shard: str, applied: list[str], added: int) -> None:
+        """Before a write is acknowledged: its shard's new row count, and the servers that
+        applied it as the shard's in-sync set (if that changed), journaled in the metadata."""
+        members = set(applied)
+        await self.metadata.set_shard_state(
+            shard, valid_idx=self.valid_idx[shard] + added if added else None,
+            in_sync=list(members) if members != self.in_sync[shard] else None)
+        self.valid_idx[shard] += added
+        self.in_sync[shard] = members
+
     async def _existing(self, shard: str, stud_ids: list[int]) -> list[int]:
-        async def exists(name: str) -> dict[str, Any]:
-            return await self.call(name, "POST", "/exists", {"shard": shard, "Stud_ids": stud_ids})
+        if not len(self.rings[shard]):
+            raise Unavailable(f"<Error> Shard {shard} has no live replica: nothing written")
         try:
-            _, answer = await route(self.rng.randint(0, 999999), self.rings[shard], exists,
-                                    lambda name, exc: self.monitor.wake())
-        except NoReplicaAvailable as exc:
-            log.warning("no replica of %s could check ids: %s", shard, exc)
+            answer = await self._ask_one(shard, "POST", "/exists",
+                                         {"shard": shard, "Stud_ids": stud_ids})
+        except Unavailable as exc:
+            log.warning("no replica of %s could check ids: %s", shard, exc.message)
             raise Unavailable(f"<Error> Shard {shard} has no live replica: nothing written") from None
         return list(answer["Stud_ids"])
 
-    async def _fan_out(self, shard: str, method: str, path: str, payload: dict[str, Any]) -> bool:
-        """Send to every live replica of ``shard``; evict those that fail. True if any succeeded.
-        The caller holds the shard's lock."""
+    async def _fan_out(self, shard: str, method: str, path: str,
+                       payload: dict[str, Any]) -> list[str]:
+        """Send to every live replica of ``shard``; returns those that applied it. Those that
+        failed where others applied it leave the shard's ring; if none applied it, the refusal
+        (or a 503) is raised and nobody is evicted for what the request carried. The caller
+        holds the shard's lock."""
         names = self._live(shard)
         results = await asyncio.gather(*(self.call(n, method, path, payload) for n in names),
                                        return_exceptions=True)
-        ok = False
-        for name, result in zip(names, results):
-            if isinstance(result, (UpstreamError, OSError)):
-                self._evict(name, f"{method} {path} failed: {result}")
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                ok = True
-        return ok
+        outcome = classify(names, results, _UNREACHABLE)
+        for name, why in outcome.to_evict():
+            self._evict(name, f"{method} {path}: {why}")
+        refusal = outcome.refusal()
+        if refusal is not None:
+            raise refusal
+        if not outcome.applied:
+            raise Unavailable(f"<Error> Every replica of {shard} failed: nothing written")
+        return outcome.applied
 
     def _shard_of(self, stud_id: int) -> str:
         shard = self.shardmap.shard_for(stud_id)
@@ -522,9 +659,9 @@ class ShardCluster:
         async with self.locks.hold([shard]):
             if not await self._existing(shard, [stud_id]):
                 raise NotFound(f"<Error> No data entry with Stud_id:{stud_id}")
-            if not await self._fan_out(shard, "PUT", "/update",
-                                       {"shard": shard, "Stud_id": stud_id, "data": row}):
-                raise Unavailable(f"<Error> Every replica of {shard} failed the update")
+            applied = await self._fan_out(shard, "PUT", "/update",
+                                          {"shard": shard, "Stud_id": stud_id, "data": row})
+            await self._acknowledge(shard, applied, 0)
 
     async def delete(self, stud_id: int) -> None:
         self._require_config()
@@ -532,10 +669,9 @@ class ShardCluster:
         async with self.locks.hold([shard]):
             if not await self._existing(shard, [stud_id]):
                 raise NotFound(f"<Error> No data entry with Stud_id:{stud_id}")
-            if not await self._fan_out(shard, "DELETE", "/del", {"shard": shard, "Stud_id": stud_id}):
-                raise Unavailable(f"<Error> Every replica of {shard} failed the delete")
-            self.valid_idx[shard] -= 1
-            await self.metadata.set_valid_idx(shard, self.valid_idx[shard])
+            applied = await self._fan_out(shard, "DELETE", "/del",
+                                          {"shard": shard, "Stud_id": stud_id})
+            await self._acknowledge(shard, applied, -1)
 
 
 def _ids(ids: Sequence[int], most: int = 10) -> str:

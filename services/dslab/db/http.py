@@ -5,7 +5,7 @@ from __future__ import annotations
 import tornado.web
 
 from ..common.errors import ApiError
-from ..common.web import JsonHandler
+from ..common.web import StreamedJsonHandler
 from .cluster import ShardCluster
 from .payloads import (
     AddRequest,
@@ -30,7 +30,7 @@ def add_message(names: list[str]) -> str:
     return f"Add {listed}"
 
 
-class _Handler(JsonHandler):
+class _Handler(StreamedJsonHandler):
     def initialize(self, cluster: ShardCluster) -> None:
         self.cluster = cluster
 
@@ -87,7 +87,7 @@ class DelHandler(_Handler):
                    "status": "success"})
 
 
-class NotFoundHandler(JsonHandler):
+class NotFoundHandler(StreamedJsonHandler):
     def prepare(self) -> None:
         raise ApiError(f"<Error> '{self.request.path}' endpoint does not exist", 404)
 

@@ -18,8 +18,14 @@ from typing import Any
 import tornado.httpserver
 from pymongo import AsyncMongoClient
 
-from ..common.cli import add_backend_options, run_main
+from ..common.cli import (
+    add_backend_options,
+    add_heartbeat_options,
+    heartbeat_settings,
+    run_main,
+)
 from ..common.runtime import bind_socket, serve_forever
+from ..common.web import HARD_BODY_LIMIT
 from ..engine import LocalEngine
 from ..ring import HASH_PAIRS
 from ..supervisor import ReplicaSpec, make_supervisor
@@ -45,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true", help="forget the configuration and all data")
     p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=env("HASH", "blake2b"),
                    help="hash functions of the per-shard rings (env HASH)")
+    p.add_argument("--request-timeout", type=float, default=float(env("REQUEST_TIMEOUT", "30")),
+                   help="seconds a shard server may take to answer (env REQUEST_TIMEOUT)")
+    add_heartbeat_options(p, interval=0.25, timeout=1.0, misses=3)
     add_backend_options(p, "--shard-image", "SHARD_IMAGE", "dslab-shard:latest")
     return p
 
@@ -77,8 +86,9 @@ async def run(args: argparse.Namespace) -> None:
         for name in old.placement if old else []:
             await supervisor.discard_data(name)
         await metadata.reset()
-    cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash)
-    server = tornado.httpserver.HTTPServer(make_app(cluster))
+    cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash,
+                           request_timeout=args.request_timeout, **heartbeat_settings(args))
+    server = tornado.httpserver.HTTPServer(make_app(cluster), max_body_size=HARD_BODY_LIMIT)
 
     async def start() -> int:
         await cluster.start()

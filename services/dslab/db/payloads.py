@@ -1,8 +1,10 @@
 """Part 2 request bodies and rows, validated: pure, no I/O.
 
 Strict types throughout (``"2255"`` is not a Stud_id, ``true`` is not a mark). Rows are checked
-against the schema given to /init: exactly its columns, each of its dtype (``Number``: an
-integer or a finite float, never a boolean; ``String``: text). Stud_id must be an integer.
+against the schema given to /init: exactly its columns, each of its dtype (``Number``: a signed
+64-bit integer or a finite float, never a boolean; ``String``: text the engine can store).
+Stud_id must be an integer. Everything stored is within what the engine accepts
+(``common.limits``), so a request that passes here cannot fail on a shard server for its content.
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ..common.errors import BadRequest
+from ..common.limits import (
+    INT64_MAX,
+    MAX_ROWS,
+    Int64,
+    NonNegInt64,
+    check_field_name,
+    is_int64,
+    is_storable_string,
+)
 from ..supervisor.names import is_dns_label
 
 __all__ = [
@@ -34,6 +45,7 @@ __all__ = [
     "ShardSpec",
     "ShardUpdateRequest",
     "ShardWriteRequest",
+    "StoredIdRange",
     "UpdateRequest",
     "WriteRequest",
     "expand_template",
@@ -79,9 +91,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+ColumnName = Annotated[str, check_field_name]
+
+
 class Schema(_Strict):
-    columns: list[str] = Field(min_length=1)
-    dtypes: list[Literal["Number", "String"]] = Field(min_length=1)
+    columns: list[ColumnName] = Field(min_length=1, max_length=64)
+    dtypes: list[Literal["Number", "String"]] = Field(min_length=1, max_length=64)
 
     @model_validator(mode="after")
     def _consistent(self) -> Schema:
@@ -97,12 +112,20 @@ class Schema(_Strict):
 
 
 class ShardSpec(_Strict):
-    Stud_id_low: int = Field(ge=0)
+    Stud_id_low: NonNegInt64
     Shard_id: ShardId
-    Shard_size: int = Field(ge=1)
+    Shard_size: int = Field(ge=1, le=INT64_MAX)
+
+    @model_validator(mode="after")
+    def _in_range(self) -> ShardSpec:
+        if self.Stud_id_low + self.Shard_size - 1 > INT64_MAX:
+            raise ValueError(f"shard {self.Shard_id} ends past the largest Stud_id, 2^63 - 1")
+        return self
 
 
 class IdRange(_Strict):
+    """A read's bounds at the balancer: any integers (it asks each shard only for its part)."""
+
     low: int
     high: int
 
@@ -111,6 +134,13 @@ class IdRange(_Strict):
         if self.high < self.low:
             raise ValueError(f"low ({self.low}) is above high ({self.high})")
         return self
+
+
+class StoredIdRange(IdRange):
+    """A read's bounds at a shard server: what the engine can compare (signed 64-bit)."""
+
+    low: Int64
+    high: Int64
 
 
 def _distinct(values: list[str], what: str) -> None:
@@ -182,7 +212,7 @@ class ReadRequest(_Strict):
 
 
 class WriteRequest(_Strict):
-    data: list[dict[str, Any]] = Field(min_length=1)
+    data: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ROWS)
 
 
 class UpdateRequest(_Strict):
@@ -206,31 +236,31 @@ class CopyRequest(_Strict):
 
 class ShardReadRequest(_Strict):
     shard: ShardId
-    Stud_id: IdRange
+    Stud_id: StoredIdRange
 
 
 class ShardWriteRequest(_Strict):
     shard: ShardId
-    curr_idx: int = Field(ge=0)
-    data: list[dict[str, Any]]
+    curr_idx: NonNegInt64
+    data: list[dict[str, Any]]  # a refill carries a whole shard: no MAX_ROWS here
 
 
 class ShardUpdateRequest(_Strict):
     shard: ShardId
-    Stud_id: int
+    Stud_id: Int64
     data: dict[str, Any]
 
 
 class ShardDelRequest(_Strict):
     shard: ShardId
-    Stud_id: int
+    Stud_id: Int64
 
 
 class ShardIdsRequest(_Strict):
     """POST /exists and POST /erase: the balancer's write path, not the contract."""
 
     shard: ShardId
-    Stud_ids: list[int]
+    Stud_ids: list[Int64]
 
 
 def validate_row(schema: Schema, row: Any) -> dict[str, Any]:
@@ -250,19 +280,34 @@ def validate_row(schema: Schema, row: Any) -> dict[str, Any]:
     for column, dtype in zip(schema.columns, schema.dtypes):
         value = row[column]
         if column == "Stud_id":
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = _is_int(value) and is_int64(value)
         elif dtype == "Number":
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and math.isfinite(value))
+            ok = ((_is_int(value) and is_int64(value))
+                  or (isinstance(value, float) and math.isfinite(value)))
         else:
-            ok = isinstance(value, str)
+            ok = isinstance(value, str) and is_storable_string(value)
         if not ok:
-            kind = "an integer" if column == "Stud_id" else f"a {dtype}"
-            raise BadRequest(f"<Error> Row {_show(row)}: {column} must be {kind}, got {value!r}")
+            kind = ("an integer (signed 64-bit)" if column == "Stud_id"
+                    else "a Number (a signed 64-bit integer or a finite float)"
+                    if dtype == "Number" else "a String (valid Unicode text)")
+            raise BadRequest(f"<Error> Row {_show(row)}: {column} must be {kind}, "
+                             f"got {_short(value)}")
         clean[column] = value
     return clean
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: at most 60 characters (a 5 000-digit id stays readable)."""
+    if _is_int(value) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _show(row: dict[str, Any]) -> str:
     stud_id = row.get("Stud_id")
-    return f"with Stud_id {stud_id!r}" if stud_id is not None else repr(row)[:60]
+    return f"with Stud_id {_short(stud_id)}" if stud_id is not None else _short(row)

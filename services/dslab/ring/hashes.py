@@ -126,8 +126,13 @@ def server_number(hostname: str) -> int:
     return int.from_bytes(hashlib.blake2b(hostname.lower().encode(), digest_size=4).digest(), "big")
 
 
+_MAX_ID_DIGITS = 18  # every such id fits a signed 64-bit integer
+
+
 def request_number(request_id: str) -> int:
-    """The integer a request id hashes as: its value when it is all digits, else a stable hash."""
-    if request_id.isdigit() and request_id.isascii():
+    """The integer a request id hashes as: its value when it is at most 18 ASCII digits (the
+    contract's 6-digit ids), else a stable hash of the text, so an id of any length routes."""
+    if len(request_id) <= _MAX_ID_DIGITS and request_id.isdigit() and request_id.isascii():
         return int(request_id)
-    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"),
+                                          digest_size=8).digest(), "big")

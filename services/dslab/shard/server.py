@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 
 from ..common.errors import BadRequest, NotFound
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
-from ..common.web import JsonHandler
+from ..common.web import HARD_BODY_LIMIT, StreamedJsonHandler
 from ..db.payloads import (
     ConfigRequest,
     CopyRequest,
@@ -45,7 +45,7 @@ __all__ = ["main", "make_app"]
 log = logging.getLogger("dslab.shard")
 
 
-class _ShardHandler(JsonHandler):
+class _ShardHandler(StreamedJsonHandler):
     def initialize(self, store: ShardStore, name: str) -> None:
         self.store = store
         self.name = name
@@ -69,7 +69,11 @@ class ConfigHandler(_ShardHandler):
         self.send({"message": f"{configured} configured", "status": "success"})
 
 
+@tornado.web.stream_request_body
 class HeartbeatHandler(tornado.web.RequestHandler):
+    def data_received(self, chunk: bytes) -> None:
+        pass  # a heartbeat carries nothing; a body sent anyway is dropped, not buffered
+
     def get(self) -> None:
         self.finish()
 
@@ -163,7 +167,7 @@ async def _run(args: argparse.Namespace) -> None:
         uri = await engine.start()
     client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=10000)
     store = ShardStore(client[args.db_name])
-    server = tornado.httpserver.HTTPServer(make_app(store, name))
+    server = tornado.httpserver.HTTPServer(make_app(store, name), max_body_size=HARD_BODY_LIMIT)
 
     async def start() -> int:
         await store.load()

@@ -4,7 +4,8 @@ Every write waits for the journal (``j=True``): acknowledged means on disk. Meas
 inserts with the default write concern followed by a SIGKILL of the engine left 0 or 11 rows;
 with ``j=True`` all 20 survived every time. Writes are upserts keyed by Stud_id, so a retried
 write cannot duplicate a row. The schema and the list of shards are kept in the database too,
-so a restarted server finds its configuration with its data.
+so a restarted server finds its configuration with its data. Every engine call runs inside
+``engine_errors``: PyMongo's failures leave this module as the contract's 400, 409 or 503.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pymongo import ASCENDING, DeleteOne, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
+from ..common.engine_errors import engine_errors
 from ..db.payloads import Schema
 
 __all__ = ["ShardStore"]
@@ -31,46 +33,55 @@ class ShardStore:
 
     async def load(self) -> None:
         """Pick up the configuration a previous run of this server left."""
-        doc = await self.db[_META].find_one({"_id": "config"})
+        with engine_errors("Reading the configuration"):
+            doc = await self.db[_META].find_one({"_id": "config"})
         if doc is not None:
             self.schema = Schema.model_validate(doc["schema"])
             self.shards = list(doc["shards"])
 
     async def configure(self, schema: Schema, shards: list[str]) -> None:
-        for shard in shards:
-            await self.db[shard].create_index([("Stud_id", ASCENDING)], unique=True)
+        shards = sorted({*self.shards, *shards})
+        with engine_errors("Configuring"):
+            for shard in shards:
+                await self.db[shard].create_index([("Stud_id", ASCENDING)], unique=True)
+            await self.db[_META].replace_one(
+                {"_id": "config"}, {"_id": "config", "schema": schema.model_dump(),
+                                    "shards": shards}, upsert=True)
         self.schema = schema
-        self.shards = sorted({*self.shards, *shards})
-        await self.db[_META].replace_one(
-            {"_id": "config"}, {"_id": "config", "schema": schema.model_dump(),
-                                "shards": self.shards}, upsert=True)
+        self.shards = shards
 
     async def rows(self, shard: str, low: int | None = None, high: int | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {}
         if low is not None and high is not None:
             query = {"Stud_id": {"$gte": low, "$lte": high}}
-        cursor = self.db[shard].find(query, _NO_ID).sort("Stud_id", ASCENDING)
-        return await cursor.to_list()
+        with engine_errors(f"Reading {shard}"):
+            cursor = self.db[shard].find(query, _NO_ID).sort("Stud_id", ASCENDING)
+            return await cursor.to_list()
 
     async def write(self, shard: str, rows: list[dict[str, Any]]) -> None:
         if rows:
-            await self.db[shard].bulk_write(
-                [ReplaceOne({"Stud_id": row["Stud_id"]}, row, upsert=True) for row in rows],
-                ordered=False)
+            with engine_errors(f"Writing {shard}"):
+                await self.db[shard].bulk_write(
+                    [ReplaceOne({"Stud_id": row["Stud_id"]}, row, upsert=True) for row in rows],
+                    ordered=False)
 
     async def update(self, shard: str, stud_id: int, row: dict[str, Any]) -> bool:
-        result = await self.db[shard].replace_one({"Stud_id": stud_id}, row)
+        with engine_errors(f"Updating {shard}"):
+            result = await self.db[shard].replace_one({"Stud_id": stud_id}, row)
         return result.matched_count == 1
 
     async def delete(self, shard: str, stud_id: int) -> bool:
-        result = await self.db[shard].delete_one({"Stud_id": stud_id})
+        with engine_errors(f"Deleting from {shard}"):
+            result = await self.db[shard].delete_one({"Stud_id": stud_id})
         return result.deleted_count == 1
 
     async def delete_many(self, shard: str, stud_ids: list[int]) -> None:
         if stud_ids:
-            await self.db[shard].bulk_write([DeleteOne({"Stud_id": i}) for i in stud_ids],
-                                            ordered=False)
+            with engine_errors(f"Erasing from {shard}"):
+                await self.db[shard].bulk_write([DeleteOne({"Stud_id": i}) for i in stud_ids],
+                                                ordered=False)
 
     async def existing(self, shard: str, stud_ids: list[int]) -> list[int]:
-        cursor = self.db[shard].find({"Stud_id": {"$in": stud_ids}}, {"_id": 0, "Stud_id": 1})
-        return sorted(doc["Stud_id"] for doc in await cursor.to_list())
+        with engine_errors(f"Reading {shard}"):
+            cursor = self.db[shard].find({"Stud_id": {"$in": stud_ids}}, {"_id": 0, "Stud_id": 1})
+            return sorted(doc["Stud_id"] for doc in await cursor.to_list())

@@ -1,0 +1,193 @@
+"""Part 2's worst failures: every server of a shard killed under writes, a server that missed
+acknowledged writes, a multi-shard write whose second shard dies after the first one wrote.
+
+What must hold: every acknowledged row is readable afterwards and held by every replica of
+its shard; a server that missed a write never passes for the shard's data; nothing
+half-written stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pymongo
+import pytest
+
+from conftest import Workers, assert_all_gone, detection_time, row, seed_init, shard_rows
+from dslab.common.errors import Unavailable
+from dslab.db.cluster import ShardCluster
+from dslab.db.metadata import Metadata
+from dslab.db.payloads import InitRequest
+from dslab.db.seed import shard_of
+from dslab.engine import LocalEngine
+from dslab.stack import BalancerProcess, wait_until
+from dslab.supervisor import ProcessSupervisor, ReplicaSpec
+
+SH1_SERVERS = ("Server0", "Server3", "Server5")  # every holder of sh1 in the seed's placement
+
+
+def shard_state(meta_db) -> dict[str, tuple[int, list[str]]]:
+    return {d["Shard_id"]: (d["valid_idx"], sorted(d["in_sync"])) for d in meta_db.ShardT.find()}
+
+
+class Writer(Workers):
+    """Writes batches of fresh Stud_ids in a loop. A 503 while a shard is down is expected
+    and recorded with the ids it carried (they may or may not survive: never acknowledged);
+    any other answer, and any exception, is a failure."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        super().__init__(url, threads, timeout=120)
+        self.acked: list[int] = []
+        self.refused: list[int] = []
+        self.wrong: list[str] = []
+        self._ids = itertools.count(5)
+
+    def step(self, client: httpx.Client) -> None:
+        with self.lock:
+            batch = [next(self._ids) * 7 % 16384 for _ in range(3)]
+        response = client.post("/write", json={"data": [row(i) for i in batch]})
+        with self.lock:
+            if response.status_code == 200:
+                self.acked += batch
+            elif response.status_code == 503 and "nothing written" in response.json()["message"]:
+                self.refused += batch
+            else:
+                self.wrong.append(f"{response.status_code} {response.text}")
+
+    def acked_in(self, shard: str) -> int:
+        with self.lock:
+            return sum(1 for i in self.acked if shard_of(i) == shard)
+
+
+def test_every_server_of_a_shard_sigkilled_under_writes_comes_back_with_every_row(meta, start_db):
+    uri, meta_db = meta
+    db = start_db("--meta-uri", uri)
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        victims = [db.replica_processes()[name] for name in SH1_SERVERS]
+        engines = [p for v in victims for p in v.children()]
+        with Writer(db.url) as writer:
+            wait_until(lambda: writer.acked_in("sh1") > 30, 60, what="writes to sh1 before the kill")
+            for victim in victims:
+                os.kill(victim.pid, signal.SIGKILL)
+            acked_at_kill = writer.acked_in("sh1")
+            deadline = detection_time("dslab.db") + 60  # + restarting three servers, refills
+            wait_until(lambda: writer.acked_in("sh1") > acked_at_kill + 30, deadline,
+                       what="writes to sh1 acknowledged again")
+        assert writer.wrong == []
+        assert_all_gone(victims + engines)
+
+        rows = client.post("/read", json={"Stud_id": {"low": 0, "high": 16383}}).json()["data"]
+        held = [r["Stud_id"] for r in rows]
+        assert set(writer.acked) <= set(held), "an acknowledged row was lost"
+        assert set(held) <= set(writer.acked) | set(writer.refused), "a row nobody wrote"
+        assert len(held) == len(set(held))
+
+        servers = client.get("/status").json()["servers"]
+        assert sum("sh1" in shards for shards in servers.values()) == 3
+        for server, shards in servers.items():  # every replica holds exactly what reads show
+            for shard in shards:
+                assert [r["Stud_id"] for r in shard_rows(db, server, shard)] == sorted(
+                    i for i in held if shard_of(i) == shard), f"{server}:{shard}"
+        state = shard_state(meta_db)
+        for shard in ("sh1", "sh2", "sh3", "sh4"):
+            holders = sorted(n for n, s in servers.items() if shard in s)
+            assert state[shard] == (sum(shard_of(i) == shard for i in held), holders), shard
+
+
+def test_a_server_that_missed_acknowledged_writes_is_never_the_source(meta, tmp_path):
+    """S1 hangs, a write to shard a is acknowledged by S2 alone, and the balancer dies before
+    S1 is replaced. Started again, the balancer must not let S1 serve a from its stale copy:
+    it is made equal to S2 first."""
+    uri, meta_db = meta
+    state = tmp_path / "state"
+    config = seed_init(N=4, shards=[{"Stud_id_low": 0, "Shard_id": "a", "Shard_size": 100},
+                                    {"Stud_id_low": 100, "Shard_id": "b", "Shard_size": 100}],
+                       servers={"S1": ["a"], "S2": ["a"], "S3": ["b"], "S4": ["b"]})
+    args = ["--state-dir", str(state), "--meta-uri", uri, "--request-timeout", "1",
+            "--heartbeat-misses", "1000"]  # S1 leaves because it failed a write, not heartbeats
+    first = BalancerProcess("dslab.db", args=args).start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as client:
+            assert client.post("/init", json=config).status_code == 200
+            assert client.post("/write", json={"data": [row(1)]}).status_code == 200
+            s1 = first.replica_processes()["S1"]
+            os.kill(s1.pid, signal.SIGSTOP)
+            assert client.post("/write", json={"data": [row(2)]}).status_code == 200
+            tree = first.descendants()
+            first.kill()  # before S1's replacement can finish (it starts an engine: seconds)
+            os.kill(s1.pid, signal.SIGCONT)  # let the hung server see its parent's death
+            assert_all_gone(tree)
+    finally:
+        first.kill()
+    assert shard_state(meta_db)["a"] == (2, ["S2"])
+
+    second = BalancerProcess("dslab.db", args=args).start()
+    try:
+        with httpx.Client(base_url=second.url, timeout=60) as client:
+            assert client.get("/status").json()["servers"] == config["servers"]
+            assert [r["Stud_id"] for r in shard_rows(second, "S1", "a")] == [1, 2]
+            reads = {tuple(r["Stud_id"] for r in client.post(
+                "/read", json={"Stud_id": {"low": 0, "high": 99}}).json()["data"]) for _ in range(20)}
+            assert reads == {(1, 2)}
+            assert shard_state(meta_db)["a"] == (2, ["S1", "S2"])
+    finally:
+        tree = second.descendants()
+        assert second.stop() == 0
+        assert_all_gone(tree)
+
+
+def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_path: Path):
+    """The order is stepped: the real shard servers of shard b are SIGKILLed just as the
+    balancer sends them b's part of a write, after a's part was applied. The write is refused
+    and a's part is erased again on every replica of a."""
+
+    async def scenario() -> None:
+        engine = LocalEngine(tmp_path / "meta")
+        meta_uri = await engine.start()
+        client = pymongo.AsyncMongoClient(meta_uri)
+        supervisor = ProcessSupervisor(ReplicaSpec(
+            module="dslab.shard", env={"SHARD_DATA_ROOT": str(tmp_path / "servers")}))
+        cluster = ShardCluster(supervisor, Metadata(client["meta"]), data_root=tmp_path / "servers",
+                               heartbeat_interval=60)  # no heartbeat round interferes
+        try:
+            await cluster.start()
+            await cluster.init(InitRequest.model_validate(seed_init(
+                N=4, shards=[{"Stud_id_low": 0, "Shard_id": "a", "Shard_size": 100},
+                             {"Stud_id_low": 100, "Shard_id": "b", "Shard_size": 100}],
+                servers={"S1": ["a"], "S2": ["a"], "S3": ["b"], "S4": ["b"]})))
+            await cluster.write([row(1), row(101)])
+            real_call = cluster.call
+            a_written = asyncio.Event()
+
+            async def stepped(name, method, path, payload):
+                if path == "/write" and payload["shard"] == "b":
+                    await a_written.wait()
+                    for victim in ("S3", "S4"):
+                        os.kill(supervisor.pid(victim), signal.SIGKILL)
+                answer = await real_call(name, method, path, payload)
+                if path == "/write" and payload["shard"] == "a" and name == "S2":
+                    a_written.set()
+                return answer
+
+            cluster.call = stepped  # type: ignore[method-assign]
+            with pytest.raises(Unavailable):
+                await cluster.write([row(2), row(102)])
+            cluster.call = real_call  # type: ignore[method-assign]
+            for name in ("S1", "S2"):
+                rows = await real_call(name, "GET", "/copy", {"shards": ["a"]})
+                assert [r["Stud_id"] for r in rows["a"]] == [1], name
+            assert cluster.valid_idx == {"a": 1, "b": 1}
+            assert sorted(cluster.in_sync["a"]) == ["S1", "S2"]
+            assert sorted(cluster.rings["a"].servers) == ["S1", "S2"]
+        finally:
+            await cluster.close()
+            await client.close()
+            engine.stop()
+
+    asyncio.run(scenario())
