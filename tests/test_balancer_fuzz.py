@@ -12,19 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dslab.stack import BalancerProcess
+from extremes import EDGE_INTS, as_json, strings
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                         st.text(max_size=20))
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), strings)
 json_values = st.recursive(json_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
     max_leaves=12)
 # n kept small when valid, so that an accepted /add starts few processes.
 counts = st.one_of(st.integers(-3, 3), st.integers(min_value=57), st.integers(max_value=-4),
-                   json_values)
+                   st.sampled_from(EDGE_INTS), json_values)
 names = st.one_of(st.sampled_from(["Server1", "Server2", "server3", "S5", "S5", "bad name", "-x",
                                    "", "a" * 64, "x_y"]),
                   st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,8}", fullmatch=True),
-                  json_scalars)
+                  strings, json_scalars)
 payloads = st.one_of(
     st.fixed_dictionaries({}, optional={"n": counts, "hostnames": st.one_of(
         st.lists(names, max_size=5), json_values)}),
@@ -52,7 +52,8 @@ def replicas(client: httpx.Client) -> list[str]:
 def send(client: httpx.Client, method: str, path: str, body) -> httpx.Response:
     kind, value = body
     if kind == "json":
-        return client.request(method, path, json=value)
+        return client.request(method, path, content=as_json(value),
+                              headers={"Content-Type": "application/json"})
     return client.request(method, path, content=value)
 
 
@@ -91,3 +92,25 @@ def test_add_never_fails_badly(fuzz_client, body):
 @given(body=raw_bodies)
 def test_rm_never_fails_badly(fuzz_client, body):
     check(fuzz_client, "DELETE", "/rm", body)
+
+
+# Request ids: any length, any text a header or a query can carry, are routed to a replica.
+header_ids = st.one_of(st.sampled_from(["0", "132574", "9" * 18, "9" * 19, "7" * 5000, "-1",
+                                        "x" * 10_000, "é", "1 2"]),
+                       st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF,
+                                             exclude_characters="\x7f"), min_size=1, max_size=50),
+                       ).filter(lambda rid: rid == rid.strip() != "")  # what a header can carry
+
+
+@SETTINGS
+@given(rid=header_ids, in_header=st.booleans())
+def test_any_request_id_is_routed(fuzz_client, rid, in_header):
+    if in_header:
+        response = fuzz_client.get("/home", headers={"X-Request-ID": rid.encode("latin-1")})
+    else:
+        response = fuzz_client.get("/home", params={"rid": rid})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Served-By"] in replicas(fuzz_client)
+    again = (fuzz_client.get("/home", headers={"X-Request-ID": rid.encode("latin-1")}) if in_header
+             else fuzz_client.get("/home", params={"rid": rid}))
+    assert again.headers["X-Served-By"] == response.headers["X-Served-By"]  # sticky

@@ -9,9 +9,12 @@ import signal
 import httpx
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import SEED_SCHEMA, assert_all_gone, assert_error, row
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec
+from extremes import EDGE_INTS, as_json, floats, ints, scalars, strings, values
 
 
 class ShardServer:
@@ -125,3 +128,42 @@ def test_sigkill_of_the_server_takes_its_engine_along(tmp_path):
         assert engine.environ()["SERVER_ID"] == "Server0"  # the name is in every process
         os.kill(server.proc.pid, signal.SIGKILL)
         assert_all_gone([engine])
+
+
+# ---- any input, straight at the shard server (it is reachable on its own) --------------------
+shard_ids = st.one_of(st.sampled_from(["sh1", "sh2", "sh9"]), strings)
+edge_rows = st.fixed_dictionaries({
+    "Stud_id": st.one_of(st.integers(0, 9000), st.sampled_from(EDGE_INTS), scalars),
+    "Stud_name": st.one_of(strings, scalars),
+    "Stud_marks": st.one_of(st.sampled_from(EDGE_INTS), floats, scalars)})
+id_ranges = st.fixed_dictionaries({"low": st.one_of(ints, scalars), "high": st.one_of(ints, scalars)})
+SHARD_ENDPOINTS = {
+    ("POST", "/write"): st.fixed_dictionaries({"shard": shard_ids, "curr_idx": st.one_of(ints, scalars),
+                                               "data": st.one_of(st.lists(edge_rows, max_size=3), values)}),
+    ("PUT", "/update"): edge_rows.flatmap(lambda r: st.fixed_dictionaries({
+        "shard": shard_ids, "Stud_id": st.one_of(st.just(r["Stud_id"]), ints), "data": st.just(r)})),
+    ("DELETE", "/del"): st.fixed_dictionaries({"shard": shard_ids, "Stud_id": st.one_of(ints, scalars)}),
+    ("POST", "/read"): st.fixed_dictionaries({"shard": shard_ids, "Stud_id": st.one_of(id_ranges, values)}),
+    ("GET", "/copy"): st.fixed_dictionaries({"shards": st.one_of(st.lists(shard_ids, max_size=3), values)}),
+    ("POST", "/exists"): st.fixed_dictionaries({"shard": shard_ids, "Stud_ids": st.one_of(
+        st.lists(ints, max_size=4), values)}),
+    ("POST", "/erase"): st.fixed_dictionaries({"shard": shard_ids, "Stud_ids": st.one_of(
+        st.lists(st.sampled_from(EDGE_INTS), max_size=3), values)}),
+    ("POST", "/config"): st.fixed_dictionaries({}, optional={"schema": values, "shards": values}),
+}
+shard_requests = st.sampled_from(sorted(SHARD_ENDPOINTS)).flatmap(
+    lambda key: st.tuples(st.just(key), st.one_of(SHARD_ENDPOINTS[key], values)))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=shard_requests)
+def test_no_request_makes_the_shard_server_fail(configured, request):
+    (method, path), body = request
+    before = configured.request("GET", "/copy", json={"shards": ["sh1", "sh2"]}).json()
+    response = configured.request(method, path, content=as_json(body),
+                                  headers={"Content-Type": "application/json"})
+    assert response.status_code < 500, response.text[:300]
+    if response.status_code != 200:
+        assert_error(response, response.status_code)
+        assert configured.request("GET", "/copy", json={"shards": ["sh1", "sh2"]}).json() == before
+    assert configured.get("/heartbeat").status_code == 200
