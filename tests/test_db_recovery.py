@@ -18,7 +18,16 @@ import httpx
 import pymongo
 import pytest
 
-from conftest import Workers, assert_all_gone, detection_time, row, seed_init, shard_rows
+from conftest import (
+    Workers,
+    assert_all_gone,
+    assert_error,
+    detection_time,
+    free_port,
+    row,
+    seed_init,
+    shard_rows,
+)
 from dslab.common.errors import Unavailable
 from dslab.db.cluster import ShardCluster
 from dslab.db.metadata import Metadata
@@ -191,3 +200,49 @@ def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_pat
             engine.stop()
 
     asyncio.run(scenario())
+
+
+def test_with_the_metadata_store_down_every_change_is_a_503_and_nothing_changes(tmp_path, start_db):
+    """Configuration and data changes are saved before they are adopted or acknowledged:
+    with the metadata store down, each is refused whole and leaves memory, /status, the rows
+    and the servers as they were; once it is back, the same requests succeed. (An update that
+    changes neither the row count nor the in-sync servers records nothing, and is served.)"""
+    engine = LocalEngine(tmp_path / "meta" / "engine", port=free_port())
+    uri = asyncio.run(engine.start())
+    db = start_db("--meta-uri", uri, "--meta-timeout", "1")
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        assert client.post("/write", json={"data": [row(1), row(4097)]}).status_code == 200
+        before = (client.get("/status").json(), all_rows(client))
+        servers = {name: p.pid for name, p in db.replica_processes().items()}
+        engine.stop()
+        changes = [
+            ("POST", "/add", {"n": 1, "new_shards": [{"Stud_id_low": 16384, "Shard_id": "sh5",
+                                                     "Shard_size": 100}], "servers": {"S9": ["sh5", "sh1"]}}),
+            ("DELETE", "/rm", {"n": 1, "servers": ["Server0"]}),
+            ("POST", "/write", {"data": [row(2), row(8200)]}),
+            ("DELETE", "/del", {"Stud_id": 4097}),
+        ]
+        for method, path, body in changes:
+            assert_error(client.request(method, path, json=body), 503)
+            assert (client.get("/status").json(), all_rows(client)) == before, path
+            assert {n: p.pid for n, p in db.replica_processes().items()} == servers, path
+        for server, shards in before[0]["servers"].items():  # every replica as it was
+            for shard in shards:
+                assert shard_rows(db, server, shard) == [
+                    r for r in before[1] if shard_of(r["Stud_id"]) == shard], f"{server}:{shard}"
+
+        asyncio.run(engine.start())  # back on the same port: the same requests now succeed
+        try:
+            for method, path, body in changes:
+                response = client.request(method, path, json=body)
+                assert response.status_code == 200, (path, response.text)
+        finally:
+            db_tree = db.descendants()
+            assert db.stop() == 0
+            assert_all_gone(db_tree)
+            engine.stop()
+
+
+def all_rows(client: httpx.Client) -> list[dict]:
+    return client.post("/read", json={"Stud_id": {"low": 0, "high": 1 << 62}}).json()["data"]

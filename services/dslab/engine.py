@@ -56,11 +56,12 @@ def _die_with_parent() -> None:  # runs in the child, between fork and exec
 
 class LocalEngine:
     def __init__(self, storage: str | os.PathLike[str], host: str = "127.0.0.1",
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, port: int = 0) -> None:
         self.storage = Path(storage)
         self.host = host
         self.start_timeout = start_timeout
-        self.port = 0
+        self.fixed_port = port  # 0: a free port, drawn at each start
+        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +76,7 @@ class LocalEngine:
         """Start the engine and return its URI once it accepts connections."""
         self.storage.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # the free port may be taken between our probe and its bind
-            self.port = _free_port(self.host)
+            self.port = self.fixed_port or _free_port(self.host)
             log_file = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
                 [engine_executable(), "--host", self.host, "--port", str(self.port),

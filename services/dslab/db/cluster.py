@@ -601,19 +601,29 @@ class ShardCluster:
                     for s, o in zip(groups, outcomes) if not isinstance(o, BaseException)),
                     return_exceptions=True)
                 raise failed[0]
-            for (shard, rows), applied in zip(groups.items(), outcomes):
-                await self._acknowledge(shard, applied, len(rows))  # type: ignore[arg-type]
+            try:
+                await self._acknowledge({shard: (applied, len(rows)) for (shard, rows), applied
+                                         in zip(groups.items(), outcomes)})  # type: ignore[misc]
+            except ApiError:  # not recorded, so not acknowledged: undone
+                await asyncio.gather(*(self._fan_out(s, "POST", "/erase", {
+                    "shard": s, "Stud_ids": [r["Stud_id"] for r in rows]})
+                    for s, rows in groups.items()), return_exceptions=True)
+                raise
         return sum(len(rows) for rows in groups.values())
 
-    async def _acknowledge(self, shard: str, applied: list[str], added: int) -> None:
-        """Before a write is acknowledged: its shard's new row count, and the servers that
-        applied it as the shard's in-sync set (if that changed), journaled in the metadata."""
-        members = set(applied)
-        await self.metadata.set_shard_state(
-            shard, valid_idx=self.valid_idx[shard] + added if added else None,
-            in_sync=list(members) if members != self.in_sync[shard] else None)
-        self.valid_idx[shard] += added
-        self.in_sync[shard] = members
+    async def _acknowledge(self, changes: dict[str, tuple[list[str], int]]) -> None:
+        """Before a write is acknowledged: for each shard it changed, the new row count and
+        the servers that applied it, as the shard's in-sync set (if that changed), journaled in
+        the metadata in one batch. Memory follows only once it is saved."""
+        states: dict[str, tuple[int | None, list[str] | None]] = {}
+        for shard, (applied, added) in changes.items():
+            members = set(applied)
+            states[shard] = (self.valid_idx[shard] + added if added else None,
+                             list(members) if members != self.in_sync[shard] else None)
+        await self.metadata.set_shard_states(states)
+        for shard, (applied, added) in changes.items():
+            self.valid_idx[shard] += added
+            self.in_sync[shard] = set(applied)
 
     async def _existing(self, shard: str, stud_ids: list[int]) -> list[int]:
         if not len(self.rings[shard]):
@@ -657,21 +667,36 @@ class ShardCluster:
             raise BadRequest("<Error> data.Stud_id must equal Stud_id: an update cannot move a row")
         shard = self._shard_of(stud_id)
         async with self.locks.hold([shard]):
-            if not await self._existing(shard, [stud_id]):
-                raise NotFound(f"<Error> No data entry with Stud_id:{stud_id}")
+            old = await self._current_row(shard, stud_id)
             applied = await self._fan_out(shard, "PUT", "/update",
                                           {"shard": shard, "Stud_id": stud_id, "data": row})
-            await self._acknowledge(shard, applied, 0)
+            await self._acknowledge_or_restore(shard, applied, 0, old)
 
     async def delete(self, stud_id: int) -> None:
         self._require_config()
         shard = self._shard_of(stud_id)
         async with self.locks.hold([shard]):
-            if not await self._existing(shard, [stud_id]):
-                raise NotFound(f"<Error> No data entry with Stud_id:{stud_id}")
+            old = await self._current_row(shard, stud_id)
             applied = await self._fan_out(shard, "DELETE", "/del",
                                           {"shard": shard, "Stud_id": stud_id})
-            await self._acknowledge(shard, applied, -1)
+            await self._acknowledge_or_restore(shard, applied, -1, old)
+
+    async def _current_row(self, shard: str, stud_id: int) -> dict[str, Any]:
+        """The row as it is now (kept to put back if the change cannot be recorded), or 404."""
+        rows = await self._read_shard(shard, stud_id, stud_id)
+        if not rows:
+            raise NotFound(f"<Error> No data entry with Stud_id:{stud_id}")
+        return rows[0]
+
+    async def _acknowledge_or_restore(self, shard: str, applied: list[str], added: int,
+                                      old: dict[str, Any]) -> None:
+        try:
+            await self._acknowledge({shard: (applied, added)})
+        except ApiError:  # not recorded, so not acknowledged: the row as it was
+            with contextlib.suppress(ApiError):
+                await self._fan_out(shard, "POST", "/write", {
+                    "shard": shard, "curr_idx": self.valid_idx[shard], "data": [old]})
+            raise
 
 
 def _ids(ids: Sequence[int], most: int = 10) -> str:

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metadata engine and shard servers' data (env STATE_DIR)")
     p.add_argument("--meta-uri", default=env("META_URI", ""),
                    help="MongoDB for the metadata (env META_URI); none: a local engine")
+    p.add_argument("--meta-timeout", type=float, default=float(env("META_TIMEOUT", "10")),
+                   help="seconds to wait for the metadata store before a 503 (env META_TIMEOUT)")
     p.add_argument("--reset", action="store_true", help="forget the configuration and all data")
     p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=env("HASH", "blake2b"),
                    help="hash functions of the per-shard rings (env HASH)")
@@ -69,7 +71,10 @@ async def run(args: argparse.Namespace) -> None:
     if not meta_uri:
         engine = LocalEngine(state / "meta" / "engine")
         meta_uri = await engine.start()
-    client: AsyncMongoClient[Any] = AsyncMongoClient(meta_uri, serverSelectionTimeoutMS=10000)
+    timeout_ms = int(args.meta_timeout * 1000)  # an unreachable metadata store: a 503 after it
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        meta_uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms, 30000))
     metadata = Metadata(client["dslab_meta"])
     if args.backend == "process":  # engines' data in host folders, one per server
         spec = ReplicaSpec(module="dslab.shard", env={"SHARD_DATA_ROOT": str(servers_dir),

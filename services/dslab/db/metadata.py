@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
@@ -110,15 +110,24 @@ class Metadata:
 
     async def set_shard_state(self, shard_id: str, *, valid_idx: int | None = None,
                               in_sync: list[str] | None = None) -> None:
-        """What a write changed: the shard's row count, and who applied it (if that changed)."""
-        changes: dict[str, object] = {}
-        if valid_idx is not None:
-            changes["valid_idx"] = valid_idx
-        if in_sync is not None:
-            changes["in_sync"] = sorted(in_sync)
-        if changes:
+        await self.set_shard_states({shard_id: (valid_idx, in_sync)})
+
+    async def set_shard_states(self, states: dict[str, tuple[int | None, list[str] | None]]) -> None:
+        """What a write changed, for each shard it touched: its row count and who applied it
+        (each None when unchanged). One journaled batch: either it is saved or the write is
+        undone by the caller."""
+        updates = []
+        for shard_id, (valid_idx, in_sync) in states.items():
+            changes: dict[str, object] = {}
+            if valid_idx is not None:
+                changes["valid_idx"] = valid_idx
+            if in_sync is not None:
+                changes["in_sync"] = sorted(in_sync)
+            if changes:
+                updates.append(UpdateOne({"Shard_id": shard_id}, {"$set": changes}))
+        if updates:
             with engine_errors(_SAVING):
-                await self.db.ShardT.update_one({"Shard_id": shard_id}, {"$set": changes})
+                await self.db.ShardT.bulk_write(updates, ordered=True)
 
     async def reset(self) -> None:
         with engine_errors(_SAVING):
