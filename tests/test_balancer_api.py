@@ -107,6 +107,7 @@ def test_the_two_exact_length_errors(client):
     ("POST", "/add", {"n": 1, "hostnames": ["server2"]}, "already exist: server2"),
     ("DELETE", "/rm", {"n": 1, "hostnames": ["S99"]}, "do not exist: S99"),
     ("DELETE", "/rm", {"n": 4}, "Cannot remove 4 replica(s): only 3 exist"),
+    ("DELETE", "/rm", {"n": 3}, "Cannot remove 3 replica(s): at least one must stay"),
     ("POST", "/add", {"n": 60}, "K=9 holds at most 56 servers and 3 are there"),
     ("POST", "/add", {"n": 10**12}, "Cannot add 1000000000000 replica(s)"),
     ("POST", "/add", {"n": 1, "hostnames": ["bad_name"]}, "'bad_name' is not a valid hostname"),

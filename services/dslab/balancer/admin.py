@@ -1,4 +1,5 @@
-"""The Part 1 balancer's admin endpoints, as a Tornado application: GET /rep, POST /add, DELETE /rm.
+"""The Part 1 balancer's admin endpoints, as a Tornado application: GET /rep, POST /add, DELETE /rm,
+and GET /openapi.json (so that path is not proxied to replicas).
 
 Every error becomes the contract's error shape in ``common.web.JsonHandler``.
 """
@@ -12,6 +13,7 @@ import tornado.web
 
 from ..common.errors import ApiError
 from ..common.web import JsonHandler
+from ..openapi import document_json
 from .membership import ReplicaSet
 from .validation import parse_add, parse_rm
 
@@ -19,7 +21,7 @@ __all__ = ["ADMIN_PATHS", "make_admin_app"]
 
 log = logging.getLogger(__name__)
 
-ADMIN_PATHS = frozenset({"/rep", "/add", "/rm"})
+ADMIN_PATHS = frozenset({"/rep", "/add", "/rm", "/openapi.json"})
 
 
 def _ok(message: Any) -> dict[str, Any]:
@@ -52,6 +54,12 @@ class RmHandler(_ReplicaHandler):
         self.send_replicas(names)
 
 
+class OpenApiHandler(JsonHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(document_json("balancer"))
+
+
 class NotAllowedHandler(JsonHandler):
     """Anything that is neither an admin endpoint nor a GET to proxy."""
 
@@ -74,7 +82,8 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 def make_admin_app(replicas: ReplicaSet) -> tornado.web.Application:
     args = {"replicas": replicas}
     return tornado.web.Application(
-        [(r"/rep", RepHandler, args), (r"/add", AddHandler, args), (r"/rm", RmHandler, args)],
+        [(r"/rep", RepHandler, args), (r"/add", AddHandler, args), (r"/rm", RmHandler, args),
+         (r"/openapi\.json", OpenApiHandler)],
         default_handler_class=NotAllowedHandler,
         log_function=_log_request,
     )

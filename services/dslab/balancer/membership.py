@@ -122,6 +122,8 @@ class ReplicaSet:
             if n > len(self._members):
                 raise BadRequest(
                     f"<Error> Cannot remove {n} replica(s): only {len(self._members)} exist")
+            if n == len(self._members):  # a balancer with no replica could only answer 503
+                raise BadRequest(f"<Error> Cannot remove {n} replica(s): at least one must stay")
             chosen = [by_lower[name.lower()] for name in hostnames]
             others = [name for name in self._members if name not in chosen]
             chosen += self.rng.sample(others, n - len(chosen))

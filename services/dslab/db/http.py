@@ -1,4 +1,5 @@
-"""The Part 2 balancer's endpoints (Tornado): /init, /status, /add, /rm, /read, /write, /update, /del."""
+"""The Part 2 balancer's endpoints (Tornado): /init, /status, /add, /rm, /read, /write, /update,
+/del, and GET /openapi.json (the contract as OpenAPI 3)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import tornado.web
 
 from ..common.errors import ApiError
 from ..common.web import StreamedJsonHandler
+from ..openapi import document_json
 from .cluster import ShardCluster
 from .payloads import (
     AddRequest,
@@ -87,6 +89,12 @@ class DelHandler(_Handler):
                    "status": "success"})
 
 
+class OpenApiHandler(_Handler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(document_json("db"))
+
+
 class NotFoundHandler(StreamedJsonHandler):
     def prepare(self) -> None:
         raise ApiError(f"<Error> '{self.request.path}' endpoint does not exist", 404)
@@ -98,7 +106,7 @@ def make_app(cluster: ShardCluster) -> tornado.web.Application:
         [(rf"/{path}", handler, args) for path, handler in [
             ("init", InitHandler), ("status", StatusHandler), ("add", AddHandler),
             ("rm", RmHandler), ("read", ReadHandler), ("write", WriteHandler),
-            ("update", UpdateHandler), ("del", DelHandler)]],
+            ("update", UpdateHandler), ("del", DelHandler), (r"openapi\.json", OpenApiHandler)]],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
     )
