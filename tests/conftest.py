@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import os
 import socket
 import threading
@@ -15,7 +16,7 @@ import pymongo
 import pytest
 from hypothesis import settings
 
-from dslab.db.seed import SEED_SCHEMA, SEED_SERVERS, SEED_SHARDS, row, seed_init  # noqa: F401
+from dslab.db.seed import SEED_SCHEMA, SEED_SERVERS, SEED_SHARDS, row, seed_init, shard_of  # noqa: F401
 from dslab.engine import LocalEngine
 from dslab.stack import BalancerProcess
 
@@ -114,6 +115,35 @@ def detection_time(module: str, *args: str) -> float:
     parser = importlib.import_module(f"{module}.main").build_parser()
     options = parser.parse_known_args(list(args))[0]
     return options.heartbeat_misses * (options.heartbeat_interval + options.heartbeat_timeout)
+
+
+class DbWriter(Workers):
+    """Writes batches of fresh Stud_ids in a loop. A 503 while a shard is down is expected
+    and recorded with the ids it carried (they may or may not survive: never acknowledged);
+    any other answer, and any exception, is a failure."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        super().__init__(url, threads, timeout=120)
+        self.acked: list[int] = []
+        self.refused: list[int] = []
+        self.wrong: list[str] = []
+        self._ids = itertools.count(5)
+
+    def step(self, client: httpx.Client) -> None:
+        with self.lock:
+            batch = [next(self._ids) * 7 % 16384 for _ in range(3)]
+        response = client.post("/write", json={"data": [row(i) for i in batch]})
+        with self.lock:
+            if response.status_code == 200:
+                self.acked += batch
+            elif response.status_code == 503 and "nothing written" in response.json()["message"]:
+                self.refused += batch
+            else:
+                self.wrong.append(f"{response.status_code} {response.text}")
+
+    def acked_in(self, shard: str) -> int:
+        with self.lock:
+            return sum(1 for i in self.acked if shard_of(i) == shard)
 
 
 @pytest.fixture
