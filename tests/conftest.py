@@ -108,6 +108,12 @@ class Workers:
             assert self.exceptions == [], f"requests raised: {self.exceptions[:5]}"
 
 
+# What starting a replacement may take on top of finding the dead one: a replica process is up in
+# well under a second here, a shard server with its engine in one to two, a container in about
+# two. A budget, not a measurement: the benchmarks measure (make bench-failover).
+SPAWN_BUDGET = {"replica": 2.0, "shard": 8.0, "container": 8.0}
+
+
 def detection_time(module: str, *args: str) -> float:
     """The longest the balancer ``module`` started with ``args`` takes to find a hung replica,
     from its heartbeat settings: ``misses`` rounds, each waiting out the timeout, one interval
