@@ -3,7 +3,6 @@ shard with no live replica, the balancer restarted (cleanly or killed) with its 
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from conftest import (
     SPAWN_BUDGET,
-    Workers,
+    DbWriter,
     assert_all_gone,
     assert_error,
     detection_time,
@@ -71,33 +70,13 @@ def test_parallel_writes_lose_nothing_and_duplicate_nothing(meta, start_db):
         assert Counter(r["Stud_id"] for r in all_rows(client)).most_common(1)[0][1] == 1
 
 
-class Writer(Workers):
-    """Writes fresh Stud_ids in a loop; remembers which writes were acknowledged."""
-
-    def __init__(self, url: str, threads: int = 4) -> None:
-        super().__init__(url, threads, timeout=120)
-        self.acked: list[int] = []
-        self.failed: list[str] = []
-        self._ids = itertools.count(5)
-
-    def step(self, client: httpx.Client) -> None:
-        with self.lock:
-            batch = [next(self._ids) * 7 % 16384 for _ in range(3)]
-        response = client.post("/write", json={"data": [row(i) for i in batch]})
-        with self.lock:
-            if response.status_code == 200:
-                self.acked += batch
-            else:
-                self.failed.append(f"{response.status_code} {response.text}")
-
-
 def test_shard_server_killed_while_writes_go_on(start_db):
     db = start_db()
     with httpx.Client(base_url=db.url, timeout=60) as client:
         assert client.post("/init", json=seed_init()).status_code == 200
         victim = db.replica_processes()["Server0"]
         engine = victim.children()[0]
-        with Writer(db.url) as writer:
+        with DbWriter(db.url) as writer:
             wait_until(lambda: len(writer.acked) > 150, 60, what="writes before the kill")
             os.kill(victim.pid, signal.SIGKILL)
             killed_at = time.monotonic()
@@ -107,7 +86,7 @@ def test_shard_server_killed_while_writes_go_on(start_db):
             acked_at_replacement = len(writer.acked)
             wait_until(lambda: len(writer.acked) > acked_at_replacement + 150, 60,
                        what="writes after the replacement")
-        assert writer.failed == []
+        assert writer.wrong == [] and writer.refused == []  # not one write failed
         newcomer = (set(servers) - {"Server1", "Server3", "Server4", "Server5", "Server6"}).pop()
         assert servers[newcomer] == ["sh1", "sh2"]
         assert replaced_after < detection_time("dslab.db") + SPAWN_BUDGET["shard"]
