@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 __all__ = ["EngineError", "LocalEngine", "engine_executable"]
 
 log = logging.getLogger(__name__)
@@ -98,15 +100,26 @@ class LocalEngine:
         while loop.time() < deadline:
             if self.proc.poll() is not None:
                 return False
-            try:
-                _, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
+            if not self._listens():
                 await asyncio.sleep(0.05)  # readiness poll with a deadline
                 continue
-            writer.close()
             return True
         self.stop()
         raise EngineError(f"the engine did not listen within {self.start_timeout:g}s")
+
+    def _listens(self) -> bool:
+        """Our engine process listens on our port. Not "the port accepts": two engines started
+        at once can draw the same free port, and the one that loses the bind must not take the
+        winner's connections for its own (a shard server would then store its rows in another
+        server's engine)."""
+        assert self.proc is not None
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+            return any(c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                       for p in procs for c in p.net_connections("tcp"))
+        except psutil.NoSuchProcess:
+            return False
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
