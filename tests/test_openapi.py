@@ -26,7 +26,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from conftest import row, seeded_db
+from conftest import assert_all_gone, row, seeded_db
 from dslab.openapi import document
 from dslab.stack import BalancerProcess
 from schemathesis_hooks import map_body
@@ -52,7 +52,6 @@ def lb_url():
     finally:
         tree = balancer.descendants()
         assert balancer.stop() == 0
-        from conftest import assert_all_gone
         assert_all_gone(tree)
 
 
@@ -83,12 +82,30 @@ def test_each_balancer_answers_as_documented(request, schema, url, mode):
     run()
 
 
-@pytest.mark.parametrize("url, links", [("lb_url", 2), ("db_url", 3)], ids=["part1", "part2"])
+@pytest.fixture
+def fresh_lb_url():
+    balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--slots", "64"]).start()
+    try:
+        yield balancer.url
+    finally:
+        tree = balancer.descendants()
+        assert balancer.stop() == 0
+        assert_all_gone(tree)
+
+
+@pytest.fixture
+def fresh_db_url(tmp_path):
+    with seeded_db(tmp_path, [row(i) for i in (5, 4100, 9000)]) as (db, _):
+        yield db.url
+
+
+@pytest.mark.parametrize("url, links", [("fresh_lb_url", 2), ("fresh_db_url", 3)],
+                         ids=["part1", "part2"])
 def test_stateful_sequences_answer_as_documented(request, url, links):
     """Schemathesis' own runner for the stateful phase: it chains calls along the documents'
-    links (/add to /rm; /write to /read, /update and /del) against the live stack. Its engine,
-    unlike a bare hypothesis state machine, tolerates a server whose state moves on between
-    scenarios."""
+    links (/add to /rm; /write to /read, /update and /del) against a fresh stack, generating
+    deterministically, so the same sequences run every time. Its engine, unlike a bare
+    hypothesis state machine, tolerates a server whose state moves on between scenarios."""
     base_url = request.getfixturevalue(url)
     result = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "st"), "run", f"{base_url}/openapi.json",
