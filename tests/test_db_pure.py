@@ -10,9 +10,7 @@ import pytest
 
 from dslab.common.errors import BadRequest
 from dslab.common.payload import parse_model
-from dslab.db.http import add_message
-from dslab.db.locks import LockTimeout, ShardLocks
-from dslab.db.payloads import (
+from dslab.contract.studdb import (
     AddRequest,
     InitRequest,
     RmRequest,
@@ -21,6 +19,8 @@ from dslab.db.payloads import (
     is_template,
     validate_row,
 )
+from dslab.db.http import add_message
+from dslab.db.locks import LockTimeout, ShardLocks
 from dslab.db.placement import least_replicated, place_randomly, servers_of
 from dslab.db.shardmap import Shard, ShardMap, ShardOverlap
 

@@ -28,9 +28,9 @@ from conftest import (
     shard_rows,
 )
 from dslab.common.errors import Unavailable
+from dslab.contract.studdb import InitRequest
 from dslab.db.cluster import ShardCluster
 from dslab.db.metadata import Metadata
-from dslab.db.payloads import InitRequest
 from dslab.db.seed import shard_of
 from dslab.engine import LocalEngine
 from dslab.stack import BalancerProcess, wait_until

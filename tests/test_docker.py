@@ -299,3 +299,23 @@ def test_every_shard_server_container_of_a_shard_killed_under_writes(docker, sta
             assert sum("sh1" in shards for shards in servers.values()) == 3
     finally:
         assert db.stop() == 0
+
+
+def test_a_broken_event_stream_is_followed_again(docker, stack, caplog):
+    """Docker's event stream is cut under the supervisor (as an engine restart would): it says
+    so, follows the stream again, and a container killed meanwhile is still seen dead."""
+    async def scenario():
+        supervisor = DockerSupervisor(ReplicaSpec(module="dslab.replica", image="dslab-replica:latest"),
+                                      stack=stack, address="loopback")
+        async with supervisor:
+            await supervisor.spawn("E1")
+            supervisor._events.close()  # the stream breaks; the supervisor is not closing
+            docker.containers.get("E1").kill()
+            for _ in range(400):
+                if not supervisor.alive("E1"):
+                    return True
+                await asyncio.sleep(0.025)
+            return False
+    with caplog.at_level("WARNING", logger="dslab.supervisor.docker"):
+        assert asyncio.run(scenario()), "the killed container was not seen dead"
+    assert "Docker's event stream stopped" in caplog.text

@@ -14,14 +14,14 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from dslab.balancer.upstream import UpstreamClosed
 from dslab.common.engine_errors import engine_errors
 from dslab.common.errors import ApiError, BadRequest, Conflict, Unavailable
 from dslab.common.limits import INT64_MAX, INT64_MIN
 from dslab.common.payload import parse_json_object
+from dslab.contract.studdb import InitRequest, Schema, ShardReadRequest, ShardSpec, validate_row
 from dslab.db.fanout import ServerRefused, classify
-from dslab.db.payloads import InitRequest, Schema, ShardReadRequest, ShardSpec, validate_row
 from dslab.db.seed import seed_init
+from dslab.keeper.upstream import UpstreamClosed
 from dslab.ring import request_number
 
 UNREACHABLE = (UpstreamClosed, OSError)

@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from dslab.balancer.routing import NoReplicaAvailable, route
-from dslab.balancer.upstream import UpstreamConnectError, UpstreamTimeout
+from dslab.keeper.routing import NoReplicaAvailable, route
+from dslab.keeper.upstream import UpstreamConnectError, UpstreamTimeout
 from dslab.ring import ConsistentHashRing
 
 NAMES = ["Server1", "Server2", "Server3", "Server4"]

@@ -13,14 +13,14 @@ import pytest
 
 from conftest import assert_all_gone, free_port
 from dslab.balancer.membership import ReplicaSet
-from dslab.balancer.upstream import (
+from dslab.common.errors import Unavailable
+from dslab.keeper.upstream import (
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamPool,
     UpstreamTimeout,
     format_get,
 )
-from dslab.common.errors import Unavailable
 from dslab.ring import ConsistentHashRing
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec, SpawnError, UnknownReplica
 

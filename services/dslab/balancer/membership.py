@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..common.errors import BadRequest, Unavailable
+from ..keeper.heartbeat import Dead, HeartbeatMonitor
+from ..keeper.upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
 from ..ring import ConsistentHashRing, RingError
 from ..supervisor import (
     Replica,
@@ -27,8 +29,6 @@ from ..supervisor import (
     UnknownReplica,
     random_hostname,
 )
-from .heartbeat import Dead, HeartbeatMonitor
-from .upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
 
 __all__ = ["ReplicaSet"]
 

@@ -12,10 +12,10 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from ..common.errors import error_body
+from ..keeper.routing import NoReplicaAvailable, route
+from ..keeper.upstream import UpstreamResponse, format_get
 from ..ring import request_number
 from .membership import ReplicaSet
-from .routing import NoReplicaAvailable, route
-from .upstream import UpstreamResponse, format_get
 
 __all__ = ["Proxy", "ProxyAnswer", "request_id_from"]
 

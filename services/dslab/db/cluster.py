@@ -43,17 +43,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..balancer.heartbeat import Dead, HeartbeatMonitor
-from ..balancer.routing import NoReplicaAvailable, route
-from ..balancer.upstream import UpstreamError, UpstreamPool, format_json_request
 from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
 from ..common.limits import INT64_MAX, INT64_MIN, MAX_ROWS
-from ..ring import ConsistentHashRing
-from ..supervisor import Replica, ReplicaSupervisor, SupervisorError, UnknownReplica
-from .fanout import ServerRefused, classify
-from .locks import ShardLocks
-from .metadata import ClusterConfig, Metadata
-from .payloads import (
+from ..contract.studdb import (
     ADD_N_TOO_SMALL,
     RM_TOO_MANY,
     AddRequest,
@@ -64,6 +56,14 @@ from .payloads import (
     is_template,
     validate_row,
 )
+from ..keeper.heartbeat import Dead, HeartbeatMonitor
+from ..keeper.routing import NoReplicaAvailable, route
+from ..keeper.upstream import UpstreamError, UpstreamPool, format_json_request
+from ..ring import ConsistentHashRing
+from ..supervisor import Replica, ReplicaSupervisor, SupervisorError, UnknownReplica
+from .fanout import ServerRefused, classify
+from .locks import ShardLocks
+from .metadata import ClusterConfig, Metadata
 from .placement import least_replicated, place_randomly, servers_of
 from .shardmap import Shard, ShardMap, ShardOverlap
 

@@ -7,9 +7,7 @@ import tornado.web
 
 from ..common.errors import ApiError
 from ..common.web import StreamedJsonHandler
-from ..openapi import document_json
-from .cluster import ShardCluster
-from .payloads import (
+from ..contract.studdb import (
     AddRequest,
     DelRequest,
     InitRequest,
@@ -18,6 +16,8 @@ from .payloads import (
     UpdateRequest,
     WriteRequest,
 )
+from ..openapi import document_json
+from .cluster import ShardCluster
 
 __all__ = ["add_message", "make_app"]
 

@@ -21,7 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
 from ..common.engine_errors import engine_errors
-from .payloads import Schema
+from ..contract.studdb import Schema
 from .shardmap import Shard
 
 __all__ = ["ClusterConfig", "Metadata"]

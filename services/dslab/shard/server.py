@@ -26,7 +26,7 @@ from pymongo import AsyncMongoClient
 from ..common.errors import BadRequest, NotFound
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
 from ..common.web import HARD_BODY_LIMIT, StreamedJsonHandler
-from ..db.payloads import (
+from ..contract.studdb import (
     ConfigRequest,
     CopyRequest,
     ShardDelRequest,

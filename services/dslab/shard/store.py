@@ -17,7 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
 from ..common.engine_errors import engine_errors
-from ..db.payloads import Schema
+from ..contract.studdb import Schema
 
 __all__ = ["ShardStore"]
 

@@ -19,7 +19,11 @@ def make_supervisor(backend: str, spec: ReplicaSpec, *, stack: str = "dslab",
     if backend == "process":
         return ProcessSupervisor(spec)
     if backend == "docker":
-        from .docker import DockerSupervisor  # imports the Docker SDK only when asked for
+        try:
+            from .docker import DockerSupervisor  # imports the Docker SDK only when asked for
+        except ImportError as exc:
+            raise SupervisorError("the Docker SDK is not installed: "
+                                  "pip install 'dslab[docker]'") from exc
 
         return DockerSupervisor(spec, stack=stack, address=address)
     raise ValueError(f"unknown backend {backend!r}")

@@ -12,7 +12,13 @@ How the balancer reaches it depends on where the balancer runs:
   port 5000 is published on an ephemeral port of 127.0.0.1.
 
 A thread follows Docker's event stream for the stack's containers, so ``alive`` turns False the
-moment a container dies, is stopped or removed, without an API call per heartbeat.
+moment a container dies, is stopped or removed, without an API call per heartbeat. If the
+stream breaks (the engine restarted, a proxy closed it), the thread says so, follows it again
+from where it stopped, and marks every container that is no longer running as dead.
+
+docker-py's errors are translated here, at the edge: a missing container or volume is the
+expected case it is; anything else becomes a ``SupervisorError`` (or is logged, where the
+caller cannot act on it), never a bare ``except Exception``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ import logging
 import threading
 import time
 from typing import Any
+
+import docker.errors
+import requests.exceptions
+
+import docker
 
 from .base import (
     Replica,
@@ -39,6 +50,10 @@ log = logging.getLogger(__name__)
 LABEL_STACK = "dslab.stack"
 LABEL_ROLE = "dslab.role"
 
+# What docker-py raises when the engine refuses or cannot be reached.
+DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+_DEATH_EVENTS = ["die", "stop", "kill", "destroy", "oom"]
+
 
 class DockerUnavailable(SupervisorError):
     """Docker was asked for and no engine answers, or an image is missing."""
@@ -46,13 +61,9 @@ class DockerUnavailable(SupervisorError):
 
 def docker_client() -> Any:
     try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - a dependency of the docker extra
-        raise DockerUnavailable("the Docker SDK is not installed: pip install 'dslab[docker]'") from exc
-    try:
         client = docker.from_env()
         client.ping()
-    except Exception as exc:  # docker-py raises several unrelated types for "no engine"
+    except DOCKER_ERRORS as exc:  # docker-py raises several unrelated types for "no engine"
         raise DockerUnavailable(f"Docker was asked for but no engine answers: {exc}") from exc
     return client
 
@@ -80,8 +91,10 @@ class DockerSupervisor(ReplicaSupervisor):
         self.client = docker_client()
         try:
             self.client.images.get(spec.image)
-        except Exception as exc:
+        except docker.errors.ImageNotFound as exc:
             raise DockerUnavailable(f"image {spec.image} is missing: build it with `make images`") from exc
+        except DOCKER_ERRORS as exc:
+            raise DockerUnavailable(f"Docker could not look up image {spec.image}: {exc}") from exc
         self.stack = stack
         self.address = address
         self.start_timeout = start_timeout
@@ -90,10 +103,13 @@ class DockerSupervisor(ReplicaSupervisor):
         self._ensure_network()
         self._replicas: dict[str, Replica] = {}
         self._dead: set[str] = set()
-        self._events = self.client.events(decode=True, filters={
-            "type": "container", "label": f"{LABEL_STACK}={stack}",
-            "event": ["die", "stop", "kill", "destroy", "oom"]})
+        self._closing = False
+        self._events = self._open_events(since=None)
         threading.Thread(target=self._follow_events, name="docker-events", daemon=True).start()
+
+    def _open_events(self, since: float | None) -> Any:
+        return self.client.events(decode=True, since=since, filters={
+            "type": "container", "label": f"{LABEL_STACK}={self.stack}", "event": _DEATH_EVENTS})
 
     def _ensure_network(self) -> None:
         self._own_network = not self.client.networks.list(names=[self.network])
@@ -102,13 +118,35 @@ class DockerSupervisor(ReplicaSupervisor):
                                         labels={LABEL_STACK: self.stack})
 
     def _follow_events(self) -> None:
-        try:
-            for event in self._events:
-                name = event.get("Actor", {}).get("Attributes", {}).get("name")
-                if name:
-                    self._dead.add(name)
-        except Exception:  # the stream ends when close() closes it
-            pass
+        """Mark containers dead as Docker reports it; follow the stream again if it breaks."""
+        last_seen = time.time()
+        while not self._closing:
+            try:
+                for event in self._events:
+                    last_seen = event.get("time", last_seen)
+                    name = event.get("Actor", {}).get("Attributes", {}).get("name")
+                    if name:
+                        self._dead.add(name)
+                if self._closing:
+                    return
+                why = "it ended"
+            except Exception as exc:  # noqa: BLE001 - however it breaks, it is followed again
+                if self._closing:  # close() closed it under the thread
+                    return
+                why = f"{type(exc).__name__}: {exc}"
+            log.warning("Docker's event stream stopped (%s): following it again", why)
+            try:
+                self._events = self._open_events(since=last_seen)
+                self._mark_stopped_containers()
+            except DOCKER_ERRORS as exc:
+                log.error("cannot follow Docker's events again (%s); retrying in 1 s", exc)
+                time.sleep(1)  # the engine is away; liveness falls back on heartbeats
+
+    def _mark_stopped_containers(self) -> None:
+        """After a gap in the events: every known replica whose container is not running."""
+        running = {c.name for c in self.client.containers.list(
+            filters={"label": f"{LABEL_STACK}={self.stack}", "status": "running"})}
+        self._dead |= set(self._replicas) - running
 
     async def spawn(self, name: str) -> Replica:
         if name in self._replicas:
@@ -116,9 +154,7 @@ class DockerSupervisor(ReplicaSupervisor):
         loop = asyncio.get_running_loop()
         try:
             replica = await loop.run_in_executor(None, self._run, name)
-        except SupervisorError:
-            raise
-        except Exception as exc:
+        except DOCKER_ERRORS as exc:
             raise SpawnError(f"could not start container {name}: {exc}") from exc
         self._dead.discard(name)
         try:
@@ -178,13 +214,12 @@ class DockerSupervisor(ReplicaSupervisor):
     def _remove_container(self, name: str) -> None:
         try:
             container = self.client.containers.get(name)
-        except Exception:
-            return  # already gone (removed outside the balancer)
-        try:
             container.stop(timeout=self.stop_timeout)
-        except Exception:
-            pass
-        container.remove(force=True)  # its named volume, if any, stays
+            container.remove(force=True)  # its named volume, if any, stays
+        except docker.errors.NotFound:
+            return  # already gone (removed outside the balancer, or by its own exit)
+        except DOCKER_ERRORS as exc:
+            raise SupervisorError(f"could not remove container {name}: {exc}") from exc
 
     def _volume_name(self, name: str) -> str:
         return f"{self.stack}-{name}-data"
@@ -192,15 +227,18 @@ class DockerSupervisor(ReplicaSupervisor):
     def _volume(self, name: str) -> None:
         try:
             self.client.volumes.get(self._volume_name(name))
-        except Exception:
+        except docker.errors.NotFound:
             self.client.volumes.create(self._volume_name(name), labels={LABEL_STACK: self.stack})
 
     async def discard_data(self, name: str) -> None:
         def remove() -> None:
+            volume = self._volume_name(name)
             try:
-                self.client.volumes.get(self._volume_name(name)).remove(force=True)
-            except Exception:
+                self.client.volumes.get(volume).remove(force=True)
+            except docker.errors.NotFound:
                 pass  # never made, or already gone
+            except DOCKER_ERRORS as exc:  # the caller goes on: say it, the data is still there
+                log.error("volume %s could not be removed, remove it by hand: %s", volume, exc)
 
         if self.spec.data_path:
             await asyncio.get_running_loop().run_in_executor(None, remove)
@@ -213,6 +251,7 @@ class DockerSupervisor(ReplicaSupervisor):
 
     async def close(self) -> None:
         await super().close()
+        self._closing = True
         self._events.close()
         if self._own_network:
             for network in self.client.networks.list(names=[self.network]):
