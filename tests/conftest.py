@@ -114,6 +114,9 @@ class Workers:
 SPAWN_BUDGET = {"replica": 2.0, "shard": 8.0, "container": 8.0}
 
 
+DB_HEARTBEAT_INTERVAL = 0.25  # python -m dslab.db's default, for polling at its pace
+
+
 def detection_time(module: str, *args: str) -> float:
     """The longest the balancer ``module`` started with ``args`` takes to find a hung replica,
     from its heartbeat settings: ``misses`` rounds, each waiting out the timeout, one interval

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import pymongo
 import pytest
 
 from conftest import (
+    DB_HEARTBEAT_INTERVAL,
     DbWriter,
     assert_all_gone,
     assert_error,
@@ -206,8 +208,21 @@ def test_with_the_metadata_store_down_every_change_is_a_503_and_nothing_changes(
                 assert shard_rows(db, server, shard) == [
                     r for r in before[1] if shard_of(r["Stud_id"]) == shard], f"{server}:{shard}"
 
+        # A server that dies now cannot be replaced (the replacement is saved first): for
+        # several heartbeat rounds /status still names it (each attempt's newcomer is stopped
+        # again when the save fails).
+        os.kill(db.replica_processes()["Server6"].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 3 * detection_time("dslab.db")
+        while time.monotonic() < deadline:
+            assert client.get("/status").json() == before[0]
+            time.sleep(DB_HEARTBEAT_INTERVAL)
+
         asyncio.run(engine.start())  # back on the same port: the same requests now succeed
         try:
+            wait_until(lambda: "Server6" not in client.get("/status").json()["servers"],
+                       detection_time("dslab.db") + 30, what="Server6 to be replaced")
+            # exactly the servers /status names run: no newcomer of a failed attempt is left
+            assert set(db.replica_processes()) == set(client.get("/status").json()["servers"])
             for method, path, body in changes:
                 response = client.request(method, path, json=body)
                 assert response.status_code == 200, (path, response.text)
@@ -220,3 +235,23 @@ def test_with_the_metadata_store_down_every_change_is_a_503_and_nothing_changes(
 
 def all_rows(client: httpx.Client) -> list[dict]:
     return client.post("/read", json={"Stud_id": {"low": 0, "high": 1 << 62}}).json()["data"]
+
+
+def test_init_with_the_metadata_store_down_is_a_503_and_starts_nothing(tmp_path, start_db):
+    engine = LocalEngine(tmp_path / "meta" / "engine", port=free_port())
+    uri = asyncio.run(engine.start())
+    db = start_db("--meta-uri", uri, "--meta-timeout", "1")
+    engine.stop()
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert_error(client.post("/init", json=seed_init()), 503)
+        assert db.replica_processes() == {}
+        assert_error(client.get("/status"), 404)
+        asyncio.run(engine.start())
+        try:
+            assert client.post("/init", json=seed_init()).status_code == 200
+            assert client.get("/status").json()["servers"] == seed_init()["servers"]
+        finally:
+            db_tree = db.descendants()
+            assert db.stop() == 0
+            assert_all_gone(db_tree)
+            engine.stop()
