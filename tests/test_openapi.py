@@ -9,6 +9,7 @@ profile in conftest), so a red CI replays.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -43,9 +44,9 @@ BALANCER.hook(map_body)
 DB.hook(map_body)
 
 
-@pytest.fixture(scope="module")
-def lb_url():
-    # 64 slots of K=9: at most 7 replicas, so a valid /add starts a handful of processes.
+@contextlib.contextmanager
+def small_balancer():
+    """Part 1 on 64 slots of K=9: at most 7 replicas, so a valid /add starts few processes."""
     balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--slots", "64"]).start()
     try:
         yield balancer.url
@@ -55,10 +56,22 @@ def lb_url():
         assert_all_gone(tree)
 
 
+@contextlib.contextmanager
+def seeded(state):
+    with seeded_db(state, [row(i) for i in (5, 4100, 9000)]) as (db, _):
+        yield db.url
+
+
+@pytest.fixture(scope="module")
+def lb_url():
+    with small_balancer() as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def db_url(tmp_path_factory):
-    with seeded_db(tmp_path_factory.mktemp("openapi"), [row(i) for i in (5, 4100, 9000)]) as (db, _):
-        yield db.url
+    with seeded(tmp_path_factory.mktemp("openapi")) as url:
+        yield url
 
 
 @pytest.mark.parametrize("name, url", [("balancer", "lb_url"), ("db", "db_url")])
@@ -84,19 +97,14 @@ def test_each_balancer_answers_as_documented(request, schema, url, mode):
 
 @pytest.fixture
 def fresh_lb_url():
-    balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--slots", "64"]).start()
-    try:
-        yield balancer.url
-    finally:
-        tree = balancer.descendants()
-        assert balancer.stop() == 0
-        assert_all_gone(tree)
+    with small_balancer() as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_db_url(tmp_path):
-    with seeded_db(tmp_path, [row(i) for i in (5, 4100, 9000)]) as (db, _):
-        yield db.url
+    with seeded(tmp_path) as url:
+        yield url
 
 
 @pytest.mark.parametrize("url, links", [("fresh_lb_url", 2), ("fresh_db_url", 3)],
