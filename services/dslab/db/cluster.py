@@ -103,7 +103,7 @@ class ShardCluster:
         self.rings: dict[str, ConsistentHashRing] = {}
         self.servers: dict[str, UpstreamPool] = {}
         self._evicted: dict[str, str] = {}  # name -> why, for the next heartbeat round
-        self._replace_errors: dict[str, str] = {}
+        self._logged_failures: dict[str, str] = {}
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -271,15 +271,15 @@ class ShardCluster:
                 except (ApiError, SupervisorError, UpstreamError) as exc:
                     self._log_once(name, f"replacing {name} failed, will retry: {exc}")
                     continue
-                self._replace_errors.pop(name, None)
+                self._logged_failures.pop(name, None)
                 del self._evicted[name]
                 log.warning("server %s (%s) replaced by %s", name, why, newcomer)
 
     def _log_once(self, key: str, message: str) -> None:
         """A failure that repeats every heartbeat round is logged when it changes, not each time."""
-        if self._replace_errors.get(key) != message:
+        if self._logged_failures.get(key) != message:
             log.error("%s", message)
-            self._replace_errors[key] = message
+            self._logged_failures[key] = message
 
     async def _replace(self, dead: str) -> str:
         shards = self.placement[dead]
@@ -313,7 +313,6 @@ class ShardCluster:
         revived servers are made equal to the ring, on every shard they hold. Returns the names
         that serve again."""
         revived: list[str] = []
-        assert self.schema is not None or not self.rings
         for shard, ring in self.rings.items():
             if len(ring):
                 continue
@@ -335,7 +334,7 @@ class ShardCluster:
                     continue
                 revived.append(name)
                 self._evicted.pop(name, None)
-                self._replace_errors.pop(name, None)
+                self._logged_failures.pop(name, None)
                 log.warning("server %s started again in place for %s", name, shard)
         for name in revived:  # sources first: each dead shard's first in-sync server
             for shard in self.placement[name]:
