@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import importlib
@@ -114,16 +115,28 @@ class Workers:
 SPAWN_BUDGET = {"replica": 2.0, "shard": 8.0, "container": 8.0}
 
 
-DB_HEARTBEAT_INTERVAL = 0.25  # python -m dslab.db's default, for polling at its pace
+def balancer_options(module: str, *args: str) -> argparse.Namespace:
+    """The options the balancer ``module`` runs with when started with ``args`` (its defaults
+    for the rest), read from its own parser."""
+    parser = importlib.import_module(f"{module}.main").build_parser()
+    return parser.parse_known_args(list(args))[0]
 
 
 def detection_time(module: str, *args: str) -> float:
     """The longest the balancer ``module`` started with ``args`` takes to find a hung replica,
     from its heartbeat settings: ``misses`` rounds, each waiting out the timeout, one interval
     apart."""
-    parser = importlib.import_module(f"{module}.main").build_parser()
-    options = parser.parse_known_args(list(args))[0]
+    options = balancer_options(module, *args)
     return options.heartbeat_misses * (options.heartbeat_interval + options.heartbeat_timeout)
+
+
+def status(client: httpx.Client) -> dict:
+    return client.get("/status").json()
+
+
+def all_rows(client: httpx.Client) -> list[dict]:
+    """Every row of a Part 2 stack, through its balancer."""
+    return client.post("/read", json={"Stud_id": {"low": 0, "high": (1 << 63) - 1}}).json()["data"]
 
 
 class DbWriter(Workers):

@@ -15,23 +15,17 @@ import pytest
 from conftest import (
     SPAWN_BUDGET,
     DbWriter,
+    all_rows,
     assert_all_gone,
     assert_error,
     detection_time,
     row,
     seed_init,
     shard_rows,
+    status,
 )
 from dslab.db.seed import shard_of
 from dslab.stack import BalancerProcess, wait_until
-
-
-def status(client: httpx.Client) -> dict:
-    return client.get("/status").json()
-
-
-def all_rows(client: httpx.Client) -> list[dict]:
-    return client.post("/read", json={"Stud_id": {"low": 0, "high": 16383}}).json()["data"]
 
 
 def assert_replicas_hold(db: BalancerProcess, client: httpx.Client, expected: dict[str, list[int]]):

@@ -19,15 +19,17 @@ import pymongo
 import pytest
 
 from conftest import (
-    DB_HEARTBEAT_INTERVAL,
     DbWriter,
+    all_rows,
     assert_all_gone,
     assert_error,
+    balancer_options,
     detection_time,
     free_port,
     row,
     seed_init,
     shard_rows,
+    status,
 )
 from dslab.common.errors import Unavailable
 from dslab.contract.studdb import InitRequest
@@ -214,8 +216,8 @@ def test_with_the_metadata_store_down_every_change_is_a_503_and_nothing_changes(
         os.kill(db.replica_processes()["Server6"].pid, signal.SIGKILL)
         deadline = time.monotonic() + 3 * detection_time("dslab.db")
         while time.monotonic() < deadline:
-            assert client.get("/status").json() == before[0]
-            time.sleep(DB_HEARTBEAT_INTERVAL)
+            assert status(client) == before[0]
+            time.sleep(balancer_options("dslab.db").heartbeat_interval)
 
         asyncio.run(engine.start())  # back on the same port: the same requests now succeed
         try:
@@ -231,10 +233,6 @@ def test_with_the_metadata_store_down_every_change_is_a_503_and_nothing_changes(
             assert db.stop() == 0
             assert_all_gone(db_tree)
             engine.stop()
-
-
-def all_rows(client: httpx.Client) -> list[dict]:
-    return client.post("/read", json={"Stud_id": {"low": 0, "high": 1 << 62}}).json()["data"]
 
 
 def test_init_with_the_metadata_store_down_is_a_503_and_starts_nothing(tmp_path, start_db):

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
-from ..common.limits import INT64_MAX, INT64_MIN, MAX_ROWS
+from ..common.limits import MAX_ROWS
 from ..contract.studdb import (
     ADD_N_TOO_SMALL,
     RM_TOO_MANY,
@@ -551,10 +551,10 @@ class ShardCluster:
     async def read(self, low: int, high: int) -> tuple[list[str], list[dict[str, Any]]]:
         self._require_config()
         shards = self.shardmap.shards_for_range(low, high)
-        # Each shard is asked only for its own part: within 64 bits, whatever the bounds.
+        # Each shard is asked only for its own part, so the bounds the engine compares are
+        # within 64 bits (shards are) whatever the client's.
         parts = await asyncio.gather(*(self._read_shard(
-            s.shard_id, max(low, s.low, INT64_MIN), min(high, s.high - 1, INT64_MAX))
-            for s in shards))
+            s.shard_id, max(low, s.low), min(high, s.high - 1)) for s in shards))
         rows = [row for part in parts for row in part]  # shards are in Stud_id order
         return [s.shard_id for s in shards], rows
 
