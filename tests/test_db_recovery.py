@@ -137,7 +137,7 @@ def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_pat
     async def scenario() -> None:
         engine = LocalEngine(tmp_path / "meta")
         meta_uri = await engine.start()
-        client = pymongo.AsyncMongoClient(meta_uri)
+        client: pymongo.AsyncMongoClient[dict[str, object]] = pymongo.AsyncMongoClient(meta_uri)
         supervisor = ProcessSupervisor(ReplicaSpec(
             module="dslab.shard", env={"SHARD_DATA_ROOT": str(tmp_path / "servers")}))
         cluster = ShardCluster(supervisor, Metadata(client["meta"]), data_root=tmp_path / "servers",
@@ -149,7 +149,7 @@ def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_pat
                              {"Stud_id_low": 100, "Shard_id": "b", "Shard_size": 100}],
                 servers={"S1": ["a"], "S2": ["a"], "S3": ["b"], "S4": ["b"]})))
             await cluster.write([row(1), row(101)])
-            real_call = cluster.call
+            real_call = cluster.servers.call
             a_written = asyncio.Event()
 
             async def stepped(name, method, path, payload):
@@ -162,10 +162,10 @@ def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_pat
                     a_written.set()
                 return answer
 
-            cluster.call = stepped  # type: ignore[method-assign]
+            cluster.servers.call = stepped  # type: ignore[method-assign]
             with pytest.raises(Unavailable):
                 await cluster.write([row(2), row(102)])
-            cluster.call = real_call  # type: ignore[method-assign]
+            cluster.servers.call = real_call  # type: ignore[method-assign]
             for name in ("S1", "S2"):
                 rows = await real_call(name, "GET", "/copy", {"shards": ["a"]})
                 assert [r["Stud_id"] for r in rows["a"]] == [1], name

@@ -1,34 +1,27 @@
-"""The replica set behind the balancer: ring, supervisor, upstream pools and their upkeep.
+"""The replica set behind the Part 1 balancer: its ring on the shared replica keeper.
 
-Every change of membership (POST /add, DELETE /rm, replacing a dead replica) runs under one
-lock, so concurrent calls are serialized and the ring, the upstream pools and the supervisor
-never disagree. Lookups on the hot path take no lock: they read the ring, which replaces its
-tables rather than mutating them.
+Every change of membership (POST /add, DELETE /rm, replacing a dead replica) runs under the
+keeper's lock, so concurrent calls are serialized and the ring, the upstream pools and the
+supervisor never disagree. Lookups on the hot path take no lock: they read the ring, which
+replaces its tables rather than mutating them.
 
-A ``HeartbeatMonitor`` finds dead replicas (gone, or ``heartbeat_misses`` heartbeats missed);
-a failed proxied request wakes it early. A dead replica leaves the ring, is removed, and the
-set is filled back to its target size with replicas of random names.
+The keeper finds dead replicas (gone, or ``heartbeat_misses`` heartbeats missed; a failed
+proxied request wakes it early), takes them off the ring and replaces each with a replica of a
+random name. This module adds only what is Part 1's: the ring, and the contract's messages.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..common.errors import BadRequest, Unavailable
-from ..keeper.heartbeat import Dead, HeartbeatMonitor
-from ..keeper.upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
+from ..common.errors import BadRequest
+from ..keeper.keeper import ReplicaKeeper, Tenant
+from ..keeper.upstream import UpstreamClosed, UpstreamResponse
 from ..ring import ConsistentHashRing, RingError
-from ..supervisor import (
-    Replica,
-    ReplicaSupervisor,
-    SupervisorError,
-    UnknownReplica,
-    random_hostname,
-)
+from ..supervisor import Replica, ReplicaSupervisor, random_hostname
 
 __all__ = ["ReplicaSet"]
 
@@ -36,13 +29,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Member:
-    replica: Replica
-    upstream: UpstreamPool
-
-
-@dataclass
-class ReplicaSet:
+class ReplicaSet(Tenant):
     supervisor: ReplicaSupervisor
     ring: ConsistentHashRing
     request_timeout: float = 5.0
@@ -53,46 +40,47 @@ class ReplicaSet:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
-        self._members: dict[str, _Member] = {}
-        self._lock = asyncio.Lock()
-        self.monitor = HeartbeatMonitor(
-            self.supervisor, self._after_heartbeats, interval=self.heartbeat_interval,
-            timeout=self.heartbeat_timeout, misses=self.heartbeat_misses)
-        self.target = 0
+        self.keeper = ReplicaKeeper(
+            self.supervisor, self, noun="replicas", request_timeout=self.request_timeout,
+            heartbeat_interval=self.heartbeat_interval, heartbeat_timeout=self.heartbeat_timeout,
+            heartbeat_misses=self.heartbeat_misses)
 
     # ---- read side --------------------------------------------------------------------------
     def names(self) -> list[str]:
-        return list(self._members)
+        return self.keeper.serving()
+
+    @property
+    def target(self) -> int:
+        """How many replicas the set keeps alive: the serving ones and those being replaced."""
+        return len(self.keeper.serving()) + len(self.keeper.evicted())
 
     async def fetch(self, name: str, raw_request: bytes) -> UpstreamResponse:
-        member = self._members.get(name)
-        if member is None:  # removed while the request was on its way
+        pool = self.keeper.pool(name)
+        if pool is None:  # removed while the request was on its way
             raise UpstreamClosed(f"replica {name} left the set")
-        return await member.upstream.fetch(raw_request)
+        return await pool.fetch(raw_request)
 
     def suspect(self, name: str, exc: Exception | None = None) -> None:
         """A proxied request failed on ``name``: check the replicas now, not at the next tick."""
         log.info("request to %s failed (%s): checking heartbeats now", name, exc)
-        self.monitor.wake()
+        self.keeper.wake()
 
     # ---- lifecycle --------------------------------------------------------------------------
-    async def start(self, names: Sequence[str]) -> None:
-        async with self._lock:
-            await self._spawn_all(list(names))
-            self.target = len(self._members)
-        self.monitor.start()
+    async def start(self, names: Sequence[str], *, heartbeats: bool = True) -> None:
+        """Start the replicas; ``heartbeats=False`` leaves the rounds to the caller (tests
+        step them with ``keeper.heartbeat_round``)."""
+        async with self.keeper.lock:
+            await self._start_on_ring(list(names))
+        if heartbeats:
+            self.keeper.start_monitor()
 
     async def close(self) -> None:
-        await self.monitor.close()
-        async with self._lock:
-            for name in list(self._members):
-                self._forget(name)
-            await self.supervisor.close()
+        await self.keeper.close()
 
     # ---- scaling (POST /add, DELETE /rm) ----------------------------------------------------
     async def add(self, n: int, hostnames: Sequence[str]) -> list[str]:
-        async with self._lock:
-            taken = {name.lower() for name in self._members}
+        async with self.keeper.lock:
+            taken = {name.lower() for name in self.keeper.names()}
             existing = [name for name in hostnames if name.lower() in taken]
             if existing:
                 raise BadRequest(f"<Error> Replica(s) already exist: {', '.join(existing)}")
@@ -104,99 +92,49 @@ class ReplicaSet:
                     f"{len(self.ring)} are there")
             names = list(hostnames)
             while len(names) < n:
-                names.append(random_hostname([*self._members, *names], self.name_prefix, self.rng))
+                names.append(random_hostname([*self.keeper.names(), *names], self.name_prefix,
+                                             self.rng))
             try:
-                await self._spawn_all(names)
+                await self._start_on_ring(names)
             except RingError as exc:
                 raise BadRequest(f"<Error> Cannot add {n} replica(s): {exc}") from None
-            self.target += n
             return self.names()
 
     async def remove(self, n: int, hostnames: Sequence[str]) -> tuple[list[str], list[str]]:
         """Returns (the names removed, the names left)."""
-        async with self._lock:
-            by_lower = {name.lower(): name for name in self._members}
+        async with self.keeper.lock:
+            serving = self.names()
+            by_lower = {name.lower(): name for name in serving}
             unknown = [name for name in hostnames if name.lower() not in by_lower]
             if unknown:
                 raise BadRequest(f"<Error> Replica(s) do not exist: {', '.join(unknown)}")
-            if n > len(self._members):
+            if n > len(serving):
                 raise BadRequest(
-                    f"<Error> Cannot remove {n} replica(s): only {len(self._members)} exist")
-            if n == len(self._members):  # a balancer with no replica could only answer 503
+                    f"<Error> Cannot remove {n} replica(s): only {len(serving)} exist")
+            if n == len(serving):  # a balancer with no replica could only answer 503
                 raise BadRequest(f"<Error> Cannot remove {n} replica(s): at least one must stay")
             chosen = [by_lower[name.lower()] for name in hostnames]
-            others = [name for name in self._members if name not in chosen]
+            others = [name for name in serving if name not in chosen]
             chosen += self.rng.sample(others, n - len(chosen))
+            await self.keeper.retire(chosen)
             for name in chosen:
-                self._forget(name)
-            await asyncio.gather(*(self._stop(name) for name in chosen))
-            self.target -= n
-            for name in chosen:
-                self._record("removed", name)
+                log.info("replica %s removed", name)
             return chosen, self.names()
 
-    # ---- internals --------------------------------------------------------------------------
-    async def _spawn_all(self, names: list[str]) -> None:
-        """Start every replica or none: on any failure the ones started are stopped again.
-
-        Raises ``RingError`` before starting anything when the ring cannot place them all.
-        """
+    async def _start_on_ring(self, names: list[str]) -> None:
+        """Start every replica and put it on the ring, or none. Raises ``RingError`` before
+        starting anything when the ring cannot place them all."""
         self.ring.check_can_add(names)
-        results = await asyncio.gather(*(self.supervisor.spawn(name) for name in names),
-                                       return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        started = [r for r in results if isinstance(r, Replica)]
-        if failed:
-            await asyncio.gather(*(self._stop(r.name) for r in started))
-            raise Unavailable(f"<Error> Could not start replicas: {failed[0]}") from failed[0]
-        for replica in started:
-            self._join(replica)
+        for replica in await self.keeper.start_all(names):
+            self.ring.add(replica.name)
 
-    def _join(self, replica: Replica) -> None:
-        self.ring.add(replica.name)
-        self._members[replica.name] = _Member(
-            replica, UpstreamPool(replica.host, replica.port, timeout=self.request_timeout))
-        self.monitor.watch(replica)
-        self._record("added", replica.name, replica.address)
+    # ---- the keeper's hooks -----------------------------------------------------------------
+    def leave(self, name: str) -> None:
+        if name in self.ring:
+            self.ring.remove(name)
 
-    def _forget(self, name: str) -> None:
-        """Take ``name`` off the ring and close its connections (it stops getting requests)."""
-        member = self._members.pop(name)
-        self.ring.remove(name)
-        member.upstream.close()
-        self.monitor.unwatch(name)
+    async def hand_over(self, dead: str, newcomer: Replica) -> None:
+        self.ring.add(newcomer.name)
 
-    async def _stop(self, name: str) -> None:
-        try:
-            await self.supervisor.remove(name)
-        except UnknownReplica:
-            pass
-
-    def _record(self, kind: str, name: str, detail: str = "") -> None:
-        log.info("replica %s %s %s", name, kind, detail)
-
-    async def _after_heartbeats(self, dead: Dead) -> None:
-        if not dead and len(self._members) >= self.target:
-            return
-        async with self._lock:
-            for name, why in dead:
-                if name in self._members:  # not removed by /rm meanwhile
-                    self._forget(name)
-                    self._record("died", name, why)
-                    await self._stop(name)
-            await self._fill_to_target()
-
-    async def _fill_to_target(self) -> None:
-        missing = self.target - len(self._members)
-        if missing <= 0:
-            return
-        names: list[str] = []
-        for _ in range(missing):
-            names.append(random_hostname([*self._members, *names], self.name_prefix, self.rng))
-        try:
-            await self._spawn_all(names)
-        except (Unavailable, SupervisorError, RingError) as exc:
-            log.error("could not start replacements, will retry: %s", exc)
-            return
-        for name in names:
-            self._record("replaced", name)
+    def name_replacement(self, dead: str, taken: Sequence[str]) -> str:
+        return random_hostname(taken, self.name_prefix, self.rng)

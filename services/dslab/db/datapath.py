@@ -1,0 +1,197 @@
+"""The data path: POST /read, POST /write, PUT /update, DELETE /del.
+
+Reads ask one live replica of each shard they touch. Writes, updates and deletes of a shard
+run under that shard's lock (``ShardLocks``) and go to every server on the shard's ring; a
+server that fails one is *evicted* at once: it leaves every ring before the write is
+acknowledged, so replicas that answer never disagree. Acknowledged means every live replica
+holds the row (journaled) and the shard's new row count and in-sync servers are saved.
+
+Liveness is the transport's and the heartbeats' call, never a request's: a replica that
+refuses a write that the others applied is out of step and evicted; a write that every
+replica refuses is the request's fault, and nobody is evicted (``fanout``). A write that
+cannot be completed or recorded is undone where it was applied: all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
+from ..contract.studdb import validate_row
+from ..keeper.upstream import UpstreamError
+from .fanout import classify
+from .locks import ShardLocks
+from .metadata import Metadata
+from .servers import ShardServers
+from .state import ClusterState
+
+__all__ = ["DataPath"]
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = (UpstreamError, OSError)
+
+
+class DataPath:
+    def __init__(self, state: ClusterState, metadata: Metadata, servers: ShardServers,
+                 locks: ShardLocks, evict: Callable[[str, str], None]) -> None:
+        self.state = state
+        self.metadata = metadata
+        self.servers = servers
+        self.locks = locks
+        self.evict = evict  # the keeper's: out of every ring now, replaced on its next round
+
+    async def read(self, low: int, high: int) -> tuple[list[str], list[dict[str, Any]]]:
+        self.state.require_config()
+        shards = self.state.shardmap.shards_for_range(low, high)
+        # Each shard is asked only for its own part, so the bounds the engine compares are
+        # within 64 bits (shards are) whatever the client's.
+        parts = await asyncio.gather(*(self._read_shard(
+            s.shard_id, max(low, s.low), min(high, s.high - 1)) for s in shards))
+        rows = [row for part in parts for row in part]  # shards are in Stud_id order
+        return [s.shard_id for s in shards], rows
+
+    async def _read_shard(self, shard: str, low: int, high: int) -> list[dict[str, Any]]:
+        answer = await self.servers.ask_one(shard, self.state.rings[shard], "POST", "/read",
+                                            {"shard": shard, "Stud_id": {"low": low, "high": high}})
+        return list(answer["data"])
+
+    def _clean_rows(self, data: list[Any]) -> dict[str, list[dict[str, Any]]]:
+        schema = self.state.require_config()
+        rows = [validate_row(schema, row) for row in data]
+        dups = sorted(i for i, n in Counter(r["Stud_id"] for r in rows).items() if n > 1)
+        if dups:
+            raise BadRequest(f"<Error> Stud_id(s) given twice: {_ids(dups)}")
+        groups, homeless = self.state.shardmap.group(rows)
+        if homeless:
+            raise BadRequest(f"<Error> Stud_id(s) outside every shard: {_ids(homeless)}")
+        return {shard: [dict(r) for r in group] for shard, group in groups.items()}
+
+    async def write(self, data: list[Any]) -> int:
+        groups = self._clean_rows(data)
+        async with self.locks.hold(groups):
+            for shard in groups:
+                self.state.live(shard)
+            taken = await asyncio.gather(*(self._existing(s, [r["Stud_id"] for r in rows])
+                                           for s, rows in groups.items()))
+            clash = sorted(i for ids in taken for i in ids)
+            if clash:
+                raise Conflict(f"<Error> Stud_id(s) already exist: {_ids(clash)}; nothing written")
+            outcomes = await asyncio.gather(*(self._fan_out(s, "POST", "/write", {
+                "shard": s, "curr_idx": self.state.valid_idx[s], "data": rows})
+                for s, rows in groups.items()), return_exceptions=True)
+            applied: dict[str, tuple[list[str], int]] = {}
+            failed: list[BaseException] = []
+            for (shard, rows), outcome in zip(groups.items(), outcomes):
+                if isinstance(outcome, BaseException):
+                    failed.append(outcome)
+                else:
+                    applied[shard] = (outcome, len(rows))
+            if failed:  # undo where it was applied: all or nothing (in_sync stays: no ack)
+                await self._erase(groups, only=applied)
+                raise failed[0]
+            try:
+                await self._acknowledge(applied)
+            except ApiError:  # not recorded, so not acknowledged: undone
+                await self._erase(groups, only=applied)
+                raise
+        return sum(len(rows) for rows in groups.values())
+
+    async def _erase(self, groups: dict[str, list[dict[str, Any]]],
+                     only: dict[str, Any]) -> None:
+        await asyncio.gather(*(self._fan_out(s, "POST", "/erase", {
+            "shard": s, "Stud_ids": [r["Stud_id"] for r in groups[s]]}) for s in only),
+            return_exceptions=True)
+
+    async def _acknowledge(self, changes: dict[str, tuple[list[str], int]]) -> None:
+        """Before a write is acknowledged: for each shard it changed, the new row count and
+        the servers that applied it, as the shard's in-sync set (if that changed), journaled in
+        the metadata in one batch. Memory follows only once it is saved."""
+        state = self.state
+        states: dict[str, tuple[int | None, list[str] | None]] = {}
+        for shard, (applied, added) in changes.items():
+            members = set(applied)
+            states[shard] = (state.valid_idx[shard] + added if added else None,
+                             list(members) if members != state.in_sync[shard] else None)
+        await self.metadata.set_shard_states(states)
+        for shard, (applied, added) in changes.items():
+            state.valid_idx[shard] += added
+            state.in_sync[shard] = set(applied)
+
+    async def _existing(self, shard: str, stud_ids: list[int]) -> list[int]:
+        ring = self.state.rings[shard]
+        if not len(ring):
+            raise Unavailable(f"<Error> Shard {shard} has no live replica: nothing written")
+        try:
+            answer = await self.servers.ask_one(shard, ring, "POST", "/exists",
+                                                {"shard": shard, "Stud_ids": stud_ids})
+        except Unavailable as exc:
+            log.warning("no replica of %s could check ids: %s", shard, exc.message)
+            raise Unavailable(f"<Error> Shard {shard} has no live replica: nothing written") from None
+        return list(answer["Stud_ids"])
+
+    async def _fan_out(self, shard: str, method: str, path: str,
+                       payload: dict[str, Any]) -> list[str]:
+        """Send to every live replica of ``shard``; returns those that applied it. Those that
+        failed where others applied it leave the shard's ring; if none applied it, the refusal
+        (or a 503) is raised and nobody is evicted for what the request carried. The caller
+        holds the shard's lock."""
+        names = self.state.live(shard)
+        results = await asyncio.gather(*(self.servers.call(n, method, path, payload)
+                                         for n in names), return_exceptions=True)
+        outcome = classify(names, results, _UNREACHABLE)
+        for name, why in outcome.to_evict():
+            self.evict(name, f"{method} {path}: {why}")
+        refusal = outcome.refusal()
+        if refusal is not None:
+            raise refusal
+        if not outcome.applied:
+            raise Unavailable(f"<Error> Every replica of {shard} failed: nothing written")
+        return outcome.applied
+
+    async def update(self, stud_id: int, data: Any) -> None:
+        row = validate_row(self.state.require_config(), data)
+        if row["Stud_id"] != stud_id:
+            raise BadRequest("<Error> data.Stud_id must equal Stud_id: an update cannot move a row")
+        shard = self.state.shard_of(stud_id)
+        async with self.locks.hold([shard]):
+            old = await self._current_row(shard, stud_id)
+            applied = await self._fan_out(shard, "PUT", "/update",
+                                          {"shard": shard, "Stud_id": stud_id, "data": row})
+            await self._acknowledge_or_restore(shard, applied, 0, old)
+
+    async def delete(self, stud_id: int) -> None:
+        self.state.require_config()
+        shard = self.state.shard_of(stud_id)
+        async with self.locks.hold([shard]):
+            old = await self._current_row(shard, stud_id)
+            applied = await self._fan_out(shard, "DELETE", "/del",
+                                          {"shard": shard, "Stud_id": stud_id})
+            await self._acknowledge_or_restore(shard, applied, -1, old)
+
+    async def _current_row(self, shard: str, stud_id: int) -> dict[str, Any]:
+        """The row as it is now (kept to put back if the change cannot be recorded), or 404."""
+        rows = await self._read_shard(shard, stud_id, stud_id)
+        if not rows:
+            raise NotFound(f"<Error> No data entry with Stud_id:{stud_id}")
+        return rows[0]
+
+    async def _acknowledge_or_restore(self, shard: str, applied: list[str], added: int,
+                                      old: dict[str, Any]) -> None:
+        try:
+            await self._acknowledge({shard: (applied, added)})
+        except ApiError:  # not recorded, so not acknowledged: the row as it was
+            with contextlib.suppress(ApiError):
+                await self._fan_out(shard, "POST", "/write", {
+                    "shard": shard, "curr_idx": self.state.valid_idx[shard], "data": [old]})
+            raise
+
+
+def _ids(ids: Sequence[int], most: int = 10) -> str:
+    shown = ", ".join(map(str, ids[:most]))
+    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
