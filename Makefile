@@ -27,7 +27,7 @@ help:
 	@echo "make up / make down    the stack under Compose on PORT (APP=dslab.db for Part 2); down removes everything"
 	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
 	@echo "make test              run the test suite"
-	@echo "make lint              ruff over services, tests and bench"
+	@echo "make lint              ruff over everything; mypy (strict on services/dslab, default on tests)"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
 	@echo "make bench-db          Part 2: 10000 writes + 10000 reads, balancer vs the engines directly"
@@ -75,8 +75,11 @@ down:
 	-docker network ls -q --filter label=dslab.stack=$(STACK) | xargs -r docker network rm
 	-docker volume ls -q --filter label=dslab.stack=$(STACK) | xargs -r docker volume rm
 
+# ruff everywhere; mypy strict on the package, default on the tests (mypy.ini).
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict services/dslab
+	$(VENV)/bin/mypy tests
 
 run-lb: venv
 	exec $(PY) -m dslab.balancer --port $(PORT) -n $(N) --hash $(HASH) --slots $(SLOTS) --vnodes $(VNODES)

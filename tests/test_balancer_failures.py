@@ -26,7 +26,7 @@ class Load(Workers):
         try:
             response = client.get("/home")
             served_by = response.headers.get("X-Served-By") if response.status_code == 200 else None
-            failure = None if served_by else f"HTTP {response.status_code}"
+            failure = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             served_by, failure = None, type(exc).__name__
         with self.lock:

@@ -99,11 +99,11 @@ def test_one_interface_over_both_backends(docker, stack, backend):
 class Load(Workers):
     def __init__(self, url: str) -> None:
         super().__init__(url, threads=4, timeout=20)
-        self.ok, self.failed = 0, []
+        self.ok, self.failed = 0, list[int | str]()
 
     def step(self, client: httpx.Client) -> None:
         try:
-            code = client.get("/home").status_code
+            code: int | str = client.get("/home").status_code
         except httpx.HTTPError as exc:
             code = type(exc).__name__
         with self.lock:

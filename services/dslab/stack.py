@@ -27,7 +27,7 @@ class StackError(RuntimeError):
     pass
 
 
-def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.05,
+def wait_until(condition: Callable[[], T | None], timeout: float, interval: float = 0.05,
                what: str = "condition") -> T:
     """Poll ``condition`` until it returns something truthy; raise after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

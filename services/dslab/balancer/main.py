@@ -70,7 +70,7 @@ async def run(args: argparse.Namespace) -> None:
         await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])
         sock = bind_socket(args.host, args.port)
         servers.append(await start_front(front, sock))
-        port = sock.getsockname()[1]
+        port = int(sock.getsockname()[1])
         log.info("balancer on port %d: %d replicas, hash=%s, slots=%d, K=%d, %s probing",
                  port, args.replicas, args.hash, args.slots, args.vnodes, args.probing)
         return port

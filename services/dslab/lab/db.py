@@ -69,13 +69,13 @@ def db_stack(config: dict[str, Any] | None = None) -> Iterator[BalancerProcess]:
 
 
 def status(db: BalancerProcess) -> dict[str, Any]:
-    return httpx.get(f"{db.url}/status", timeout=30).json()
+    return dict(httpx.get(f"{db.url}/status", timeout=30).json())
 
 
 async def _post_all(url: str, jobs: list[tuple[str, str, dict[str, Any]]], concurrency: int,
-                    bar: tqdm | None) -> pd.DataFrame:
+                    bar: tqdm[Any] | None) -> pd.DataFrame:
     pending = iter(jobs)
-    rows: list[tuple] = []
+    rows: list[tuple[Any, ...]] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(url, connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -188,9 +188,11 @@ def kill_and_refill(db: BalancerProcess, victim: str = "Server0", n_rows: int = 
     servers_before = status(db)["servers"]
     os.kill(db.replica_processes()[victim].pid, signal.SIGKILL)
     killed = time.monotonic()
-    after_servers = wait_until(
-        lambda: (s := status(db)["servers"]) and victim not in s and len(s) == len(servers_before) and s,
-        60, what=f"{victim} to be replaced")
+    def replaced() -> dict[str, list[str]] | None:
+        servers: dict[str, list[str]] = status(db)["servers"]
+        return servers if victim not in servers and len(servers) == len(servers_before) else None
+
+    after_servers = wait_until(replaced, 60, what=f"{victim} to be replaced")
     took = time.monotonic() - killed
     newcomer = (set(after_servers) - set(servers_before)).pop()
     after = replica_counts(db)

@@ -69,7 +69,7 @@ def lb_stack(n: int = 3, config: HashConfig = HashConfig("seed")) -> Iterator[Ba
 
 
 def replicas(balancer: BalancerProcess) -> list[str]:
-    return httpx.get(f"{balancer.url}/rep", timeout=10).json()["message"]["replicas"]
+    return list(httpx.get(f"{balancer.url}/rep", timeout=10).json()["message"]["replicas"])
 
 
 def requests_per_server(n_requests: int = 10000, n: int = 3, config: HashConfig = HashConfig("seed"),

@@ -47,7 +47,7 @@ def random_rids(n: int, seed: int = 0) -> list[int]:
 
 
 async def _worker(session: aiohttp.ClientSession, path: str, next_rid: Callable[[], int | None],
-                  rows: list[tuple], t0: float, bar: tqdm | None) -> None:
+                  rows: list[tuple[Any, ...]], t0: float, bar: tqdm[Any] | None) -> None:
     while (rid := next_rid()) is not None:
         start = time.perf_counter()
         try:
@@ -63,9 +63,9 @@ async def _worker(session: aiohttp.ClientSession, path: str, next_rid: Callable[
 
 
 async def load(url: str, path: str, next_rid: Callable[[], int | None], concurrency: int,
-               timeout: float, bar: tqdm | None = None) -> pd.DataFrame:
+               timeout: float, bar: tqdm[Any] | None = None) -> pd.DataFrame:
     """Requests until ``next_rid`` says None; the async core of ``fire``."""
-    rows: list[tuple] = []
+    rows: list[tuple[Any, ...]] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(url, connector=connector, timeout=client_timeout) as session:

@@ -62,7 +62,7 @@ async def _run(host: str, port: int, ready_fd: int | None) -> None:
     server.add_sockets([sock])
 
     async def start() -> int:
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
     async def stop() -> None:
         server.stop()
