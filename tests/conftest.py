@@ -196,6 +196,15 @@ def client(balancer):
         yield c
 
 
+@pytest.fixture(scope="module")
+def engine_uri(tmp_path_factory):
+    """One engine for a module's tests (each uses a database of its own)."""
+    engine = LocalEngine(tmp_path_factory.mktemp("engine"))
+    uri = asyncio.run(engine.start())
+    yield uri
+    engine.stop()
+
+
 @pytest.fixture
 def meta(tmp_path):
     """An engine the test owns, given to the balancer as --meta-uri, to read ShardT directly."""
