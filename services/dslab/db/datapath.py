@@ -22,9 +22,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
+from ..common.limits import MAX_BODY, MAX_ROWS
 from ..contract.studdb import validate_row
 from ..keeper.upstream import UpstreamError
 from .fanout import classify
+from .groupcommit import GroupCommitter, Waiting, sort_out
 from .locks import ShardLocks
 from .metadata import Metadata
 from .servers import ShardServers
@@ -45,6 +47,8 @@ class DataPath:
         self.servers = servers
         self.locks = locks
         self.evict = evict  # the keeper's: out of every ring now, replaced on its next round
+        self.committer = GroupCommitter(locks, self._commit_batch, max_rows=MAX_ROWS,
+                                        max_bytes=MAX_BODY // 2)
 
     async def read(self, low: int, high: int) -> tuple[list[str], list[dict[str, Any]]]:
         self.state.require_config()
@@ -74,6 +78,50 @@ class DataPath:
 
     async def write(self, data: list[Any]) -> int:
         groups = self._clean_rows(data)
+        if len(groups) == 1:  # one shard: group commit
+            [(shard, rows)] = groups.items()
+            return await self.committer.write(shard, rows)
+        return await self._write_shards(groups)
+
+    async def _commit_batch(self, shard: str, batch: list[Waiting]) -> None:
+        """One batch of single-shard writes, under the shard's lock: one existence check, one
+        bulk write per replica, one saved row count. A write whose ids clash gets its own 409
+        while the others commit."""
+        self.state.live(shard)
+        stored = await self._existing(shard, [i for waiting in batch for i in waiting.ids])
+        accepted, refused = sort_out(batch, stored)
+        for waiting, clash in refused.items():
+            waiting.fail(Conflict(f"<Error> Stud_id(s) already exist: {_ids(clash)}; "
+                                  "nothing written"))
+        if not accepted:
+            return
+        try:
+            await self._apply(shard, accepted)
+        except ApiError as exc:
+            if exc.status >= 500 or len(accepted) == 1:
+                raise
+            # Every replica refused the batch for what it carries: one write at a time, so
+            # that only the write at fault is refused.
+            for waiting in accepted:
+                try:
+                    await self._apply(shard, [waiting])
+                except ApiError as one:
+                    waiting.fail(one)
+
+    async def _apply(self, shard: str, writes: list[Waiting]) -> None:
+        rows = [row for waiting in writes for row in waiting.rows]
+        applied = await self._fan_out(shard, "POST", "/write", {
+            "shard": shard, "curr_idx": self.state.valid_idx[shard], "data": rows})
+        try:
+            await self._acknowledge({shard: (applied, len(rows))})
+        except ApiError:  # not recorded, so not acknowledged: undone
+            await self._erase({shard: rows}, only={shard: None})
+            raise
+        for waiting in writes:
+            waiting.succeed(len(waiting.rows))
+
+    async def _write_shards(self, groups: dict[str, list[dict[str, Any]]]) -> int:
+        """A write of several shards, all or nothing: it holds every shard's lock."""
         async with self.locks.hold(groups):
             for shard in groups:
                 self.state.live(shard)
