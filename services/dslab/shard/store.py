@@ -2,8 +2,8 @@
 
 Every write waits for the journal (``j=True``): acknowledged means on disk. Measured here, 20
 inserts with the default write concern followed by a SIGKILL of the engine left 0 or 11 rows;
-with ``j=True`` all 20 survived every time. Writes are upserts keyed by Stud_id, so a retried
-write cannot duplicate a row. The schema and the list of shards are kept in the database too,
+with ``j=True`` all 20 survived every time. A write replaces a row of the same Stud_id, so a
+retried write cannot duplicate a row. The schema and the list of shards are kept in the database too,
 so a restarted server finds its configuration with its data. Every engine call runs inside
 ``engine_errors``: PyMongo's failures leave this module as the contract's 400, 409 or 503.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo import ASCENDING, DeleteOne, ReplaceOne
+from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
@@ -23,6 +24,7 @@ __all__ = ["ShardStore"]
 
 _META = "_meta"
 _NO_ID = {"_id": 0}
+_DUPLICATE_KEY = 11000
 
 
 class ShardStore:
@@ -59,11 +61,23 @@ class ShardStore:
             return await cursor.to_list()
 
     async def write(self, shard: str, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            with engine_errors(f"Writing {shard}"):
+        """Store ``rows``, replacing any row of the same Stud_id (a retried write, a refill).
+
+        New rows go in as one ``insert_many``: the engine commits it once, where it commits
+        each upsert of a bulk on its own (measured here: 10 rows, 10 commits). Only the rows
+        the unique index refuses are then replaced."""
+        if not rows:
+            return
+        with engine_errors(f"Writing {shard}"):
+            try:  # copies: insert_many gives each document an _id
+                await self.db[shard].insert_many([dict(row) for row in rows], ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                    raise
                 await self.db[shard].bulk_write(
-                    [ReplaceOne({"Stud_id": row["Stud_id"]}, row, upsert=True) for row in rows],
-                    ordered=False)
+                    [ReplaceOne({"Stud_id": rows[e["index"]]["Stud_id"]}, rows[e["index"]],
+                                upsert=True) for e in errors], ordered=False)
 
     async def update(self, shard: str, stud_id: int, row: dict[str, Any]) -> bool:
         with engine_errors(f"Updating {shard}"):
