@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from pymongo import ASCENDING, DeleteOne, ReplaceOne
-from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
 
 from ..common.engine_errors import engine_errors
