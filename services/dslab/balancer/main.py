@@ -17,15 +17,17 @@ from ..common.cli import (
     heartbeat_settings,
     run_main,
 )
+from ..common.front import Front, start_front
 from ..common.runtime import bind_socket, serve_forever
 from ..ring import HASH_PAIRS, PROBING, ConsistentHashRing
 from ..supervisor import ReplicaSpec, make_supervisor
 from .admin import make_admin_app
-from .front import Front, start_front
 from .membership import ReplicaSet
 from .proxy import Proxy
 
 __all__ = ["build_parser", "main"]
+
+MAX_ADMIN_BODY = 1 << 20  # /add and /rm carry a few names: 1 MiB is plenty
 
 log = logging.getLogger("dslab.balancer")
 
@@ -63,7 +65,8 @@ async def run(args: argparse.Namespace) -> None:
         stack=args.stack, address=args.docker_address)
     replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
                           **heartbeat_settings(args))
-    front = Front(Proxy(replicas), make_admin_app(replicas))
+    proxy = Proxy(replicas)
+    front = Front(proxy.route, make_admin_app(replicas), max_body=MAX_ADMIN_BODY)
     servers: list[asyncio.Server] = []
 
     async def start() -> int:

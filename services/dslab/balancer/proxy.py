@@ -1,7 +1,8 @@
 """GET /<path>: the replica the ring picks answers; the next one on the ring if it fails.
 
 Transport-free: ``Proxy.answer`` takes the URI and the request id and returns what to send
-back, so the front end (``front.py``) only parses and writes bytes.
+back, so the front end (``common/front.py``) only parses and writes bytes. ``Proxy.route`` is
+the front end's routing: every GET that is not an admin path is proxied.
 """
 
 from __future__ import annotations
@@ -9,27 +10,18 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 from ..common.errors import error_body
+from ..common.front import Answer, FrontRequest, Handler
 from ..keeper.routing import NoReplicaAvailable, route
 from ..keeper.upstream import UpstreamResponse, format_get
 from ..ring import request_number
+from .admin import ADMIN_PATHS
 from .membership import ReplicaSet
 
-__all__ = ["Proxy", "ProxyAnswer", "request_id_from"]
+__all__ = ["Proxy", "request_id_from"]
 
 log = logging.getLogger(__name__)
-
-_JSON = b"application/json"
-
-
-@dataclass(slots=True)
-class ProxyAnswer:
-    status: int
-    body: bytes
-    content_type: bytes | None = _JSON
-    served_by: str = ""
 
 
 def request_id_from(header: bytes | None, uri: str, rng: random.Random) -> str:
@@ -49,7 +41,14 @@ class Proxy:
         self.replicas = replicas
         self.rng = rng or random.Random()
 
-    async def answer(self, uri: str, request_id: str) -> ProxyAnswer:
+    def route(self, method: bytes, path: str) -> Handler | None:
+        return self._proxied if method == b"GET" and path not in ADMIN_PATHS else None
+
+    async def _proxied(self, request: FrontRequest) -> Answer:
+        uri = request.uri
+        return await self.answer(uri, request_id_from(request.request_id, uri, self.rng))
+
+    async def answer(self, uri: str, request_id: str) -> Answer:
         replicas = self.replicas
 
         def fetch(name: str) -> Awaitable[UpstreamResponse]:
@@ -60,10 +59,10 @@ class Proxy:
                                          replicas.suspect)
         except NoReplicaAvailable as exc:
             log.warning("no replica could serve %s: %s", uri, exc)
-            return ProxyAnswer(503, error_body("<Error> No replica is available"))
+            return Answer(503, error_body("<Error> No replica is available"))
         if response.status == 404:
             path = uri.partition("?")[0]
-            return ProxyAnswer(
+            return Answer(
                 400, error_body(f"<Error> '{path}' endpoint does not exist in server replicas"),
                 served_by=name)
-        return ProxyAnswer(response.status, response.body, response.content_type, name)
+        return Answer(response.status, response.body, response.content_type, name)

@@ -1,12 +1,17 @@
-"""The Part 2 balancer's endpoints (Tornado): /init, /status, /add, /rm, /read, /write, /update,
-/del, and GET /openapi.json (the contract as OpenAPI 3)."""
+"""The Part 2 balancer's endpoints: /read, /write, /update, /del on the lean front end
+(``DataEndpoints``); /init, /status, /add, /rm and GET /openapi.json (the contract as OpenAPI 3)
+as a Tornado application behind it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import tornado.web
 
+from ..common.endpoints import json_endpoint
 from ..common.errors import ApiError
-from ..common.web import StreamedJsonHandler
+from ..common.front import Handler
+from ..common.web import JsonHandler
 from ..contract.studdb import (
     AddRequest,
     DelRequest,
@@ -19,7 +24,7 @@ from ..contract.studdb import (
 from ..openapi import document_json
 from .cluster import ShardCluster
 
-__all__ = ["add_message", "make_app"]
+__all__ = ["DataEndpoints", "add_message", "make_app"]
 
 
 def add_message(names: list[str]) -> str:
@@ -32,7 +37,7 @@ def add_message(names: list[str]) -> str:
     return f"Add {listed}"
 
 
-class _Handler(StreamedJsonHandler):
+class _Handler(JsonHandler):
     def initialize(self, cluster: ShardCluster) -> None:
         self.cluster = cluster
 
@@ -60,33 +65,43 @@ class RmHandler(_Handler):
         self.send({"message": {"N": n, "servers": removed}, "status": "successful"})
 
 
-class ReadHandler(_Handler):
-    async def post(self) -> None:
-        request = self.parse(ReadRequest)
+class DataEndpoints:
+    """/read, /write, /update and /del on the lean front end (``common/front.py``): no
+    Tornado handler per request on the path every client request takes."""
+
+    def __init__(self, cluster: ShardCluster) -> None:
+        self.cluster = cluster
+        self._routes: dict[tuple[bytes, str], Handler] = {
+            (b"POST", "/read"): json_endpoint(ReadRequest, self.read),
+            (b"POST", "/write"): json_endpoint(WriteRequest, self.write),
+            (b"PUT", "/update"): json_endpoint(UpdateRequest, self.update),
+            (b"DELETE", "/del"): json_endpoint(DelRequest, self.delete),
+        }
+
+    def route(self, method: bytes, path: str) -> Handler | None:
+        return self._routes.get((method, path))
+
+    async def read(self, request: ReadRequest) -> dict[str, Any]:
         shards, rows = await self.cluster.read(request.Stud_id.low, request.Stud_id.high)
-        self.send({"shards_queried": shards, "data": rows, "status": "success"})
+        return {"shards_queried": shards, "data": rows, "status": "success"}
 
+    async def write(self, request: WriteRequest) -> dict[str, Any]:
+        count = await self.cluster.write(request.data)
+        return {"message": f"{count} Data entries added", "status": "success"}
 
-class WriteHandler(_Handler):
-    async def post(self) -> None:
-        count = await self.cluster.write(self.parse(WriteRequest).data)
-        self.send({"message": f"{count} Data entries added", "status": "success"})
-
-
-class UpdateHandler(_Handler):
-    async def put(self) -> None:
-        request = self.parse(UpdateRequest)
+    async def update(self, request: UpdateRequest) -> dict[str, Any]:
         await self.cluster.update(request.Stud_id, request.data)
-        self.send({"message": f"Data entry for Stud_id: {request.Stud_id} updated",
-                   "status": "success"})
+        return {"message": f"Data entry for Stud_id: {request.Stud_id} updated",
+                "status": "success"}
 
-
-class DelHandler(_Handler):
-    async def delete(self) -> None:
-        request = self.parse(DelRequest)
+    async def delete(self, request: DelRequest) -> dict[str, Any]:
         await self.cluster.delete(request.Stud_id)
-        self.send({"message": f"Data entry with Stud_id:{request.Stud_id} removed from all replicas",
-                   "status": "success"})
+        return {"message": f"Data entry with Stud_id:{request.Stud_id} removed from all replicas",
+                "status": "success"}
+
+
+class DataPathOnly(JsonHandler):
+    """A data path reached with another method: Tornado answers 405 (no method here)."""
 
 
 class OpenApiHandler(_Handler):
@@ -95,7 +110,7 @@ class OpenApiHandler(_Handler):
         self.finish(document_json("db"))
 
 
-class NotFoundHandler(StreamedJsonHandler):
+class NotFoundHandler(JsonHandler):
     def prepare(self) -> None:
         raise ApiError(f"<Error> '{self.request.path}' endpoint does not exist", 404)
 
@@ -105,8 +120,8 @@ def make_app(cluster: ShardCluster) -> tornado.web.Application:
     return tornado.web.Application(
         [(rf"/{path}", handler, args) for path, handler in [
             ("init", InitHandler), ("status", StatusHandler), ("add", AddHandler),
-            ("rm", RmHandler), ("read", ReadHandler), ("write", WriteHandler),
-            ("update", UpdateHandler), ("del", DelHandler), (r"openapi\.json", OpenApiHandler)]],
+            ("rm", RmHandler), ("read", DataPathOnly), ("write", DataPathOnly),
+            ("update", DataPathOnly), ("del", DataPathOnly), (r"openapi\.json", OpenApiHandler)]],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
     )

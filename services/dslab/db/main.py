@@ -9,13 +9,13 @@ A restarted balancer finds its configuration and starts the same servers on the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import tornado.httpserver
 from pymongo import AsyncMongoClient
 
 from ..common.cli import (
@@ -24,13 +24,14 @@ from ..common.cli import (
     heartbeat_settings,
     run_main,
 )
+from ..common.front import Front, start_front
+from ..common.limits import MAX_BODY
 from ..common.runtime import bind_socket, serve_forever
-from ..common.web import HARD_BODY_LIMIT
 from ..engine import LocalEngine
 from ..ring import HASH_PAIRS
 from ..supervisor import ReplicaSpec, make_supervisor
 from .cluster import ShardCluster
-from .http import make_app
+from .http import DataEndpoints, make_app
 from .metadata import Metadata
 
 __all__ = ["build_parser", "main"]
@@ -93,18 +94,22 @@ async def run(args: argparse.Namespace) -> None:
         await metadata.reset()
     cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash,
                            request_timeout=args.request_timeout, **heartbeat_settings(args))
-    server = tornado.httpserver.HTTPServer(make_app(cluster), max_body_size=HARD_BODY_LIMIT)
+    front = Front(DataEndpoints(cluster).route, make_app(cluster), max_body=MAX_BODY)
+    servers: list[asyncio.Server] = []
 
     async def start() -> int:
         await cluster.start()
         sock = bind_socket(args.host, args.port)
-        server.add_sockets([sock])
+        servers.append(await start_front(front, sock))
         port = int(sock.getsockname()[1])
         log.info("database balancer on port %d, metadata at %s, state in %s", port, meta_uri, state)
         return port
 
     async def stop() -> None:
-        server.stop()
+        for server in servers:
+            server.close()
+        for conn in list(front.connections):
+            conn.close()
         await cluster.close()
         await client.close()
         if engine is not None:

@@ -10,10 +10,11 @@ The connections are the keeper's (one pool per started server).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from ..common.errors import Unavailable
 from ..keeper.routing import NoReplicaAvailable, route
@@ -41,9 +42,9 @@ class ShardServers:
         if pool is None:
             raise ServerTrouble(f"{name} is not a live server")
         response = await pool.fetch(format_json_request(method, path, name,
-                                                        json.dumps(payload).encode()))
+                                                        orjson.dumps(payload)))
         try:
-            body = json.loads(response.body) if response.body else {}
+            body = orjson.loads(response.body) if response.body else {}
         except ValueError:
             body = {"message": response.body[:200].decode("latin-1")}
         if response.status != 200:

@@ -1,4 +1,5 @@
-"""The Part 2 shard server (Tornado + PyMongo's async client).
+"""The Part 2 shard server: PyMongo's async client behind the lean front end (llhttp), Tornado
+for /config.
 
 Contract endpoints: POST /config, GET /heartbeat, GET /copy, POST /read, POST /write,
 PUT /update, DELETE /del. Two more serve the balancer's write path: POST /exists (which of
@@ -19,13 +20,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import tornado.httpserver
 import tornado.web
 from pymongo import AsyncMongoClient
 
+from ..common.endpoints import json_endpoint
 from ..common.errors import BadRequest, NotFound
+from ..common.front import Answer, Front, FrontRequest, Handler, start_front
+from ..common.limits import MAX_BODY
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
-from ..common.web import HARD_BODY_LIMIT, StreamedJsonHandler
+from ..common.web import JsonHandler
 from ..contract.studdb import (
     ConfigRequest,
     CopyRequest,
@@ -40,15 +43,30 @@ from ..engine import LocalEngine
 from ..replica.server import server_id_from_env
 from .store import ShardStore
 
-__all__ = ["main", "make_app"]
+__all__ = ["ShardEndpoints", "main", "make_app"]
 
 log = logging.getLogger("dslab.shard")
 
 
-class _ShardHandler(StreamedJsonHandler):
-    def initialize(self, store: ShardStore, name: str) -> None:
+class ShardEndpoints:
+    """The shard server's endpoints but /config, on the lean front end (``common/front.py``)."""
+
+    def __init__(self, store: ShardStore, name: str) -> None:
         self.store = store
         self.name = name
+        self._routes: dict[tuple[bytes, str], Handler] = {
+            (b"GET", "/heartbeat"): self.heartbeat,
+            (b"GET", "/copy"): json_endpoint(CopyRequest, self.copy),
+            (b"POST", "/read"): json_endpoint(ShardReadRequest, self.read),
+            (b"POST", "/write"): json_endpoint(ShardWriteRequest, self.write),
+            (b"PUT", "/update"): json_endpoint(ShardUpdateRequest, self.update),
+            (b"DELETE", "/del"): json_endpoint(ShardDelRequest, self.delete),
+            (b"POST", "/exists"): json_endpoint(ShardIdsRequest, self.exists),
+            (b"POST", "/erase"): json_endpoint(ShardIdsRequest, self.erase),
+        }
+
+    def route(self, method: bytes, path: str) -> Handler | None:
+        return self._routes.get((method, path))
 
     def shard(self, shard: str) -> str:
         if shard not in self.store.shards:
@@ -60,8 +78,56 @@ class _ShardHandler(StreamedJsonHandler):
             raise BadRequest(f"<Error> {self.name} is not configured: POST /config first")
         return validate_row(self.store.schema, row)
 
+    async def heartbeat(self, request: FrontRequest) -> Answer:
+        return Answer(200, b"", None)  # a body sent anyway was read and dropped
 
-class ConfigHandler(_ShardHandler):
+    async def copy(self, request: CopyRequest) -> dict[str, Any]:
+        answer: dict[str, Any] = {}
+        for shard in request.shards:
+            answer[shard] = await self.store.rows(self.shard(shard))
+        answer["status"] = "success"
+        return answer
+
+    async def read(self, request: ShardReadRequest) -> dict[str, Any]:
+        rows = await self.store.rows(self.shard(request.shard), request.Stud_id.low,
+                                     request.Stud_id.high)
+        return {"data": rows, "status": "success"}
+
+    async def write(self, request: ShardWriteRequest) -> dict[str, Any]:
+        rows = [self.row(row) for row in request.data]
+        await self.store.write(self.shard(request.shard), rows)
+        return {"message": "Data entries added", "current_idx": request.curr_idx + len(rows),
+                "status": "success"}
+
+    async def update(self, request: ShardUpdateRequest) -> dict[str, Any]:
+        row = self.row(request.data)
+        if row["Stud_id"] != request.Stud_id:
+            raise BadRequest("<Error> data.Stud_id must equal Stud_id: an update cannot move a row")
+        if not await self.store.update(self.shard(request.shard), request.Stud_id, row):
+            raise NotFound(f"<Error> No data entry with Stud_id:{request.Stud_id}")
+        return {"message": f"Data entry for Stud_id:{request.Stud_id} updated",
+                "status": "success"}
+
+    async def delete(self, request: ShardDelRequest) -> dict[str, Any]:
+        if not await self.store.delete(self.shard(request.shard), request.Stud_id):
+            raise NotFound(f"<Error> No data entry with Stud_id:{request.Stud_id}")
+        return {"message": f"Data entry with Stud_id:{request.Stud_id} removed",
+                "status": "success"}
+
+    async def exists(self, request: ShardIdsRequest) -> dict[str, Any]:
+        found = await self.store.existing(self.shard(request.shard), request.Stud_ids)
+        return {"Stud_ids": found, "status": "success"}
+
+    async def erase(self, request: ShardIdsRequest) -> dict[str, Any]:
+        await self.store.delete_many(self.shard(request.shard), request.Stud_ids)
+        return {"message": f"{len(request.Stud_ids)} Stud_ids erased", "status": "success"}
+
+
+class ConfigHandler(JsonHandler):
+    def initialize(self, store: ShardStore, name: str) -> None:
+        self.store = store
+        self.name = name
+
     async def post(self) -> None:
         request = self.parse(ConfigRequest)
         await self.store.configure(request.schema_, request.shards)
@@ -69,91 +135,16 @@ class ConfigHandler(_ShardHandler):
         self.send({"message": f"{configured} configured", "status": "success"})
 
 
-@tornado.web.stream_request_body
-class HeartbeatHandler(tornado.web.RequestHandler):
-    def data_received(self, chunk: bytes) -> None:
-        pass  # a heartbeat carries nothing; a body sent anyway is dropped, not buffered
-
-    def get(self) -> None:
-        self.finish()
-
-
-class CopyHandler(_ShardHandler):
-    async def get(self) -> None:
-        request = self.parse(CopyRequest)
-        answer: dict[str, Any] = {}
-        for shard in request.shards:
-            answer[shard] = await self.store.rows(self.shard(shard))
-        answer["status"] = "success"
-        self.send(answer)
-
-
-class ReadHandler(_ShardHandler):
-    async def post(self) -> None:
-        request = self.parse(ShardReadRequest)
-        rows = await self.store.rows(self.shard(request.shard), request.Stud_id.low,
-                                     request.Stud_id.high)
-        self.send({"data": rows, "status": "success"})
-
-
-class WriteHandler(_ShardHandler):
-    async def post(self) -> None:
-        request = self.parse(ShardWriteRequest)
-        rows = [self.row(row) for row in request.data]
-        await self.store.write(self.shard(request.shard), rows)
-        self.send({"message": "Data entries added", "current_idx": request.curr_idx + len(rows),
-                   "status": "success"})
-
-
-class UpdateHandler(_ShardHandler):
-    async def put(self) -> None:
-        request = self.parse(ShardUpdateRequest)
-        row = self.row(request.data)
-        if row["Stud_id"] != request.Stud_id:
-            raise BadRequest("<Error> data.Stud_id must equal Stud_id: an update cannot move a row")
-        if not await self.store.update(self.shard(request.shard), request.Stud_id, row):
-            raise NotFound(f"<Error> No data entry with Stud_id:{request.Stud_id}")
-        self.send({"message": f"Data entry for Stud_id:{request.Stud_id} updated",
-                   "status": "success"})
-
-
-class DelHandler(_ShardHandler):
-    async def delete(self) -> None:
-        request = self.parse(ShardDelRequest)
-        if not await self.store.delete(self.shard(request.shard), request.Stud_id):
-            raise NotFound(f"<Error> No data entry with Stud_id:{request.Stud_id}")
-        self.send({"message": f"Data entry with Stud_id:{request.Stud_id} removed",
-                   "status": "success"})
-
-
-class ExistsHandler(_ShardHandler):
-    async def post(self) -> None:
-        request = self.parse(ShardIdsRequest)
-        found = await self.store.existing(self.shard(request.shard), request.Stud_ids)
-        self.send({"Stud_ids": found, "status": "success"})
-
-
-class EraseHandler(_ShardHandler):
-    async def post(self) -> None:
-        request = self.parse(ShardIdsRequest)
-        await self.store.delete_many(self.shard(request.shard), request.Stud_ids)
-        self.send({"message": f"{len(request.Stud_ids)} Stud_ids erased", "status": "success"})
+class FrontOnly(JsonHandler):
+    """A path the front end serves, reached with another method: Tornado answers 405."""
 
 
 def make_app(store: ShardStore, name: str) -> tornado.web.Application:
-    args = {"store": store, "name": name}
+    """/config, and 405 for the front end's paths with another method."""
+    paths = ["/heartbeat", "/copy", "/read", "/write", "/update", "/del", "/exists", "/erase"]
     return tornado.web.Application(
-        [
-            (r"/config", ConfigHandler, args),
-            (r"/heartbeat", HeartbeatHandler),
-            (r"/copy", CopyHandler, args),
-            (r"/read", ReadHandler, args),
-            (r"/write", WriteHandler, args),
-            (r"/update", UpdateHandler, args),
-            (r"/del", DelHandler, args),
-            (r"/exists", ExistsHandler, args),
-            (r"/erase", EraseHandler, args),
-        ],
+        [(r"/config", ConfigHandler, {"store": store, "name": name}),
+         *[(path, FrontOnly) for path in paths]],
         log_function=lambda handler: None,
     )
 
@@ -167,18 +158,22 @@ async def _run(args: argparse.Namespace) -> None:
         uri = await engine.start()
     client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=10000)
     store = ShardStore(client[args.db_name])
-    server = tornado.httpserver.HTTPServer(make_app(store, name), max_body_size=HARD_BODY_LIMIT)
+    front = Front(ShardEndpoints(store, name).route, make_app(store, name), max_body=MAX_BODY)
+    servers: list[asyncio.Server] = []
 
     async def start() -> int:
         await store.load()
         sock = bind_socket(args.host, args.port)
-        server.add_sockets([sock])
+        servers.append(await start_front(front, sock))
         log.info("%s on port %d, database %s, shards %s", name, sock.getsockname()[1], uri,
                  store.shards or "none yet")
         return int(sock.getsockname()[1])
 
     async def stop() -> None:
-        server.stop()
+        for server in servers:
+            server.close()
+        for conn in list(front.connections):
+            conn.close()
         await client.close()
         if engine is not None:
             engine.stop()

@@ -1,27 +1,31 @@
-"""The balancer's listening side: an asyncio protocol that parses HTTP with httptools (llhttp).
+"""The lean front end of every service's hot path: an asyncio protocol that parses HTTP with
+httptools (llhttp).
 
 Why not ``tornado.httpserver.HTTPServer``: measured here, its pure-Python HTTP/1 connection
-(coroutine per request, header objects, IOStream buffers) held the proxy to about half of
+(coroutine per request, header objects, IOStream buffers) held Part 1's proxy to about half of
 HAProxy's throughput on the same replicas, with the CPU spent on framework work rather than on
 the proxying (see the README's benchmark section). So the hot path is: llhttp parses the
-request in ``data_received``, one task asks the ring and a pooled keep-alive upstream, and the
-answer leaves in one ``transport.write``.
+request in ``data_received``; the service's ``route`` names a handler for it (Part 1: any GET
+that is not an admin path; Part 2 and the shard server: their data endpoints), which returns an
+``Answer``; the answer leaves in one ``transport.write``.
 
-The admin endpoints are still a Tornado ``Application``: a request for them is turned into a
+Everything else is still a Tornado ``Application``: such a request is turned into a
 ``tornado.httputil.HTTPServerRequest`` whose ``connection`` is ``_BufferedConnection``, an
 implementation of Tornado's ``HTTPConnection`` interface that collects the handler's response
-and hands it back here. Handlers, ``write_error`` and routing are plain Tornado.
+and hands it back here. Handlers, ``write_error`` and routing are plain Tornado (its handlers
+must read ``request.body``: nothing is streamed to them).
 
-Requests on one connection are answered in order (HTTP/1.1 pipelining), one at a time.
+A body over ``max_body`` is read and dropped, then answered 413 in the error shape (answering
+before it is read would reset the connection under a client still sending it). Requests on one
+connection are answered in order (HTTP/1.1 pipelining), one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -30,35 +34,33 @@ import tornado.web
 from tornado import httputil
 from tornado.concurrent import Future
 
-from ..common.errors import error_body
-from .admin import ADMIN_PATHS
-from .proxy import Proxy, request_id_from
+from .errors import error_body
 
-__all__ = ["Front", "start_front"]
+__all__ = ["Answer", "Front", "FrontRequest", "Handler", "Route", "start_front"]
 
 log = logging.getLogger(__name__)
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _MAX_QUEUED = 32  # pipelined requests buffered per connection before we stop reading
-_MAX_BODY = 1 << 20
+_JSON = b"application/json"
 
 
-class Front:
-    """What a connection needs: the proxy for GETs, the Tornado app for everything else."""
+class Answer:
+    """What a hot-path handler sends back."""
 
-    def __init__(self, proxy: Proxy, admin: tornado.web.Application,
-                 rng: random.Random | None = None) -> None:
-        self.proxy = proxy
-        self.admin = admin
-        self.rng = rng or random.Random()
-        self.connections: set[_FrontProtocol] = set()
+    __slots__ = ("body", "content_type", "served_by", "status")
 
-    def protocol(self) -> _FrontProtocol:
-        return _FrontProtocol(self)
+    def __init__(self, status: int, body: bytes, content_type: bytes | None = _JSON,
+                 served_by: str = "") -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.served_by = served_by
 
 
-class _Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "request_id", "url", "version")
+class FrontRequest:
+    __slots__ = ("body", "body_size", "headers", "keep_alive", "method", "request_id", "url",
+                 "version")
 
     def __init__(self) -> None:
         self.url = b""
@@ -68,6 +70,32 @@ class _Request:
         self.request_id: bytes | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.body_size = 0
+
+    @property
+    def uri(self) -> str:
+        return self.url.decode("latin-1")
+
+    def payload(self) -> bytes:
+        return b"".join(self.body)
+
+
+Handler = Callable[[FrontRequest], Awaitable[Answer]]
+Route = Callable[[bytes, str], Handler | None]  # (method, path) -> its handler, or Tornado's
+
+
+class Front:
+    """What a connection needs: ``route`` for the hot path, a Tornado app for the rest."""
+
+    def __init__(self, route: Route, fallback: tornado.web.Application, *,
+                 max_body: int) -> None:
+        self.route = route
+        self.fallback = fallback
+        self.max_body = max_body
+        self.connections: set[_FrontProtocol] = set()
+
+    def protocol(self) -> _FrontProtocol:
+        return _FrontProtocol(self)
 
 
 class _FrontProtocol(asyncio.Protocol):
@@ -75,10 +103,8 @@ class _FrontProtocol(asyncio.Protocol):
         self._front = front
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._current = _Request()
-        self._body_size = 0
-        self._too_large = False
-        self._queue: deque[_Request] = deque()
+        self._current = FrontRequest()
+        self._queue: deque[FrontRequest] = deque()
         self._busy = False
         self._paused = False
 
@@ -98,15 +124,11 @@ class _FrontProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._reject(400, "<Error> Protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            if self._too_large:
-                self._reject(413, f"<Error> Request body is over the limit of {_MAX_BODY} bytes")
-            else:
-                self._reject(400, f"<Error> Malformed HTTP request: {exc}")
+            self._reject(400, f"<Error> Malformed HTTP request: {exc}")
 
     # ---- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._current = _Request()
-        self._body_size = 0
+        self._current = FrontRequest()
 
     def on_url(self, url: bytes) -> None:
         self._current.url += url
@@ -124,11 +146,12 @@ class _FrontProtocol(asyncio.Protocol):
         request.keep_alive = self._parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > _MAX_BODY:
-            self._too_large = True
-            raise httptools.HttpParserError("request body over 1 MiB")
-        self._current.body.append(body)
+        request = self._current
+        request.body_size += len(body)
+        if request.body_size <= self._front.max_body:
+            request.body.append(body)
+        else:  # read and dropped: answered 413 once it is all in
+            request.body.clear()
 
     def on_message_complete(self) -> None:
         self._queue.append(self._current)
@@ -144,21 +167,24 @@ class _FrontProtocol(asyncio.Protocol):
         self._busy = True
         asyncio.ensure_future(self._serve(request))
 
-    async def _serve(self, request: _Request) -> None:
+    async def _serve(self, request: FrontRequest) -> None:
         try:
-            uri = request.url.decode("latin-1")
-            if request.method == b"GET" and uri.partition("?")[0] not in ADMIN_PATHS:
-                rid = request_id_from(request.request_id, uri, self._front.rng)
-                answer = await self._front.proxy.answer(uri, rid)
+            uri = request.uri
+            if request.body_size > self._front.max_body:
+                self._write(413, error_body(
+                    f"<Error> Request body of {request.body_size} bytes is over the limit of "
+                    f"{self._front.max_body} bytes"), _JSON, "", request)
+            elif (handler := self._front.route(request.method, uri.partition("?")[0])) is not None:
+                answer = await handler(request)
                 self._write(answer.status, answer.body, answer.content_type,
                             answer.served_by, request)
             else:
-                status, headers, body = await _run_tornado(self._front.admin, request, uri)
+                status, headers, body = await _run_tornado(self._front.fallback, request, uri)
                 self._write_raw(status, headers, body, request)
-        except Exception:
+        except Exception:  # a bug: the client gets a 502 in the error shape, the log says why
             log.exception("serving %r failed", request.url)
-            self._write(502, error_body("<Error> Balancer failure: see its log"), b"application/json",
-                        "", request)
+            self._write(502, error_body("<Error> Service failure: see its log"), _JSON, "",
+                        request)
         self._busy = False
         if self._transport is None:
             return
@@ -169,7 +195,7 @@ class _FrontProtocol(asyncio.Protocol):
             self._serve_next()
 
     def _write(self, status: int, body: bytes, content_type: bytes | None, served_by: str,
-               request: _Request) -> None:
+               request: FrontRequest) -> None:
         head = [b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n"
                 % (status, _REASONS.get(status, b"Unknown"), len(body))]
         if content_type is not None:
@@ -179,13 +205,13 @@ class _FrontProtocol(asyncio.Protocol):
         self._finish_write(head, body, request)
 
     def _write_raw(self, status: int, headers: list[tuple[str, str]], body: bytes,
-                   request: _Request) -> None:
+                   request: FrontRequest) -> None:
         head = [b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n"
                 % (status, _REASONS.get(status, b"Unknown"), len(body))]
         head += [f"{k}: {v}\r\n".encode("latin-1") for k, v in headers]
         self._finish_write(head, body, request)
 
-    def _finish_write(self, head: list[bytes], body: bytes, request: _Request) -> None:
+    def _finish_write(self, head: list[bytes], body: bytes, request: FrontRequest) -> None:
         if self._transport is None:
             return
         if not request.keep_alive:
@@ -255,7 +281,7 @@ class _BufferedConnection(httputil.HTTPConnection):
             self.done.set_result((self._status, self._headers, b"".join(self._chunks)))
 
 
-async def _run_tornado(app: tornado.web.Application, request: _Request,
+async def _run_tornado(app: tornado.web.Application, request: FrontRequest,
                        uri: str) -> tuple[int, list[tuple[str, str]], bytes]:
     connection = _BufferedConnection()
     headers = httputil.HTTPHeaders()
