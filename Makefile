@@ -30,7 +30,7 @@ help:
 	@echo "make lint              ruff over everything; mypy (strict on services/dslab, default on tests)"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
-	@echo "make bench-db          Part 2: 10000 writes + 10000 reads, balancer vs the engines directly"
+	@echo "make bench-db          Part 2: single-row writes, 100-row writes, reads; balancer vs the engines directly"
 	@echo "make bench-failover    kill-to-serving and /add times, process vs Docker backend"
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 

@@ -1,11 +1,18 @@
-"""Benchmark: the seed's A-1 workload through the Part 2 balancer vs straight to the engines.
+"""Benchmark: the Part 2 balancer against straight access to its engines, in one run.
 
-One run: a database balancer with the seed's configuration (4 shards, 3 replicas, 6 servers).
-``--rows`` rows (10 000) are written through POST /write and ``--reads`` single-range reads
-(10 000) go through POST /read, by ``--concurrency`` aiohttp clients. Then the same logical
-work is done directly against the shard servers' own engines with PyMongo's async client: each
-row written, journaled, to the three engines of its shard's replicas; each range read from one
-engine. The ratios say what the balancer, the shard servers and HTTP cost on top of the engine.
+The seed's configuration (4 shards, 3 replicas, 6 servers), ``--concurrency`` (64) requests in
+flight, on two fresh stacks:
+
+  (a) ``--rows`` (10 000) single-row POST /write, then   (c) ``--reads`` (10 000) POST /read of
+      ``--span`` (10) ids, on the rows of (a);
+  (b) ``--rows`` rows in POST /write of ``--batch`` (100) rows.
+
+After each stack's balancer runs, every acknowledged row is read back (a missing one stops the
+benchmark), and the same logical work is done directly against the shard servers' own engines
+with PyMongo's async client, journaled: one ``insert_one`` per row on each replica of its shard
+(a), one ``insert_many`` per batch and shard on each replica (b), one ``find`` per shard a range
+touches (c). The ratios say what the balancer, the shard servers and HTTP cost (or save: group
+commit batches single-row writes that the direct path cannot) on top of the engines.
 """
 
 from __future__ import annotations
@@ -70,73 +77,127 @@ def report(name: str, seconds: float, count: int, latencies: list[float], unit: 
     return rate
 
 
+class Engines:
+    """PyMongo's async client on every shard server's own engine, journaled, with the same
+    unique index the shard servers make: the direct path to compare the balancer with."""
+
+    def __init__(self, db: BalancerProcess, placement: dict[str, list[str]], name: str) -> None:
+        self.clients = {n: AsyncMongoClient(uri) for n, uri in engine_uris(db).items()}
+        self.dbs = {n: c[name].with_options(write_concern=WriteConcern(w=1, j=True))
+                    for n, c in self.clients.items()}
+        self.holders = {shard: [n for n, s in placement.items() if shard in s] for shard in SHARDS}
+
+    async def prepare(self) -> None:
+        for d in self.dbs.values():
+            for shard in SHARDS:
+                await d[shard].create_index("Stud_id", unique=True)
+
+    async def insert_one(self, stud_id: int) -> None:
+        shard = shard_of(stud_id)
+        await asyncio.gather(*(self.dbs[n][shard].insert_one(row(stud_id))
+                               for n in self.holders[shard]))
+
+    async def insert_many(self, batch: list[int]) -> None:
+        groups: dict[str, list[int]] = {}
+        for i in batch:
+            groups.setdefault(shard_of(i), []).append(i)
+        await asyncio.gather(*(self.dbs[n][shard].insert_many([row(i) for i in ids])
+                               for shard, ids in groups.items() for n in self.holders[shard]))
+
+    async def find(self, low: int, high: int, rng: random.Random) -> None:
+        for shard in sorted({shard_of(low), shard_of(high)}):
+            name = rng.choice(self.holders[shard])
+            await self.dbs[name][shard].find({"Stud_id": {"$gte": low, "$lte": high}},
+                                             {"_id": 0}).to_list()
+
+    async def close(self) -> None:
+        for c in self.clients.values():
+            await c.close()
+
+
+SHARDS = ("sh1", "sh2", "sh3", "sh4")
+
+
+async def all_ids(http: aiohttp.ClientSession) -> list[int]:
+    async with http.post("/read", json={"Stud_id": {"low": 0, "high": 16383}}) as r:
+        assert r.status == 200, await r.text()
+        return [d["Stud_id"] for d in (await r.json())["data"]]
+
+
+async def through_balancer(tmp: str, phase: str, ids: list[int], batch: int,
+                           reads: list[int], args: argparse.Namespace,
+                           rng: random.Random) -> dict[str, float]:
+    """One fresh stack: the writes (and the reads, if any) through the balancer, then the same
+    work straight against its engines. Returns {label: rate}."""
+    rates: dict[str, float] = {}
+    db = BalancerProcess("dslab.db", args=["--state-dir", f"{tmp}/{phase}"]).start()
+    try:
+        connector = aiohttp.TCPConnector(limit=args.concurrency)
+        async with aiohttp.ClientSession(db.url, connector=connector) as http:
+            async with http.post("/init", json=seed_init()) as r:
+                assert r.status == 200, await r.text()
+            batches = [ids[k:k + batch] for k in range(0, len(ids), batch)]
+
+            async def write(chunk: list[int]) -> None:
+                async with http.post("/write", json={"data": [row(i) for i in chunk]}) as r:
+                    assert r.status == 200, await r.text()
+
+            async def read(low: int) -> None:
+                body = {"Stud_id": {"low": low, "high": low + args.span - 1}}
+                async with http.post("/read", json=body) as r:
+                    assert r.status == 200, await r.text()
+
+            what = "single-row" if batch == 1 else f"{batch}-row"
+            secs, lat = await run_all(batches, args.concurrency, write)
+            rates[f"write {what}"] = report(f"balancer  {what} POST /write", secs, len(ids), lat)
+            if reads:
+                secs, lat = await run_all(reads, args.concurrency, read)
+                rates["read"] = report(f"balancer  POST /read ({args.span} ids)", secs,
+                                       len(reads), lat, "reads")
+            held = await all_ids(http)
+            lost = sorted(set(ids) - set(held))
+            assert not lost, f"{len(lost)} acknowledged rows missing, e.g. {lost[:5]}"
+            async with http.get("/status") as r:
+                placement = (await r.json())["servers"]
+
+        engines = Engines(db, placement, "bench")
+        await engines.prepare()
+        if batch == 1:
+            secs, lat = await run_all(ids, args.concurrency, engines.insert_one)
+            label = "direct    insert_one x3 (j)"
+        else:
+            secs, lat = await run_all(batches, args.concurrency, engines.insert_many)
+            label = f"direct    insert_many of {batch} x3 (j)"
+        rates[f"direct write {what}"] = report(label, secs, len(ids), lat)
+        if reads:
+            secs, lat = await run_all(reads, args.concurrency,
+                                      lambda low: engines.find(low, low + args.span - 1, rng))
+            rates["direct read"] = report("direct    find", secs, len(reads), lat, "reads")
+        await engines.close()
+    finally:
+        db.stop()
+    return rates
+
+
 async def main_async(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    ids = rng.sample(range(16384), args.rows)
-    batches = [ids[k:k + args.batch] for k in range(0, len(ids), args.batch)]
+    print(f"{os.cpu_count()} cores; seed configuration (4 shards x 3 replicas, 6 servers); "
+          f"{args.concurrency} requests in flight; {args.rows} rows per write phase; "
+          f"{args.reads} reads of {args.span} ids; every acknowledged row read back", flush=True)
     reads = [rng.randrange(16384 - args.span) for _ in range(args.reads)]
-
+    rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-db-") as tmp:
-        db = BalancerProcess("dslab.db", args=["--state-dir", tmp]).start()
-        try:
-            async with aiohttp.ClientSession(db.url) as http:
-                async with http.post("/init", json=seed_init()) as r:
-                    assert r.status == 200, await r.text()
-                print(f"{os.cpu_count()} cores; seed configuration (4 shards x 3 replicas, 6 "
-                      f"servers); {args.concurrency} concurrent clients; {args.rows} rows in "
-                      f"batches of {args.batch}; {args.reads} reads of {args.span} ids", flush=True)
-
-                async def write(batch: list[int]) -> None:
-                    async with http.post("/write", json={"data": [row(i) for i in batch]}) as r:
-                        assert r.status == 200, await r.text()
-
-                async def read(low: int) -> None:
-                    async with http.post("/read", json={"Stud_id": {"low": low, "high": low + args.span - 1}}) as r:
-                        assert r.status == 200, await r.text()
-
-                secs, lat = await run_all(batches, args.concurrency, write)
-                lb_w = report("balancer  POST /write", secs, len(ids), lat)
-                secs, lat = await run_all(reads, args.concurrency, read)
-                lb_r = report("balancer  POST /read", secs, len(reads), lat, "reads")
-                async with http.get("/status") as r:
-                    placement = (await r.json())["servers"]
-
-            uris = engine_uris(db)
-            clients = {name: AsyncMongoClient(uri) for name, uri in uris.items()}
-            dbs = {name: c["bench"].with_options(write_concern=WriteConcern(w=1, j=True))
-                   for name, c in clients.items()}
-            holders = {shard: [n for n, s in placement.items() if shard in s]
-                       for shard in ("sh1", "sh2", "sh3", "sh4")}
-            for d in dbs.values():
-                for shard in holders:
-                    await d[shard].create_index("Stud_id", unique=True)
-
-            async def direct_write(batch: list[int]) -> None:
-                groups: dict[str, list[dict[str, Any]]] = {}
-                for i in batch:
-                    groups.setdefault(shard_of(i), []).append(row(i))
-                await asyncio.gather(*(dbs[name][shard].insert_many([dict(r) for r in rows])
-                                       for shard, rows in groups.items()
-                                       for name in holders[shard]))
-
-            async def direct_read(low: int) -> None:
-                high = low + args.span - 1
-                shards = sorted({shard_of(low), shard_of(high)})
-                for shard in shards:
-                    name = rng.choice(holders[shard])
-                    await dbs[name][shard].find({"Stud_id": {"$gte": low, "$lte": high}},
-                                                {"_id": 0}).to_list()
-
-            secs, lat = await run_all(batches, args.concurrency, direct_write)
-            direct_w = report("direct    insert x3 (j)", secs, len(ids), lat)
-            secs, lat = await run_all(reads, args.concurrency, direct_read)
-            direct_r = report("direct    find", secs, len(reads), lat, "reads")
-            for c in clients.values():
-                await c.close()
-            print(f"\nwrites: balancer/direct = {lb_w / direct_w:.2f}   "
-                  f"reads: balancer/direct = {lb_r / direct_r:.2f}")
-        finally:
-            db.stop()
+        print("\n(a) single-row writes, then (c) reads", flush=True)
+        rates |= await through_balancer(tmp, "single", rng.sample(range(16384), args.rows), 1,
+                                        reads, args, rng)
+        print(f"\n(b) {args.batch}-row writes", flush=True)
+        rates |= await through_balancer(tmp, "batched", rng.sample(range(16384), args.rows),
+                                        args.batch, [], args, rng)
+    batch = f"{args.batch}-row"
+    print("\nbalancer/direct:"
+          f"  single-row writes {rates['write single-row'] / rates['direct write single-row']:.2f}"
+          f"  {batch} writes {rates[f'write {batch}'] / rates[f'direct write {batch}']:.2f}"
+          f"  reads {rates['read'] / rates['direct read']:.2f}")
 
 
 def main() -> None:
@@ -144,9 +205,9 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=10000)
     ap.add_argument("--reads", type=int, default=10000)
-    ap.add_argument("--batch", type=int, default=1, help="rows per POST /write")
+    ap.add_argument("--batch", type=int, default=100, help="rows per POST /write in (b)")
     ap.add_argument("--span", type=int, default=10, help="ids per read range")
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     if args.rows > 16384:
