@@ -19,7 +19,7 @@ from dslab.db.cluster import ShardCluster
 from dslab.db.fanout import ServerRefused
 from dslab.db.metadata import Metadata
 from dslab.db.seed import row, seed_init
-from dslab.keeper.upstream import UpstreamConnectError
+from dslab.keeper.upstream import UpstreamClosed, UpstreamConnectError
 from dslab.supervisor import Replica, ReplicaSpec, ReplicaSupervisor, SpawnError, UnknownReplica
 
 __all__ = ["Clock", "Part2", "SteppedShardServers", "SteppedSupervisor"]
@@ -81,6 +81,7 @@ class SteppedShardServers:
         self.supervisor = supervisor
         self.before: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None
         self.refuse: set[tuple[str, str]] = set()  # (server, path) answered with a 500
+        self.unanswered: set[tuple[str, str]] = set()  # (server, path) applied, answer lost
 
     async def call(self, name: str, method: str, path: str,
                    payload: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +91,12 @@ class SteppedShardServers:
             raise UpstreamConnectError(f"{name} refused the connection")
         if (name, path) in self.refuse:
             raise ServerRefused(name, 500, "<Error> stepped failure")
+        if (name, path) in self.unanswered:
+            self.unanswered.discard((name, path))
+            self.before, before = None, self.before
+            await self.call(name, method, path, payload)  # applied ...
+            self.before = before
+            raise UpstreamClosed(f"{name} closed the connection")  # ... but never answered
         held = self.supervisor.data[name]
         if path == "/config":
             for shard in payload["shards"]:
@@ -101,6 +108,10 @@ class SteppedShardServers:
         if path == "/write":
             rows.update({r["Stud_id"]: r for r in payload["data"]})
             return {"message": "Data entries added", "current_idx": len(rows)}
+        if path == "/insert":  # new rows only; the others are named
+            existing = sorted(r["Stud_id"] for r in payload["data"] if r["Stud_id"] in rows)
+            rows.update({r["Stud_id"]: r for r in payload["data"] if r["Stud_id"] not in rows})
+            return {"message": "Data entries added", "existing": existing}
         if path == "/erase":
             for stud_id in payload["Stud_ids"]:
                 rows.pop(stud_id, None)

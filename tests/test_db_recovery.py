@@ -153,12 +153,12 @@ def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_pat
             a_written = asyncio.Event()
 
             async def stepped(name, method, path, payload):
-                if path == "/write" and payload["shard"] == "b":
+                if path == "/insert" and payload["shard"] == "b":
                     await a_written.wait()
                     for victim in ("S3", "S4"):
                         os.kill(supervisor.pid(victim), signal.SIGKILL)
                 answer = await real_call(name, method, path, payload)
-                if path == "/write" and payload["shard"] == "a" and name == "S2":
+                if path == "/insert" and payload["shard"] == "a" and name == "S2":
                     a_written.set()
                 return answer
 

@@ -160,7 +160,7 @@ def test_a_commit_that_forgets_a_write_fails_it_instead_of_hanging():
 def test_a_clash_in_the_middle_of_a_batch_is_refused_alone(engine_uri):
     """While a first write of shard a commits, five more queue: a new id, an id stored already,
     two that clash with each other, and another new one. They commit as one batch with one
-    bulk write per replica; each clashing write gets its own 409, the others commit."""
+    bulk insert per replica; each clashing write gets its own 409, the others commit."""
 
     async def scenario():
         async with Part2(engine_uri) as p:
@@ -168,7 +168,7 @@ def test_a_clash_in_the_middle_of_a_batch_is_refused_alone(engine_uri):
             entered, release = asyncio.Event(), asyncio.Event()
 
             async def step(name, path, payload):
-                if path == "/write":
+                if path == "/insert":
                     writes.append((name, [r["Stud_id"] for r in payload["data"]]))
                     if not entered.is_set():
                         entered.set()
@@ -186,7 +186,9 @@ def test_a_clash_in_the_middle_of_a_batch_is_refused_alone(engine_uri):
             assert isinstance(results[2], Conflict) and "exist: 1;" in results[2].message
             assert isinstance(results[4], Conflict) and "exist: 31;" in results[4].message
             second = sorted(w for name, w in writes if name == "S1")[1:]
-            assert second == [[20, 30, 31, 40]]  # one bulk write for the whole batch
+            # One bulk insert for the whole batch: the stored id 1 is found by the replicas'
+            # unique index; 31, taken by an earlier write of the batch, never leaves.
+            assert second == [[20, 1, 30, 31, 40]]
             held = [1, 2, 3, 10, 20, 30, 31, 40]
             assert all(p.rows(name, "a") == held for name in ("S1", "S2", "S3"))
             assert p.cluster.valid_idx["a"] == len(held)
@@ -196,11 +198,51 @@ def test_a_clash_in_the_middle_of_a_batch_is_refused_alone(engine_uri):
     run(scenario())
 
 
+def test_a_write_that_hits_stored_rows_is_undone_on_every_replica_and_the_others_commit(engine_uri):
+    """The replicas' unique index finds the clash (no existence check first): the clashing
+    write's new rows, inserted with the batch, are erased again on every replica; a replica
+    that names other stored rows than the rest is out of step and leaves."""
+
+    async def scenario():
+        async with Part2(engine_uri) as p:
+            entered, release = asyncio.Event(), asyncio.Event()
+            paths: list[tuple[str, str]] = []
+
+            async def step(name, path, payload):
+                paths.append((name, path))
+                if path == "/insert" and not entered.is_set():
+                    entered.set()
+                    await release.wait()
+
+            p.servers.before = step
+            first = asyncio.create_task(p.cluster.write(rows(10)))
+            await entered.wait()
+            waiting = [asyncio.create_task(p.cluster.write(data))
+                       for data in (rows(20, 2, 21), rows(30))]  # 2 is stored
+            await asyncio.sleep(0)
+            release.set()
+            results = await asyncio.gather(first, *waiting, return_exceptions=True)
+            assert results[0] == 1 and results[2] == 1
+            assert isinstance(results[1], Conflict) and "exist: 2;" in results[1].message
+            assert [n for n, path in paths if path == "/exists"] == []
+            assert sorted(n for n, path in paths if path == "/erase") == ["S1", "S2", "S3"]
+            assert all(p.rows(n, "a") == [1, 2, 3, 10, 30] for n in ("S1", "S2", "S3"))
+            assert p.cluster.valid_idx["a"] == 5
+
+            p.sup.data["S3"]["a"].pop(3)  # S3 lost a row it should hold: out of step
+            with pytest.raises(Conflict):
+                await p.cluster.write(rows(3))
+            assert "S3" not in p.cluster.rings["a"] and p.cluster.keeper.evicted() == ["S3"]
+            assert p.rows("S1", "a") == p.rows("S2", "a") == [1, 2, 3, 10, 30]
+
+    run(scenario())
+
+
 def test_a_replica_that_dies_mid_batch_is_evicted_and_the_batch_commits_on_the_others(engine_uri):
     async def scenario():
         async with Part2(engine_uri) as p:
             async def kill_s2(name, path, payload):
-                if path == "/write" and name == "S2":
+                if path == "/insert" and name == "S2":
                     p.sup.kill("S2")
 
             p.servers.before = kill_s2
@@ -211,6 +253,30 @@ def test_a_replica_that_dies_mid_batch_is_evicted_and_the_batch_commits_on_the_o
             saved = await p.meta_db.ShardT.find_one({"Shard_id": "a"})
             assert sorted(saved["in_sync"]) == ["S1", "S3"] and saved["valid_idx"] == 6
             assert p.rows("S1", "a") == p.rows("S3", "a") == [1, 2, 3, 10, 11, 12]
+
+    run(scenario())
+
+
+def test_a_write_every_replica_applied_unanswered_is_erased_when_the_shard_is_revived(engine_uri):
+    """Every replica of a applies a write and dies before it answers: the client gets a 503
+    that says nothing was written. When the shard's servers are started again in place on
+    their data, the rows of that write (in doubt: sent, never acknowledged) are erased before
+    the source is counted, so the 503 stays true, and the same write then succeeds."""
+
+    async def scenario():
+        async with Part2(engine_uri) as p:
+            for name in ("S1", "S2", "S3"):
+                p.servers.unanswered.add((name, "/insert"))
+            with pytest.raises(Unavailable, match="nothing written"):
+                await p.cluster.write(rows(50, 51))
+            assert p.rows("S1", "a") == [1, 2, 3, 50, 51]  # it did reach them
+            for name in ("S1", "S2", "S3"):
+                p.sup.kill(name)
+            await p.cluster.keeper.heartbeat_round([(n, "gone") for n in ("S1", "S2", "S3")])
+            assert sorted(p.cluster.rings["a"].servers) == ["S1", "S2", "S3"]
+            assert all(p.rows(n, "a") == [1, 2, 3] for n in ("S1", "S2", "S3"))
+            assert p.cluster.valid_idx["a"] == 3 and not p.cluster.state.in_doubt.get("a")
+            assert await p.cluster.write(rows(50, 51)) == 2
 
     run(scenario())
 

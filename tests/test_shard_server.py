@@ -85,6 +85,22 @@ def test_a_retried_write_does_not_duplicate(tmp_path):
         assert client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"] == [row(2)]
 
 
+def test_insert_stores_new_rows_and_names_the_ones_it_held(tmp_path):
+    """Group commit's write: the unique index answers which ids were here; those rows stay as
+    they were (a changed row under a stored id is not applied), the new ones are stored."""
+    with ShardServer(tmp_path) as client:
+        configure(client)
+        assert client.post("/write", json={"shard": "sh1", "curr_idx": 0,
+                                           "data": [row(1), row(3)]}).status_code == 200
+        answer = client.post("/insert", json={"shard": "sh1", "curr_idx": 2,
+                                              "data": [row(2), row(3, marks=99), row(1), row(4)]})
+        assert answer.status_code == 200 and answer.json()["existing"] == [1, 3]
+        copy = client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"]
+        assert copy == [row(1), row(2), row(3), row(4)]
+        assert client.post("/insert", json={"shard": "sh1", "curr_idx": 4, "data": [row(5)]}
+                           ).json()["existing"] == []
+
+
 @pytest.mark.parametrize("method, path, body, status, fragment", [
     ("POST", "/write", {"shard": "sh9", "curr_idx": 0, "data": []}, 400, "sh9 is not configured on Server0"),
     ("POST", "/write", {"shard": "sh1", "curr_idx": -1, "data": []}, 400, "curr_idx"),
@@ -140,6 +156,8 @@ id_ranges = st.fixed_dictionaries({"low": st.one_of(ints, scalars), "high": st.o
 SHARD_ENDPOINTS = {
     ("POST", "/write"): st.fixed_dictionaries({"shard": shard_ids, "curr_idx": st.one_of(ints, scalars),
                                                "data": st.one_of(st.lists(edge_rows, max_size=3), values)}),
+    ("POST", "/insert"): st.fixed_dictionaries({"shard": shard_ids, "curr_idx": st.one_of(ints, scalars),
+                                                "data": st.one_of(st.lists(edge_rows, max_size=3), values)}),
     ("PUT", "/update"): edge_rows.flatmap(lambda r: st.fixed_dictionaries({
         "shard": shard_ids, "Stud_id": st.one_of(st.just(r["Stud_id"]), ints), "data": st.just(r)})),
     ("DELETE", "/del"): st.fixed_dictionaries({"shard": shard_ids, "Stud_id": st.one_of(ints, scalars)}),

@@ -84,17 +84,14 @@ class DataPath:
         return await self._write_shards(groups)
 
     async def _commit_batch(self, shard: str, batch: list[Waiting]) -> None:
-        """One batch of single-shard writes, under the shard's lock: one existence check, one
-        bulk write per replica, one saved row count. A write whose ids clash gets its own 409
-        while the others commit."""
+        """One batch of single-shard writes, under the shard's lock: one bulk insert per
+        replica, one saved row count. A write whose ids clash (with an earlier write of the
+        batch, or with stored rows: the replicas' unique index says so) gets its own 409 while
+        the others commit."""
         self.state.live(shard)
-        stored = await self._existing(shard, [i for waiting in batch for i in waiting.ids])
-        accepted, refused = sort_out(batch, stored)
+        accepted, refused = sort_out(batch, ())
         for waiting, clash in refused.items():
-            waiting.fail(Conflict(f"<Error> Stud_id(s) already exist: {_ids(clash)}; "
-                                  "nothing written"))
-        if not accepted:
-            return
+            waiting.fail(_clash(clash))
         try:
             await self._apply(shard, accepted)
         except ApiError as exc:
@@ -109,52 +106,112 @@ class DataPath:
                     waiting.fail(one)
 
     async def _apply(self, shard: str, writes: list[Waiting]) -> None:
+        """Insert the writes' rows on every live replica; writes that hit stored rows are
+        refused (409) and what they inserted is erased again; the rest is acknowledged."""
         rows = [row for waiting in writes for row in waiting.rows]
-        applied = await self._fan_out(shard, "POST", "/write", {
-            "shard": shard, "curr_idx": self.state.valid_idx[shard], "data": rows})
+        applied, stored = await self._insert(shard, rows)
+        clashing = {w: sorted(set(w.ids) & stored) for w in writes if not stored.isdisjoint(w.ids)}
+        if clashing:
+            inserted = [i for w in clashing for i in w.ids if i not in stored]
+            await self._erase_on(shard, applied, inserted)
+            for waiting, clash in clashing.items():
+                waiting.fail(_clash(clash))
+        committed = [w for w in writes if w not in clashing]
+        if not committed:
+            return
         try:
-            await self._acknowledge({shard: (applied, len(rows))})
+            await self._acknowledge({shard: (applied, sum(len(w.rows) for w in committed))})
         except ApiError:  # not recorded, so not acknowledged: undone
-            await self._erase({shard: rows}, only={shard: None})
+            await self._erase_on(shard, applied, [i for w in committed for i in w.ids])
             raise
-        for waiting in writes:
+        self._acknowledged(shard, [i for w in committed for i in w.ids])
+        for waiting in committed:
             waiting.succeed(len(waiting.rows))
 
+    async def _insert(self, shard: str, rows: list[dict[str, Any]]) -> tuple[list[str], set[int]]:
+        """Insert ``rows`` on every live replica of ``shard``, the ones already stored left
+        alone: (the replicas that hold them now, the Stud_ids that were stored). The replicas'
+        unique index answers "is it new?": no round trip asks first. A replica that names
+        other stored rows than the others is out of step and leaves."""
+        sent_to = self.state.live(shard)
+        try:
+            answers = await self._fan_out_answers(shard, "POST", "/insert", {
+                "shard": shard, "curr_idx": self.state.valid_idx[shard], "data": rows})
+        except BaseException:
+            self._doubt(shard, rows)
+            raise
+        if len(answers) < len(sent_to):  # some replica did not answer: it may hold them
+            self._doubt(shard, rows)
+        existing = {name: set(answer["existing"]) for name, answer in answers.items()}
+        stored = set().union(*existing.values())
+        for name, held in list(existing.items()):  # in-sync replicas hold the same rows
+            if held != stored:
+                self.evict(name, f"out of step: held {len(held)} of {len(stored)} clashing rows")
+                del existing[name]
+        if not existing:
+            raise Unavailable(f"<Error> Every replica of {shard} failed: nothing written")
+        return list(existing), stored
+
+    def _doubt(self, shard: str, rows: list[dict[str, Any]]) -> None:
+        """Rows sent to a replica that did not answer may be there when it is started again
+        in place: until a write of theirs is acknowledged, the revival erases them."""
+        self.state.in_doubt.setdefault(shard, set()).update(r["Stud_id"] for r in rows)
+
+    async def _erase_on(self, shard: str, names: list[str], stud_ids: list[int]) -> None:
+        """Erase what a batch inserted on ``names``; a replica that cannot is out of step."""
+        if not stud_ids:
+            return
+        incarnations = self._incarnations(names)
+        results = await asyncio.gather(*(self.servers.call(n, "POST", "/erase", {
+            "shard": shard, "Stud_ids": stud_ids}) for n in names), return_exceptions=True)
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                self._evict_if_same(name, incarnations, f"could not undo a write: {result}")
+
+    def _incarnations(self, names: list[str]) -> dict[str, object]:
+        """Which run of each server a call goes to (its connection pool, one per start)."""
+        return {name: self.servers.pool_of(name) for name in names}
+
+    def _evict_if_same(self, name: str, incarnations: dict[str, object], why: str) -> None:
+        """Evict ``name`` for a failed call, unless it was started again meanwhile (a restart
+        in place closes the old run's connections: the new run did not fail)."""
+        if self.servers.pool_of(name) is incarnations[name]:
+            self.evict(name, why)
+        else:
+            log.info("%s failed on a run of %s that was since replaced: %s", name, name, why)
+
     async def _write_shards(self, groups: dict[str, list[dict[str, Any]]]) -> int:
-        """A write of several shards, all or nothing: it holds every shard's lock."""
+        """A write of several shards, all or nothing: it holds every shard's lock, inserts in
+        every shard at once, and if any shard failed or held one of the ids, erases what it
+        inserted everywhere."""
         async with self.locks.hold(groups):
             for shard in groups:
                 self.state.live(shard)
-            taken = await asyncio.gather(*(self._existing(s, [r["Stud_id"] for r in rows])
-                                           for s, rows in groups.items()))
-            clash = sorted(i for ids in taken for i in ids)
-            if clash:
-                raise Conflict(f"<Error> Stud_id(s) already exist: {_ids(clash)}; nothing written")
-            outcomes = await asyncio.gather(*(self._fan_out(s, "POST", "/write", {
-                "shard": s, "curr_idx": self.state.valid_idx[s], "data": rows})
-                for s, rows in groups.items()), return_exceptions=True)
-            applied: dict[str, tuple[list[str], int]] = {}
+            outcomes = await asyncio.gather(*(self._insert(s, rows) for s, rows in groups.items()),
+                                            return_exceptions=True)
+            done: dict[str, tuple[list[str], set[int]]] = {}
             failed: list[BaseException] = []
-            for (shard, rows), outcome in zip(groups.items(), outcomes):
+            for shard, outcome in zip(groups, outcomes):
                 if isinstance(outcome, BaseException):
                     failed.append(outcome)
                 else:
-                    applied[shard] = (outcome, len(rows))
-            if failed:  # undo where it was applied: all or nothing (in_sync stays: no ack)
-                await self._erase(groups, only=applied)
-                raise failed[0]
+                    done[shard] = outcome
+            clash = sorted(i for _, stored in done.values() for i in stored)
+            if failed or clash:  # undo where it was inserted (in_sync stays: no ack)
+                await asyncio.gather(*(self._erase_on(s, names, [
+                    r["Stud_id"] for r in groups[s] if r["Stud_id"] not in stored])
+                    for s, (names, stored) in done.items()))
+                raise failed[0] if failed else _clash(clash)
             try:
-                await self._acknowledge(applied)
+                await self._acknowledge({s: (names, len(groups[s]))
+                                         for s, (names, _) in done.items()})
             except ApiError:  # not recorded, so not acknowledged: undone
-                await self._erase(groups, only=applied)
+                await asyncio.gather(*(self._erase_on(s, names, [r["Stud_id"] for r in groups[s]])
+                                       for s, (names, _) in done.items()))
                 raise
+            for s, rows in groups.items():
+                self._acknowledged(s, [r["Stud_id"] for r in rows])
         return sum(len(rows) for rows in groups.values())
-
-    async def _erase(self, groups: dict[str, list[dict[str, Any]]],
-                     only: dict[str, Any]) -> None:
-        await asyncio.gather(*(self._fan_out(s, "POST", "/erase", {
-            "shard": s, "Stud_ids": [r["Stud_id"] for r in groups[s]]}) for s in only),
-            return_exceptions=True)
 
     async def _acknowledge(self, changes: dict[str, tuple[list[str], int]]) -> None:
         """Before a write is acknowledged: for each shard it changed, the new row count and
@@ -171,17 +228,10 @@ class DataPath:
             state.valid_idx[shard] += added
             state.in_sync[shard] = set(applied)
 
-    async def _existing(self, shard: str, stud_ids: list[int]) -> list[int]:
-        ring = self.state.rings[shard]
-        if not len(ring):
-            raise Unavailable(f"<Error> Shard {shard} has no live replica: nothing written")
-        try:
-            answer = await self.servers.ask_one(shard, ring, "POST", "/exists",
-                                                {"shard": shard, "Stud_ids": stud_ids})
-        except Unavailable as exc:
-            log.warning("no replica of %s could check ids: %s", shard, exc.message)
-            raise Unavailable(f"<Error> Shard {shard} has no live replica: nothing written") from None
-        return list(answer["Stud_ids"])
+    def _acknowledged(self, shard: str, stud_ids: list[int]) -> None:
+        doubt = self.state.in_doubt.get(shard)
+        if doubt:
+            doubt.difference_update(stud_ids)
 
     async def _fan_out(self, shard: str, method: str, path: str,
                        payload: dict[str, Any]) -> list[str]:
@@ -189,18 +239,25 @@ class DataPath:
         failed where others applied it leave the shard's ring; if none applied it, the refusal
         (or a 503) is raised and nobody is evicted for what the request carried. The caller
         holds the shard's lock."""
+        return list(await self._fan_out_answers(shard, method, path, payload))
+
+    async def _fan_out_answers(self, shard: str, method: str, path: str,
+                               payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """``_fan_out``, with each applying replica's answer."""
         names = self.state.live(shard)
+        incarnations = self._incarnations(names)
         results = await asyncio.gather(*(self.servers.call(n, method, path, payload)
                                          for n in names), return_exceptions=True)
         outcome = classify(names, results, _UNREACHABLE)
         for name, why in outcome.to_evict():
-            self.evict(name, f"{method} {path}: {why}")
+            self._evict_if_same(name, incarnations, f"{method} {path}: {why}")
         refusal = outcome.refusal()
         if refusal is not None:
             raise refusal
         if not outcome.applied:
             raise Unavailable(f"<Error> Every replica of {shard} failed: nothing written")
-        return outcome.applied
+        answers = dict(zip(names, results))
+        return {name: answers[name] for name in outcome.applied}  # type: ignore[misc]
 
     async def update(self, stud_id: int, data: Any) -> None:
         row = validate_row(self.state.require_config(), data)
@@ -238,6 +295,10 @@ class DataPath:
                 await self._fan_out(shard, "POST", "/write", {
                     "shard": shard, "curr_idx": self.state.valid_idx[shard], "data": [old]})
             raise
+
+
+def _clash(ids: Sequence[int]) -> Conflict:
+    return Conflict(f"<Error> Stud_id(s) already exist: {_ids(ids)}; nothing written")
 
 
 def _ids(ids: Sequence[int], most: int = 10) -> str:

@@ -336,10 +336,16 @@ class ShardMembership(Tenant):
                     await self._save_in_sync(shard)
 
     async def _recount(self, shard: str) -> None:
-        """valid_idx of a shard started again: the rows its source holds (a write that was in
-        flight when every server died may or may not have reached it: it was never
-        acknowledged, and the replicas are made to agree on the source)."""
+        """valid_idx of a shard started again: the rows its source holds, once the writes that
+        were sent to it unanswered and never acknowledged (``in_doubt``) are erased from it. (A
+        write in flight when the balancer itself died may still be there: ``in_doubt`` lives
+        in memory.)"""
         state = self.state
+        doubt = sorted(state.in_doubt.pop(shard, set()))
+        for source in state.rings[shard].servers:  # writes it may have applied unanswered
+            for k in range(0, len(doubt), MAX_ROWS):
+                await self.servers.call(source, "POST", "/erase",
+                                        {"shard": shard, "Stud_ids": doubt[k:k + MAX_ROWS]})
         rows = (await self.servers.ask_one(shard, state.rings[shard], "GET", "/copy",
                                            {"shards": [shard]}))[shard]
         if len(rows) != state.valid_idx[shard]:

@@ -5,6 +5,8 @@
     rings              shard -> a ring of the live servers that hold it and are in step
     valid_idx          shard -> rows acknowledged
     in_sync            shard -> the servers that applied every acknowledged write
+    in_doubt           shard -> Stud_ids of writes that were not acknowledged but may have
+                       reached a replica that did not answer (memory only)
 
 Membership changes it under the keeper's lock, the data path under the shards' locks; both
 change memory only after the metadata has saved the change.
@@ -33,6 +35,7 @@ class ClusterState:
     rings: dict[str, ConsistentHashRing] = field(default_factory=dict)
     valid_idx: dict[str, int] = field(default_factory=dict)
     in_sync: dict[str, set[str]] = field(default_factory=dict)
+    in_doubt: dict[str, set[int]] = field(default_factory=dict)
 
     def adopt(self, config: ClusterConfig) -> None:
         """Take a saved configuration as it is; every ring starts empty."""

@@ -2,9 +2,10 @@
 for /config.
 
 Contract endpoints: POST /config, GET /heartbeat, GET /copy, POST /read, POST /write,
-PUT /update, DELETE /del. Two more serve the balancer's write path: POST /exists (which of
-these Stud_ids are here) and POST /erase (delete these Stud_ids: undoing a batch that could not
-be written everywhere).
+PUT /update, DELETE /del. Three more serve the balancer's write path: POST /insert (store the
+rows that are new, name the Stud_ids that were here: group commit's write), POST /exists (which
+of these Stud_ids are here) and POST /erase (delete these Stud_ids: undoing a batch that could
+not be written everywhere).
 
 It takes a MongoDB URI (``--mongo-uri`` / ``MONGO_URI``); without one it starts its own engine
 (``dslab.engine.LocalEngine``) in ``<data root>/<server name>``, as a container would have its
@@ -59,6 +60,7 @@ class ShardEndpoints:
             (b"GET", "/copy"): json_endpoint(CopyRequest, self.copy),
             (b"POST", "/read"): json_endpoint(ShardReadRequest, self.read),
             (b"POST", "/write"): json_endpoint(ShardWriteRequest, self.write),
+            (b"POST", "/insert"): json_endpoint(ShardWriteRequest, self.insert),
             (b"PUT", "/update"): json_endpoint(ShardUpdateRequest, self.update),
             (b"DELETE", "/del"): json_endpoint(ShardDelRequest, self.delete),
             (b"POST", "/exists"): json_endpoint(ShardIdsRequest, self.exists),
@@ -98,6 +100,13 @@ class ShardEndpoints:
         await self.store.write(self.shard(request.shard), rows)
         return {"message": "Data entries added", "current_idx": request.curr_idx + len(rows),
                 "status": "success"}
+
+    async def insert(self, request: ShardWriteRequest) -> dict[str, Any]:
+        """Like /write, but a row whose Stud_id is here already is left alone and named."""
+        rows = [self.row(row) for row in request.data]
+        existing = await self.store.insert_new(self.shard(request.shard), rows)
+        return {"message": "Data entries added", "existing": existing,
+                "current_idx": request.curr_idx + len(rows) - len(existing), "status": "success"}
 
     async def update(self, request: ShardUpdateRequest) -> dict[str, Any]:
         row = self.row(request.data)
@@ -141,7 +150,8 @@ class FrontOnly(JsonHandler):
 
 def make_app(store: ShardStore, name: str) -> tornado.web.Application:
     """/config, and 405 for the front end's paths with another method."""
-    paths = ["/heartbeat", "/copy", "/read", "/write", "/update", "/del", "/exists", "/erase"]
+    paths = ["/heartbeat", "/copy", "/read", "/write", "/insert", "/update", "/del", "/exists",
+             "/erase"]
     return tornado.web.Application(
         [(r"/config", ConfigHandler, {"store": store, "name": name}),
          *[(path, FrontOnly) for path in paths]],

@@ -79,6 +79,22 @@ class ShardStore:
                     [ReplaceOne({"Stud_id": rows[e["index"]]["Stud_id"]}, rows[e["index"]],
                                 upsert=True) for e in errors], ordered=False)
 
+    async def insert_new(self, shard: str, rows: list[dict[str, Any]]) -> list[int]:
+        """Store the rows whose Stud_id is not here yet, in one ``insert_many``; returns the
+        Stud_ids that were here already (those rows are left as they were). The unique index
+        answers "is it new?", so the balancer needs no round trip to ask first."""
+        if not rows:
+            return []
+        with engine_errors(f"Writing {shard}"):
+            try:
+                await self.db[shard].insert_many([dict(row) for row in rows], ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                    raise
+                return sorted(rows[e["index"]]["Stud_id"] for e in errors)
+        return []
+
     async def update(self, shard: str, stud_id: int, row: dict[str, Any]) -> bool:
         with engine_errors(f"Updating {shard}"):
             result = await self.db[shard].replace_one({"Stud_id": stud_id}, row)
