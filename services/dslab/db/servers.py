@@ -19,7 +19,7 @@ import orjson
 from ..common.errors import Unavailable
 from ..keeper.routing import NoReplicaAvailable, route
 from ..keeper.upstream import UpstreamError, UpstreamPool, format_json_request
-from ..ring import ConsistentHashRing
+from ..ring import HashRing
 from .fanout import ServerRefused
 
 __all__ = ["ServerTrouble", "ShardServers"]
@@ -51,7 +51,7 @@ class ShardServers:
             raise ServerRefused(name, response.status, str(body.get("message", "")))
         return dict(body)
 
-    async def ask_one(self, shard: str, ring: ConsistentHashRing, method: str, path: str,
+    async def ask_one(self, shard: str, ring: HashRing, method: str, path: str,
                       payload: dict[str, Any]) -> dict[str, Any]:
         """Ask one live replica of ``shard``: a 5xx or no answer tries the next one on the
         ring; a 4xx is the request's fault and is the answer."""

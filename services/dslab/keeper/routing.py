@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ..ring import ConsistentHashRing
+from ..ring import HashRing
 from .errors import UpstreamError
 
 __all__ = ["NoReplicaAvailable", "route"]
@@ -30,7 +30,7 @@ class NoReplicaAvailable(Exception):
 
 async def route(
     request_id: int,
-    ring: ConsistentHashRing,
+    ring: HashRing,
     fetch: Callable[[str], Awaitable[T]],
     on_failure: Callable[[str, Exception], None] = lambda name, exc: None,
     max_attempts: int = 3,

@@ -16,42 +16,26 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
-from .hashes import HashPair, get_hash_pair, server_number
+from .base import (
+    DuplicateServerError,
+    EmptyRingError,
+    HashRing,
+    RingError,
+    RingFullError,
+    UnknownServerError,
+)
+from .hashes import HashPair, server_number
 
-__all__ = [
-    "PROBING",
-    "ConsistentHashRing",
-    "DuplicateServerError",
-    "EmptyRingError",
-    "RingError",
-    "RingFullError",
-    "UnknownServerError",
-]
+__all__ = ["PROBING", "ConsistentHashRing"]
 
 PROBING = ("linear", "quadratic")
 
 
-class RingError(ValueError):
-    """Base class of the ring's errors: all are mistakes of the caller, never I/O."""
+class ConsistentHashRing(HashRing):
+    """The assignment's ring (the default algorithm, ``ring``)."""
 
+    algorithm = "ring"
 
-class RingFullError(RingError):
-    """A server's virtual nodes cannot all be placed."""
-
-
-class DuplicateServerError(RingError):
-    pass
-
-
-class UnknownServerError(RingError):
-    pass
-
-
-class EmptyRingError(RingError):
-    pass
-
-
-class ConsistentHashRing:
     def __init__(
         self,
         slots: int = 512,
@@ -66,9 +50,9 @@ class ConsistentHashRing:
             raise RingError(f"virtual servers per server (K) must be at least 1, got {vnodes}")
         if probing not in PROBING:
             raise RingError(f"probing must be one of {PROBING}, got {probing!r}")
+        super().__init__(hashes)
         self.slots = slots
         self.vnodes = vnodes
-        self.hashes = get_hash_pair(hashes) if isinstance(hashes, str) else hashes
         self.probing = probing
         self._owner: list[str | None] = [None] * slots
         self._servers: dict[str, list[int]] = {}  # name -> its slots, in j order
@@ -94,7 +78,11 @@ class ConsistentHashRing:
         """How many servers fit when every slot can be reached (linear probing)."""
         return self.slots // self.vnodes
 
-    def add(self, name: str) -> list[int]:
+    def describe_capacity(self) -> str:
+        return (f"a ring of {self.slots} slots with K={self.vnodes} holds at most "
+                f"{self.capacity} servers")
+
+    def add(self, name: str) -> list[int]:  # type: ignore[override]
         """Place ``name``'s K virtual nodes; returns their slots. All or nothing."""
         if name in self._servers:
             raise DuplicateServerError(f"server {name!r} is already on the ring")
@@ -107,7 +95,7 @@ class ConsistentHashRing:
         self._reindex()
         return list(placed)
 
-    def remove(self, name: str) -> list[int]:
+    def remove(self, name: str) -> list[int]:  # type: ignore[override]
         """Free ``name``'s slots; returns them. Nobody else's slot moves."""
         try:
             freed = self._servers.pop(name)
@@ -175,6 +163,9 @@ class ConsistentHashRing:
         return list(self._first_owner)
 
     # ---- internals --------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        self._reindex()
+
     def _place(self, name: str) -> list[int]:
         i = server_number(name)
         taken = {slot for slot, owner in enumerate(self._owner) if owner is not None}
