@@ -28,7 +28,8 @@ help:
 	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
 	@echo "make test              run the test suite"
 	@echo "make lint              ruff over everything; mypy (strict on services/dslab, default on tests)"
-	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9)"
+	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9;"
+	@echo "                       ARGS='--algorithm maglev --balance-factor 1.25' and any other option)"
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
 	@echo "make bench-db          Part 2: single-row writes, 100-row writes, reads; balancer vs the engines directly"
 	@echo "make bench-failover    kill-to-serving and /add times, process vs Docker backend"
@@ -82,7 +83,7 @@ lint: venv
 	$(VENV)/bin/mypy tests
 
 run-lb: venv
-	exec $(PY) -m dslab.balancer --port $(PORT) -n $(N) --hash $(HASH) --slots $(SLOTS) --vnodes $(VNODES)
+	exec $(PY) -m dslab.balancer --port $(PORT) -n $(N) --hash $(HASH) --slots $(SLOTS) --vnodes $(VNODES) $(ARGS)
 
 run-db: venv
 	exec $(PY) -m dslab.db --port $(PORT) $(ARGS)

@@ -83,3 +83,14 @@ def test_other_exceptions_are_not_swallowed():
 
     with pytest.raises(KeyError):
         run(route(RID, ring(), fetch))
+
+
+def test_a_given_order_is_tried_instead_of_the_walk():
+    """Bounded loads hand ``route`` their own order: it is followed, failures included."""
+    r, calls, reported = ring(), [], []
+    order = list(reversed(list(r.walk(RID))))
+    name, _ = run(route(RID, r, scripted({order[0]}, calls), lambda n, exc: reported.append(n),
+                        order=iter(order)))
+    assert name == order[1] and calls == order[:2] and reported == [order[0]]
+    with pytest.raises(NoReplicaAvailable):
+        run(route(RID, r, scripted(set(NAMES), []), order=iter(order), max_attempts=2))

@@ -19,7 +19,7 @@ from ..common.cli import (
 )
 from ..common.front import Front, start_front
 from ..common.runtime import bind_socket, serve_forever
-from ..ring import HASH_PAIRS, PROBING, ConsistentHashRing
+from ..ring import ALGORITHMS, HASH_PAIRS, PROBING, make_ring
 from ..supervisor import ReplicaSpec, make_supervisor
 from .admin import make_admin_app
 from .membership import ReplicaSet
@@ -36,6 +36,13 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _balance_factor(text: str) -> float:
+    value = float(text)
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"the balance factor must be above 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dslab.balancer", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -50,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual servers per replica, K (env VNODES)")
     p.add_argument("--probing", choices=PROBING, default=_env("PROBING", "linear"),
                    help="collision probing (env PROBING)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=_env("ALGORITHM", "ring"),
+                   help="consistent hashing algorithm; --slots, --vnodes and --probing are "
+                        "the ring's (env ALGORITHM)")
+    p.add_argument("--balance-factor", type=_balance_factor,
+                   default=_env("BALANCE_FACTOR", "") or None,
+                   help="bounded loads: no replica takes ceil(C x (in flight + 1) / N) or "
+                        "more requests at once; off by default (env BALANCE_FACTOR)")
     add_heartbeat_options(p, interval=0.25, timeout=0.5, misses=2)
     p.add_argument("--request-timeout", type=float,
                    default=float(_env("REQUEST_TIMEOUT", "5")), help="seconds per upstream try")
@@ -59,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
-    ring = ConsistentHashRing(args.slots, args.vnodes, args.hash, args.probing)
+    ring = make_ring(args.algorithm, args.hash, slots=args.slots, vnodes=args.vnodes,
+                     probing=args.probing)
     supervisor = make_supervisor(
         args.backend, ReplicaSpec(module="dslab.replica", image=args.replica_image),
         stack=args.stack, address=args.docker_address)
     replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
                           **heartbeat_settings(args))
-    proxy = Proxy(replicas)
+    proxy = Proxy(replicas, balance_factor=args.balance_factor)
     front = Front(proxy.route, make_admin_app(replicas), max_body=MAX_ADMIN_BODY)
     servers: list[asyncio.Server] = []
 
@@ -74,8 +89,9 @@ async def run(args: argparse.Namespace) -> None:
         sock = bind_socket(args.host, args.port)
         servers.append(await start_front(front, sock))
         port = int(sock.getsockname()[1])
-        log.info("balancer on port %d: %d replicas, hash=%s, slots=%d, K=%d, %s probing",
-                 port, args.replicas, args.hash, args.slots, args.vnodes, args.probing)
+        log.info("balancer on port %d: %d replicas, %s, hash=%s, slots=%d, K=%d, %s probing, "
+                 "balance factor %s", port, args.replicas, args.algorithm, args.hash, args.slots,
+                 args.vnodes, args.probing, args.balance_factor or "off")
         return port
 
     async def stop() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..common.errors import BadRequest
 from ..keeper.keeper import ReplicaKeeper, Tenant
 from ..keeper.upstream import UpstreamClosed, UpstreamResponse
-from ..ring import ConsistentHashRing, RingError
+from ..ring import HashRing, RingError
 from ..supervisor import Replica, ReplicaSupervisor, random_hostname
 
 __all__ = ["ReplicaSet"]
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ReplicaSet(Tenant):
     supervisor: ReplicaSupervisor
-    ring: ConsistentHashRing
+    ring: HashRing
     request_timeout: float = 5.0
     heartbeat_interval: float = 0.25
     heartbeat_timeout: float = 0.5
@@ -87,8 +87,7 @@ class ReplicaSet(Tenant):
             room = self.ring.capacity - len(self.ring)
             if n > room:  # checked before naming: n may be absurdly large
                 raise BadRequest(
-                    f"<Error> Cannot add {n} replica(s): a ring of {self.ring.slots} slots with "
-                    f"K={self.ring.vnodes} holds at most {self.ring.capacity} servers and "
+                    f"<Error> Cannot add {n} replica(s): {self.ring.describe_capacity()} and "
                     f"{len(self.ring)} are there")
             names = list(hostnames)
             while len(names) < n:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 
 from ..common.errors import error_body
 from ..common.front import Answer, FrontRequest, Handler
+from ..keeper.bounded import InFlight, bounded_walk
 from ..keeper.routing import NoReplicaAvailable, route
 from ..keeper.upstream import UpstreamResponse, format_get
 from ..ring import request_number
@@ -37,9 +38,14 @@ def request_id_from(header: bytes | None, uri: str, rng: random.Random) -> str:
 
 
 class Proxy:
-    def __init__(self, replicas: ReplicaSet, rng: random.Random | None = None) -> None:
+    def __init__(self, replicas: ReplicaSet, rng: random.Random | None = None,
+                 balance_factor: float | None = None) -> None:
+        if balance_factor is not None and balance_factor <= 1:
+            raise ValueError(f"the balance factor must be above 1, got {balance_factor}")
         self.replicas = replicas
         self.rng = rng or random.Random()
+        self.balance_factor = balance_factor  # None: the owner always (the assignment's rule)
+        self.inflight = InFlight()
 
     def route(self, method: bytes, path: str) -> Handler | None:
         return self._proxied if method == b"GET" and path not in ADMIN_PATHS else None
@@ -50,13 +56,26 @@ class Proxy:
 
     async def answer(self, uri: str, request_id: str) -> Answer:
         replicas = self.replicas
+        rid = request_number(request_id)
+        inflight = self.inflight
 
         def fetch(name: str) -> Awaitable[UpstreamResponse]:
             return replicas.fetch(name, format_get(uri, name, request_id))
 
+        async def fetch_counted(name: str) -> UpstreamResponse:
+            inflight.take(name)  # in the same step as the choice: the bound holds
+            try:
+                return await fetch(name)
+            finally:
+                inflight.release(name)
+
+        order = None
+        if self.balance_factor is not None:
+            order = bounded_walk(replicas.ring, rid, inflight, self.balance_factor)
         try:
-            name, response = await route(request_number(request_id), replicas.ring, fetch,
-                                         replicas.suspect)
+            name, response = await route(rid, replicas.ring,
+                                         fetch if order is None else fetch_counted,
+                                         replicas.suspect, order=order)
         except NoReplicaAvailable as exc:
             log.warning("no replica could serve %s: %s", uri, exc)
             return Answer(503, error_body("<Error> No replica is available"))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..contract.studdb import AddRequest, InitRequest, RmRequest
 from ..keeper.keeper import ReplicaKeeper
-from ..ring import ConsistentHashRing
+from ..ring import HashRing
 from ..supervisor import ReplicaSupervisor
 from .datapath import DataPath
 from .fanout import ServerRefused
@@ -33,12 +33,12 @@ __all__ = ["ServerRefused", "ShardCluster"]
 
 class ShardCluster:
     def __init__(self, supervisor: ReplicaSupervisor, metadata: Metadata, *,
-                 data_root: Path | None = None, hashes: str = "blake2b",
+                 data_root: Path | None = None, hashes: str = "blake2b", algorithm: str = "ring",
                  request_timeout: float = 30.0, heartbeat_interval: float = 0.25,
                  heartbeat_timeout: float = 1.0, heartbeat_misses: int = 3,
                  lock_timeout: float = 60.0, rng: random.Random | None = None) -> None:
         rng = rng or random.Random()
-        self.state = ClusterState(hashes)
+        self.state = ClusterState(hashes, algorithm)
         self.locks = ShardLocks(lock_timeout)
         self.membership = ShardMembership(self.state, metadata, ShardServers(
             lambda name: self.keeper.pool(name), lambda: self.keeper.wake(), rng),
@@ -53,7 +53,7 @@ class ShardCluster:
 
     # What tests and tools read.
     @property
-    def rings(self) -> dict[str, ConsistentHashRing]:
+    def rings(self) -> dict[str, HashRing]:
         return self.state.rings
 
     @property

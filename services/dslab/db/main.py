@@ -28,7 +28,7 @@ from ..common.front import Front, start_front
 from ..common.limits import MAX_BODY
 from ..common.runtime import bind_socket, serve_forever
 from ..engine import LocalEngine
-from ..ring import HASH_PAIRS
+from ..ring import ALGORITHMS, HASH_PAIRS
 from ..supervisor import ReplicaSpec, make_supervisor
 from .cluster import ShardCluster
 from .http import DataEndpoints, make_app
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true", help="forget the configuration and all data")
     p.add_argument("--hash", choices=sorted(HASH_PAIRS), default=env("HASH", "blake2b"),
                    help="hash functions of the per-shard rings (env HASH)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=env("ALGORITHM", "ring"),
+                   help="consistent hashing algorithm of the per-shard rings (env ALGORITHM)")
     p.add_argument("--request-timeout", type=float, default=float(env("REQUEST_TIMEOUT", "30")),
                    help="seconds a shard server may take to answer (env REQUEST_TIMEOUT)")
     add_heartbeat_options(p, interval=0.25, timeout=1.0, misses=3)
@@ -93,6 +95,7 @@ async def run(args: argparse.Namespace) -> None:
             await supervisor.discard_data(name)
         await metadata.reset()
     cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash,
+                           algorithm=args.algorithm,
                            request_timeout=args.request_timeout, **heartbeat_settings(args))
     front = Front(DataEndpoints(cluster).route, make_app(cluster), max_body=MAX_BODY)
     servers: list[asyncio.Server] = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..common.errors import BadRequest, NotFound, Unavailable
 from ..contract.studdb import Schema
-from ..ring import ConsistentHashRing
+from ..ring import HashRing, make_ring
 from .metadata import ClusterConfig
 from .placement import servers_of
 from .shardmap import ShardMap
@@ -29,10 +29,11 @@ __all__ = ["ClusterState"]
 @dataclass
 class ClusterState:
     hashes: str = "blake2b"
+    algorithm: str = "ring"
     schema: Schema | None = None
     shardmap: ShardMap = field(default_factory=ShardMap)
     placement: dict[str, list[str]] = field(default_factory=dict)
-    rings: dict[str, ConsistentHashRing] = field(default_factory=dict)
+    rings: dict[str, HashRing] = field(default_factory=dict)
     valid_idx: dict[str, int] = field(default_factory=dict)
     in_sync: dict[str, set[str]] = field(default_factory=dict)
     in_doubt: dict[str, set[int]] = field(default_factory=dict)
@@ -47,8 +48,8 @@ class ClusterState:
             config.placement, s.shard_id))) for s in config.shards}
         self.rings = {s.shard_id: self.new_ring() for s in config.shards}
 
-    def new_ring(self) -> ConsistentHashRing:
-        return ConsistentHashRing(512, 9, self.hashes)
+    def new_ring(self) -> HashRing:
+        return make_ring(self.algorithm, self.hashes)
 
     def require_config(self) -> Schema:
         if self.schema is None:

@@ -8,7 +8,7 @@ answer, passed through.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from ..ring import HashRing
@@ -34,20 +34,22 @@ async def route(
     fetch: Callable[[str], Awaitable[T]],
     on_failure: Callable[[str, Exception], None] = lambda name, exc: None,
     max_attempts: int = 3,
+    order: Iterable[str] | None = None,
 ) -> tuple[str, T]:
-    """Returns (the replica that answered, its answer)."""
+    """Returns (the replica that answered, its answer). ``order``: the replicas to try, when
+    not the ring's walk (bounded loads reorder it)."""
     failures: list[tuple[str, Exception]] = []
     if len(ring) == 0:
         raise NoReplicaAvailable(failures)
-    owner = ring.lookup(request_id)
-    try:  # the common case, kept free of the walk's allocations
-        return owner, await fetch(owner)
-    except UpstreamError as exc:
-        failures.append((owner, exc))
-        on_failure(owner, exc)
-    for name in ring.walk(request_id):
-        if name == owner:
-            continue
+    if order is None:
+        owner = ring.lookup(request_id)
+        try:  # the common case, kept free of the walk's allocations
+            return owner, await fetch(owner)
+        except UpstreamError as exc:
+            failures.append((owner, exc))
+            on_failure(owner, exc)
+        order = (name for name in ring.walk(request_id) if name != owner)
+    for name in order:
         if len(failures) >= max_attempts:
             break
         try:
