@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -164,3 +165,18 @@ def test_make_ring_refuses_what_it_does_not_know():
         for name in names(4):
             ring.add(name)
     assert JumpRing().capacity > 10**6
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_the_live_balancer_routes_as_its_algorithm_predicts(start_balancer, algorithm):
+    """``--algorithm`` end to end: every request is served by the replica the pure algorithm
+    names for its id (the replicas are Server1..3, as the balancer names them)."""
+    balancer = start_balancer("-n", "3", "--hash", "blake2b", "--algorithm", algorithm)
+    ring = make_ring(algorithm, "blake2b")
+    for name in names(3):
+        ring.add(name)
+    with httpx.Client(base_url=balancer.url, timeout=10) as client:
+        for rid in KEYS[:60]:
+            response = client.get("/home", headers={"X-Request-ID": str(rid)})
+            assert response.status_code == 200
+            assert response.headers["X-Served-By"] == ring.lookup(rid), rid
