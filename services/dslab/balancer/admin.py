@@ -21,7 +21,7 @@ __all__ = ["ADMIN_PATHS", "make_admin_app"]
 
 log = logging.getLogger(__name__)
 
-ADMIN_PATHS = frozenset({"/rep", "/add", "/rm", "/openapi.json"})
+ADMIN_PATHS = frozenset({"/rep", "/add", "/rm", "/openapi.json", "/metrics"})
 
 
 def _ok(message: Any) -> dict[str, Any]:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable
+import time
 
 from ..common.errors import error_body
 from ..common.front import Answer, FrontRequest, Handler
+from ..common.metrics import metrics_handler
 from ..keeper.bounded import InFlight, bounded_walk
 from ..keeper.routing import NoReplicaAvailable, route
 from ..keeper.upstream import UpstreamResponse, format_get
 from ..ring import request_number
 from .admin import ADMIN_PATHS
 from .membership import ReplicaSet
+from .metrics import ProxyMetrics
 
 __all__ = ["Proxy", "request_id_from"]
 
@@ -45,40 +47,52 @@ class Proxy:
         self.replicas = replicas
         self.rng = rng or random.Random()
         self.balance_factor = balance_factor  # None: the owner always (the assignment's rule)
-        self.inflight = InFlight()
+        self.inflight = InFlight()  # counted always: the metrics show it
+        self.metrics = ProxyMetrics(replicas, self.inflight)
+        self._metrics_handler = metrics_handler(self.metrics.registry)
 
     def route(self, method: bytes, path: str) -> Handler | None:
-        return self._proxied if method == b"GET" and path not in ADMIN_PATHS else None
+        if method != b"GET":
+            return None
+        if path == "/metrics":
+            return self._metrics_handler
+        return self._proxied if path not in ADMIN_PATHS else None
 
     async def _proxied(self, request: FrontRequest) -> Answer:
         uri = request.uri
         return await self.answer(uri, request_id_from(request.request_id, uri, self.rng))
 
     async def answer(self, uri: str, request_id: str) -> Answer:
-        replicas = self.replicas
+        replicas, metrics, inflight = self.replicas, self.metrics, self.inflight
         rid = request_number(request_id)
-        inflight = self.inflight
+        started = time.perf_counter()
+        failed: list[str] = []
 
-        def fetch(name: str) -> Awaitable[UpstreamResponse]:
-            return replicas.fetch(name, format_get(uri, name, request_id))
-
-        async def fetch_counted(name: str) -> UpstreamResponse:
-            inflight.take(name)  # in the same step as the choice: the bound holds
+        async def fetch(name: str) -> UpstreamResponse:
+            inflight.take(name)  # in the same step as the choice: bounded loads rely on it
             try:
-                return await fetch(name)
+                return await replicas.fetch(name, format_get(uri, name, request_id))
             finally:
                 inflight.release(name)
+
+        def on_failure(name: str, exc: Exception) -> None:
+            failed.append(name)
+            metrics.failures.labels(name).inc()
+            replicas.suspect(name, exc)
 
         order = None
         if self.balance_factor is not None:
             order = bounded_walk(replicas.ring, rid, inflight, self.balance_factor)
         try:
-            name, response = await route(rid, replicas.ring,
-                                         fetch if order is None else fetch_counted,
-                                         replicas.suspect, order=order)
+            name, response = await route(rid, replicas.ring, fetch, on_failure, order=order)
         except NoReplicaAvailable as exc:
             log.warning("no replica could serve %s: %s", uri, exc)
+            metrics.unavailable.inc()
             return Answer(503, error_body("<Error> No replica is available"))
+        metrics.latency.observe(time.perf_counter() - started)
+        metrics.requests.labels(name, str(response.status)).inc()
+        if failed:
+            metrics.retries.inc()
         if response.status == 404:
             path = uri.partition("?")[0]
             return Answer(

@@ -25,6 +25,7 @@ from .fanout import ServerRefused
 from .locks import ShardLocks
 from .membership import ShardMembership
 from .metadata import Metadata
+from .metrics import DbMetrics
 from .servers import ShardServers
 from .state import ClusterState
 
@@ -39,7 +40,8 @@ class ShardCluster:
                  lock_timeout: float = 60.0, rng: random.Random | None = None) -> None:
         rng = rng or random.Random()
         self.state = ClusterState(hashes, algorithm)
-        self.locks = ShardLocks(lock_timeout)
+        self.locks = ShardLocks(lock_timeout,
+                                on_wait=lambda shard, s: self.metrics.lock_wait.labels(shard).observe(s))
         self.membership = ShardMembership(self.state, metadata, ShardServers(
             lambda name: self.keeper.pool(name), lambda: self.keeper.wake(), rng),
             self.locks, rng)
@@ -49,7 +51,9 @@ class ShardCluster:
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             heartbeat_misses=heartbeat_misses, data_root=data_root)
         self.membership.keeper = self.keeper
-        self.data = DataPath(self.state, metadata, self.servers, self.locks, self.keeper.evict)
+        self.metrics = DbMetrics(self.keeper)
+        self.data = DataPath(self.state, metadata, self.servers, self.locks, self.keeper.evict,
+                             self.metrics)
 
     # What tests and tools read.
     @property

@@ -29,6 +29,7 @@ from .fanout import classify
 from .groupcommit import GroupCommitter, Waiting, sort_out
 from .locks import ShardLocks
 from .metadata import Metadata
+from .metrics import DbMetrics
 from .servers import ShardServers
 from .state import ClusterState
 
@@ -41,12 +42,14 @@ _UNREACHABLE = (UpstreamError, OSError)
 
 class DataPath:
     def __init__(self, state: ClusterState, metadata: Metadata, servers: ShardServers,
-                 locks: ShardLocks, evict: Callable[[str, str], None]) -> None:
+                 locks: ShardLocks, evict: Callable[[str, str], None],
+                 metrics: DbMetrics | None = None) -> None:
         self.state = state
         self.metadata = metadata
         self.servers = servers
         self.locks = locks
         self.evict = evict  # the keeper's: out of every ring now, replaced on its next round
+        self.metrics = metrics
         self.committer = GroupCommitter(locks, self._commit_batch, max_rows=MAX_ROWS,
                                         max_bytes=MAX_BODY // 2)
 
@@ -125,6 +128,9 @@ class DataPath:
             await self._erase_on(shard, applied, [i for w in committed for i in w.ids])
             raise
         self._acknowledged(shard, [i for w in committed for i in w.ids])
+        if self.metrics is not None:
+            self.metrics.acknowledged(shard, len(committed), sum(len(w.rows) for w in committed),
+                                      batch=True)
         for waiting in committed:
             waiting.succeed(len(waiting.rows))
 
@@ -211,6 +217,8 @@ class DataPath:
                 raise
             for s, rows in groups.items():
                 self._acknowledged(s, [r["Stud_id"] for r in rows])
+                if self.metrics is not None:
+                    self.metrics.acknowledged(s, 1, len(rows), batch=False)
         return sum(len(rows) for rows in groups.values())
 
     async def _acknowledge(self, changes: dict[str, tuple[list[str], int]]) -> None:

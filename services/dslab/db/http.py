@@ -4,13 +4,15 @@ as a Tornado application behind it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import tornado.web
 
 from ..common.endpoints import json_endpoint
 from ..common.errors import ApiError
-from ..common.front import Handler
+from ..common.front import Answer, FrontRequest, Handler
+from ..common.metrics import metrics_handler
 from ..common.web import JsonHandler
 from ..contract.studdb import (
     AddRequest,
@@ -72,11 +74,25 @@ class DataEndpoints:
     def __init__(self, cluster: ShardCluster) -> None:
         self.cluster = cluster
         self._routes: dict[tuple[bytes, str], Handler] = {
-            (b"POST", "/read"): json_endpoint(ReadRequest, self.read),
-            (b"POST", "/write"): json_endpoint(WriteRequest, self.write),
-            (b"PUT", "/update"): json_endpoint(UpdateRequest, self.update),
-            (b"DELETE", "/del"): json_endpoint(DelRequest, self.delete),
+            (b"POST", "/read"): self._measured("read", json_endpoint(ReadRequest, self.read)),
+            (b"POST", "/write"): self._measured("write", json_endpoint(WriteRequest, self.write)),
+            (b"PUT", "/update"): self._measured("update",
+                                                json_endpoint(UpdateRequest, self.update)),
+            (b"DELETE", "/del"): self._measured("del", json_endpoint(DelRequest, self.delete)),
+            (b"GET", "/metrics"): metrics_handler(cluster.metrics.registry),
         }
+
+    def _measured(self, endpoint: str, handler: Handler) -> Handler:
+        metrics = self.cluster.metrics
+        latency = metrics.latency.labels(endpoint)
+
+        async def measured(request: FrontRequest) -> Answer:
+            started = time.perf_counter()
+            answer = await handler(request)
+            latency.observe(time.perf_counter() - started)
+            metrics.requests.labels(endpoint, str(answer.status)).inc()
+            return answer
+        return measured
 
     def route(self, method: bytes, path: str) -> Handler | None:
         return self._routes.get((method, path))
@@ -121,7 +137,8 @@ def make_app(cluster: ShardCluster) -> tornado.web.Application:
         [(rf"/{path}", handler, args) for path, handler in [
             ("init", InitHandler), ("status", StatusHandler), ("add", AddHandler),
             ("rm", RmHandler), ("read", DataPathOnly), ("write", DataPathOnly),
-            ("update", DataPathOnly), ("del", DataPathOnly), (r"openapi\.json", OpenApiHandler)]],
+            ("update", DataPathOnly), ("del", DataPathOnly), ("metrics", DataPathOnly),
+            (r"openapi\.json", OpenApiHandler)]],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
     )

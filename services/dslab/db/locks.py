@@ -9,7 +9,8 @@ instead of queueing forever behind a stuck writer. Only ``async with`` is offere
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from ..common.errors import Unavailable
@@ -22,8 +23,10 @@ class LockTimeout(Unavailable):
 
 
 class ShardLocks:
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = 30.0,
+                 on_wait: Callable[[str, float], None] | None = None) -> None:
         self.timeout = timeout
+        self.on_wait = on_wait  # (shard, seconds waited): for the metrics
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, shard_id: str) -> asyncio.Lock:
@@ -37,10 +40,13 @@ class ShardLocks:
         async with AsyncExitStack() as stack:
             for shard_id in sorted(set(shard_ids)):
                 lock = self._lock(shard_id)
+                started = time.perf_counter()
                 try:
                     await asyncio.wait_for(lock.acquire(), self.timeout)
                 except TimeoutError:
                     raise LockTimeout(f"<Error> Shard {shard_id} stayed locked for "
                                       f"{self.timeout:g}s: try again") from None
                 stack.callback(lock.release)
+                if self.on_wait is not None:
+                    self.on_wait(shard_id, time.perf_counter() - started)
             yield

@@ -103,6 +103,8 @@ class ReplicaKeeper:
         self.clock = clock
         self._members: dict[str, _Member] = {}
         self._evicted: dict[str, _Waiting] = {}
+        self.replacements = 0  # counts, read by the metrics at scrape time
+        self.evictions = 0
         self._logged: dict[str, str] = {}
 
     # ---- what the tenant and the hot path read ----------------------------------------------
@@ -213,6 +215,7 @@ class ReplicaKeeper:
         if name in self._members and name not in self._evicted:
             log.warning("%s evicted: %s", name, why)
             self._evicted[name] = _Waiting(why)
+            self.evictions += 1
             self.monitor.wake()
 
     def wake(self) -> None:
@@ -244,6 +247,7 @@ class ReplicaKeeper:
                     continue
                 del self._evicted[name]
                 self._logged.pop(name, None)
+                self.replacements += 1
                 log.warning("%s (%s) replaced by %s", name, waiting.why, newcomer.name)
 
     async def _replace(self, dead: str) -> Replica:

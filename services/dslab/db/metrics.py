@@ -1,0 +1,36 @@
+"""The Part 2 balancer's metrics (Prometheus), on top of the keeper's (``common/metrics.py``):
+its data endpoints, and per shard the writes, rows, batches and lock waits."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ..common.metrics import LATENCY_BUCKETS, KeeperCollector
+from ..keeper.keeper import ReplicaKeeper
+
+__all__ = ["DbMetrics"]
+
+
+class DbMetrics:
+    def __init__(self, keeper: ReplicaKeeper) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("dslab_db_requests", "Data requests, by endpoint and status",
+                                ["endpoint", "code"], registry=r)
+        self.latency = Histogram("dslab_db_request_duration_seconds", "Time to answer a data "
+                                 "request", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.writes = Counter("dslab_db_writes", "Write requests acknowledged, per shard",
+                              ["shard"], registry=r)
+        self.rows = Counter("dslab_db_rows_written", "Rows acknowledged, per shard", ["shard"],
+                            registry=r)
+        self.batches = Counter("dslab_db_batches", "Group-commit batches committed, per shard",
+                               ["shard"], registry=r)
+        self.lock_wait = Histogram("dslab_db_lock_wait_seconds", "Time waiting for a shard's "
+                                   "lock", ["shard"], buckets=LATENCY_BUCKETS, registry=r)
+        r.register(KeeperCollector(keeper))
+
+    def acknowledged(self, shard: str, writes: int, rows: int, batch: bool) -> None:
+        self.writes.labels(shard).inc(writes)
+        self.rows.labels(shard).inc(rows)
+        if batch:
+            self.batches.labels(shard).inc()
