@@ -121,6 +121,12 @@ class LocalEngine:
         except psutil.NoSuchProcess:
             return False
 
+    def terminate(self) -> None:
+        """Ask the engine to shut down cleanly, without waiting (``stop`` waits). It takes
+        about two seconds however idle it is, so callers start it early."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

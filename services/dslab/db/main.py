@@ -113,8 +113,14 @@ async def run(args: argparse.Namespace) -> None:
             server.close()
         for conn in list(front.connections):
             conn.close()
-        await cluster.close()
+        # No client is served any more. The metadata client goes first (closing it later would
+        # wait for an engine that is gone), then the engine's two-second shutdown runs while
+        # the shard servers stop. A write still in flight cannot be acknowledged without the
+        # metadata: it is undone, never acknowledged.
         await client.close()
+        if engine is not None:
+            engine.terminate()
+        await cluster.close()
         if engine is not None:
             engine.stop()
         log.info("stopped; every shard server removed")
