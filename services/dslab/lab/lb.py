@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..ring import ConsistentHashRing
 from ..ring.analysis import assign, assign_bounded, loads, moved_share
@@ -34,6 +35,7 @@ __all__ = [
     "lb_stack",
     "replicas",
     "requests_per_server",
+    "served_by_metrics",
     "ring_layout",
     "scaling",
     "summarize",
@@ -78,10 +80,22 @@ def requests_per_server(n_requests: int = 10000, n: int = 3, config: HashConfig 
     with lb_stack(n, config) as balancer:
         names = replicas(balancer)
         df = fire(balancer.url, random_rids(n_requests, seed), concurrency=concurrency)
+        counted = served_by_metrics(balancer)
+    seen = df[df.status == 200].server.value_counts().to_dict()
+    if counted != seen:  # the balancer's own count must be what the clients saw
+        raise RuntimeError(f"GET /metrics counts {counted}, X-Served-By counts {seen}")
     df["N"] = n
     df["config"] = config.label
     df.attrs["replicas"] = names
     return df
+
+
+def served_by_metrics(balancer: BalancerProcess) -> dict[str, int]:
+    """Requests answered 200, per replica, as the balancer's GET /metrics counts them."""
+    text = httpx.get(f"{balancer.url}/metrics", timeout=10).text
+    return {s.labels["replica"]: int(s.value) for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "dslab_requests_total" and s.labels.get("code") == "200"}
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
