@@ -40,6 +40,7 @@ def imports_of(package: str) -> set[str]:
     ("db", {"balancer", "shard", "lab"}),
     ("shard", {"balancer", "db", "lab"}),
     ("keeper", {"balancer", "db", "shard", "lab", "contract"}),
+    ("common", {"balancer", "db", "shard", "lab", "keeper", "ring", "supervisor"}),
     ("contract", {"balancer", "db", "shard", "keeper", "lab"}),
     ("ring", {"balancer", "db", "shard", "keeper", "supervisor", "lab", "contract"}),
 ])

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import os
 
-from ..common.cli import (
+from ..common.front import Front, start_front
+from ..common.runtime import bind_socket, serve_forever
+from ..keeper.cli import (
     add_backend_options,
     add_heartbeat_options,
     heartbeat_settings,
     run_main,
 )
-from ..common.front import Front, start_front
-from ..common.runtime import bind_socket, serve_forever
 from ..ring import ALGORITHMS, HASH_PAIRS, PROBING, make_ring
 from ..supervisor import ReplicaSpec, make_supervisor
 from .admin import make_admin_app

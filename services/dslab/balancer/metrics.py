@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..common.metrics import LATENCY_BUCKETS, KeeperCollector
+from ..common.metrics import LATENCY_BUCKETS
 from ..keeper.bounded import InFlight
+from ..keeper.metrics import KeeperCollector
 from .membership import ReplicaSet
 
 __all__ = ["ProxyMetrics"]

@@ -18,16 +18,16 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from ..common.cli import (
+from ..common.front import Front, start_front
+from ..common.limits import MAX_BODY
+from ..common.runtime import bind_socket, serve_forever
+from ..engine import LocalEngine
+from ..keeper.cli import (
     add_backend_options,
     add_heartbeat_options,
     heartbeat_settings,
     run_main,
 )
-from ..common.front import Front, start_front
-from ..common.limits import MAX_BODY
-from ..common.runtime import bind_socket, serve_forever
-from ..engine import LocalEngine
 from ..ring import ALGORITHMS, HASH_PAIRS
 from ..supervisor import ReplicaSpec, make_supervisor
 from .cluster import ShardCluster

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ..common.metrics import LATENCY_BUCKETS, KeeperCollector
+from ..common.metrics import LATENCY_BUCKETS
 from ..keeper.keeper import ReplicaKeeper
+from ..keeper.metrics import KeeperCollector
 
 __all__ = ["DbMetrics"]
 

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ..common.runtime import die_with_parent, install_uvloop
 from ..supervisor import BACKENDS, SupervisorError
-from .runtime import die_with_parent, install_uvloop
 
 __all__ = ["add_backend_options", "add_heartbeat_options", "heartbeat_settings", "run_main"]
 

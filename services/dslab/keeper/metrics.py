@@ -1,0 +1,29 @@
+"""The keeper's counts as Prometheus metrics, read at scrape time: the keeper itself keeps
+plain integers and knows nothing of Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .keeper import ReplicaKeeper
+
+__all__ = ["KeeperCollector"]
+
+
+class KeeperCollector(Collector):
+    def __init__(self, keeper: ReplicaKeeper) -> None:
+        self.keeper = keeper
+
+    def collect(self) -> Iterator[Metric]:
+        keeper = self.keeper
+        yield CounterMetricFamily("dslab_replacements", "Dead replicas replaced by a newcomer",
+                                  value=keeper.replacements)
+        yield CounterMetricFamily("dslab_evictions", "Replicas taken out of service (dead, "
+                                  "or failed a request)", value=keeper.evictions)
+        yield GaugeMetricFamily("dslab_replicas_serving", "Replicas started and not evicted",
+                                value=len(keeper.serving()))
+        yield GaugeMetricFamily("dslab_replicas_evicted", "Evicted replicas awaiting their "
+                                "replacement", value=len(keeper.evicted()))
