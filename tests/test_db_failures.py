@@ -159,3 +159,26 @@ def test_balancer_restarted_with_data_in_place(tmp_path, how):
         tree = second.descendants()
         assert second.stop() == 0
         assert_all_gone(tree)
+
+
+def test_a_shard_larger_than_a_request_body_is_refilled_in_chunks(start_db):
+    """Twelve rows of 1 MiB: each write fits a request, the shard (12 MiB) does not. A killed
+    server's replacement is refilled in chunks under the body limit and holds every row."""
+    db = start_db()
+    config = seed_init(N=2, shards=[{"Stud_id_low": 0, "Shard_id": "a", "Shard_size": 100}],
+                       servers={"S1": ["a"], "S2": ["a"]})
+    big = "n" * (1 << 20)
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=config).status_code == 200
+        for i in range(12):
+            data = [{"Stud_id": i, "Stud_name": big, "Stud_marks": i}]
+            assert client.post("/write", json={"data": data}).status_code == 200
+        os.kill(db.replica_processes()["S1"].pid, signal.SIGKILL)
+        servers = wait_until(lambda: (s := status(client)["servers"]) and "S1" not in s
+                             and len(s) == 2 and s,
+                             detection_time("dslab.db") + SPAWN_BUDGET["shard"] + 30,
+                             what="S1 to be replaced and refilled")
+        newcomer = (set(servers) - {"S2"}).pop()
+        held = shard_rows(db, newcomer, "a")
+        assert [r["Stud_id"] for r in held] == list(range(12))
+        assert all(r["Stud_name"] == big for r in held)

@@ -4,7 +4,10 @@ the engine's limits checked before anything is stored, request ids of any length
 from __future__ import annotations
 
 import bson
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from pymongo.errors import (
     BulkWriteError,
@@ -16,7 +19,7 @@ from pymongo.errors import (
 
 from dslab.common.engine_errors import engine_errors
 from dslab.common.errors import ApiError, BadRequest, Conflict, Unavailable
-from dslab.common.limits import INT64_MAX, INT64_MIN
+from dslab.common.limits import INT64_MAX, INT64_MIN, chunks
 from dslab.common.payload import parse_json_object
 from dslab.contract.studdb import InitRequest, Schema, ShardReadRequest, ShardSpec, validate_row
 from dslab.db.fanout import ServerRefused, classify
@@ -153,3 +156,13 @@ def test_request_ids_of_any_length_route():
     assert request_number(long_id) == request_number(long_id) < 1 << 64
     assert request_number(long_id) != request_number("7" * 4999)
     assert request_number("x" * 100_000) < 1 << 64
+
+
+@given(st.lists(st.integers(0, 3000), max_size=60), st.integers(1, 7), st.integers(50, 5000))
+def test_chunks_keep_the_order_and_each_fits_a_request(sizes, max_rows, max_bytes):
+    rows = [{"Stud_id": k, "Stud_name": "x" * size} for k, size in enumerate(sizes)]
+    parts = list(chunks(rows, max_rows, max_bytes))
+    assert [r for part in parts for r in part] == rows
+    for part in parts:
+        assert 1 <= len(part) <= max_rows
+        assert len(part) == 1 or sum(len(orjson.dumps(r)) for r in part) <= max_bytes

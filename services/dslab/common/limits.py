@@ -13,8 +13,10 @@ on its own). Pure, no I/O.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, Field
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "Int64",
     "NonNegInt64",
     "check_field_name",
+    "chunks",
     "is_int64",
     "is_storable_string",
 ]
@@ -33,6 +36,26 @@ INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 MAX_BODY = 8 << 20  # bytes of a request body; half of BSON's 16 MiB document limit
 MAX_ROWS = 10_000  # rows in one write
+
+
+
+def chunks(rows: Sequence[dict[str, Any]], max_rows: int = MAX_ROWS,
+           max_bytes: int = MAX_BODY // 2) -> Iterator[list[dict[str, Any]]]:
+    """``rows`` in order, in chunks of at most ``max_rows`` rows and ``max_bytes`` of JSON, so
+    that each fits one request to a shard server (a shard copied whole can be far larger than
+    any one write). A single row over ``max_bytes`` goes alone: it came in one request."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        n = len(orjson.dumps(row))
+        if chunk and (len(chunk) == max_rows or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += n
+    if chunk:
+        yield chunk
+
 
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 NonNegInt64 = Annotated[int, Field(ge=0, le=INT64_MAX)]

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
-from ..common.limits import MAX_ROWS
+from ..common.limits import MAX_ROWS, chunks
 from ..contract.studdb import (
     ADD_N_TOO_SMALL,
     RM_TOO_MANY,
@@ -377,8 +377,10 @@ class ShardMembership(Tenant):
             for k in range(0, len(extra), MAX_ROWS):
                 await self.servers.call(target, "POST", "/erase",
                                         {"shard": shard, "Stud_ids": extra[k:k + MAX_ROWS]})
-        for k in range(0, len(rows), MAX_ROWS):  # upserts: rows it held are overwritten
-            await self.servers.call(target, "POST", "/write",
-                                    {"shard": shard, "curr_idx": k, "data": rows[k:k + MAX_ROWS]})
+        copied = 0
+        for chunk in chunks(rows):  # each within a shard server's body limit
+            await self.servers.call(target, "POST", "/write",  # rows it held are replaced
+                                    {"shard": shard, "curr_idx": copied, "data": chunk})
+            copied += len(chunk)
         ring.add(target)
         log.info("%s holds %s: %d rows copied", target, shard, len(rows))
