@@ -13,7 +13,7 @@ from .errors import ApiError, error_body
 from .limits import MAX_BODY
 from .payload import parse_model
 
-__all__ = ["HARD_BODY_LIMIT", "JsonHandler", "StreamedJsonHandler"]
+__all__ = ["HARD_BODY_LIMIT", "FrontOnlyHandler", "JsonHandler", "StreamedJsonHandler"]
 
 HARD_BODY_LIMIT = 1 << 30  # Tornado drops the connection past this; below it, JsonHandler's 413
 
@@ -58,6 +58,11 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def parse(self, model: type[M]) -> M:
         return parse_model(model, self.body())
+
+
+class FrontOnlyHandler(JsonHandler):
+    """A path the lean front end (``front.py``) serves, reached with another method: it defines
+    no method, so Tornado answers 405 in the error shape."""
 
 
 @tornado.web.stream_request_body

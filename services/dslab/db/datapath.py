@@ -142,7 +142,8 @@ class DataPath:
         sent_to = self.state.live(shard)
         try:
             answers = await self._fan_out_answers(shard, "POST", "/insert", {
-                "shard": shard, "curr_idx": self.state.valid_idx[shard], "data": rows})
+                "shard": shard, "curr_idx": self.state.valid_idx[shard], "data": rows},
+                names=sent_to)
         except BaseException:
             self._doubt(shard, rows)
             raise
@@ -250,9 +251,11 @@ class DataPath:
         return list(await self._fan_out_answers(shard, method, path, payload))
 
     async def _fan_out_answers(self, shard: str, method: str, path: str,
-                               payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        """``_fan_out``, with each applying replica's answer."""
-        names = self.state.live(shard)
+                               payload: dict[str, Any], names: list[str] | None = None
+                               ) -> dict[str, dict[str, Any]]:
+        """``_fan_out``, with each applying replica's answer. ``names``: the shard's live
+        replicas, when the caller has them already."""
+        names = names if names is not None else self.state.live(shard)
         incarnations = self._incarnations(names)
         results = await asyncio.gather(*(self.servers.call(n, method, path, payload)
                                          for n in names), return_exceptions=True)

@@ -17,11 +17,12 @@ so they and the batches of that shard are serialized.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from functools import cached_property
 from typing import Any
+
+import orjson
 
 from ..common.errors import Unavailable
 from .locks import ShardLocks
@@ -41,7 +42,7 @@ class Waiting:
     @cached_property
     def size(self) -> int:
         """Bytes on the wire to a shard server (computed only when a batch must weigh it)."""
-        return len(json.dumps(self.rows))
+        return len(orjson.dumps(self.rows))
 
     @property
     def ids(self) -> list[int]:

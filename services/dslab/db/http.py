@@ -13,7 +13,7 @@ from ..common.endpoints import json_endpoint
 from ..common.errors import ApiError
 from ..common.front import Answer, FrontRequest, Handler
 from ..common.metrics import metrics_handler
-from ..common.web import JsonHandler
+from ..common.web import FrontOnlyHandler, JsonHandler
 from ..contract.studdb import (
     AddRequest,
     DelRequest,
@@ -116,10 +116,6 @@ class DataEndpoints:
                 "status": "success"}
 
 
-class DataPathOnly(JsonHandler):
-    """A data path reached with another method: Tornado answers 405 (no method here)."""
-
-
 class OpenApiHandler(_Handler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -136,8 +132,8 @@ def make_app(cluster: ShardCluster) -> tornado.web.Application:
     return tornado.web.Application(
         [(rf"/{path}", handler, args) for path, handler in [
             ("init", InitHandler), ("status", StatusHandler), ("add", AddHandler),
-            ("rm", RmHandler), ("read", DataPathOnly), ("write", DataPathOnly),
-            ("update", DataPathOnly), ("del", DataPathOnly), ("metrics", DataPathOnly),
+            ("rm", RmHandler), ("read", FrontOnlyHandler), ("write", FrontOnlyHandler),
+            ("update", FrontOnlyHandler), ("del", FrontOnlyHandler), ("metrics", FrontOnlyHandler),
             (r"openapi\.json", OpenApiHandler)]],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,

@@ -343,9 +343,7 @@ class ShardMembership(Tenant):
         state = self.state
         doubt = sorted(state.in_doubt.pop(shard, set()))
         for source in state.rings[shard].servers:  # writes it may have applied unanswered
-            for k in range(0, len(doubt), MAX_ROWS):
-                await self.servers.call(source, "POST", "/erase",
-                                        {"shard": shard, "Stud_ids": doubt[k:k + MAX_ROWS]})
+            await self._erase(source, shard, doubt)
         rows = (await self.servers.ask_one(shard, state.rings[shard], "GET", "/copy",
                                            {"shards": [shard]}))[shard]
         if len(rows) != state.valid_idx[shard]:
@@ -374,9 +372,7 @@ class ShardMembership(Tenant):
             held = (await self.servers.call(target, "GET", "/copy", {"shards": [shard]}))[shard]
             keep = {r["Stud_id"] for r in rows}
             extra = [r["Stud_id"] for r in held if r["Stud_id"] not in keep]
-            for k in range(0, len(extra), MAX_ROWS):
-                await self.servers.call(target, "POST", "/erase",
-                                        {"shard": shard, "Stud_ids": extra[k:k + MAX_ROWS]})
+            await self._erase(target, shard, extra)
         copied = 0
         for chunk in chunks(rows):  # each within a shard server's body limit
             await self.servers.call(target, "POST", "/write",  # rows it held are replaced
@@ -384,3 +380,9 @@ class ShardMembership(Tenant):
             copied += len(chunk)
         ring.add(target)
         log.info("%s holds %s: %d rows copied", target, shard, len(rows))
+
+    async def _erase(self, name: str, shard: str, stud_ids: list[int]) -> None:
+        """Erase ``stud_ids`` from ``name``'s copy of ``shard``, a request's worth at a time."""
+        for k in range(0, len(stud_ids), MAX_ROWS):
+            await self.servers.call(name, "POST", "/erase",
+                                    {"shard": shard, "Stud_ids": stud_ids[k:k + MAX_ROWS]})

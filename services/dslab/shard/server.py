@@ -29,7 +29,7 @@ from ..common.errors import BadRequest, NotFound
 from ..common.front import Answer, Front, FrontRequest, Handler, start_front
 from ..common.limits import MAX_BODY
 from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
-from ..common.web import JsonHandler
+from ..common.web import FrontOnlyHandler, JsonHandler
 from ..contract.studdb import (
     ConfigRequest,
     CopyRequest,
@@ -144,17 +144,13 @@ class ConfigHandler(JsonHandler):
         self.send({"message": f"{configured} configured", "status": "success"})
 
 
-class FrontOnly(JsonHandler):
-    """A path the front end serves, reached with another method: Tornado answers 405."""
-
-
 def make_app(store: ShardStore, name: str) -> tornado.web.Application:
     """/config, and 405 for the front end's paths with another method."""
     paths = ["/heartbeat", "/copy", "/read", "/write", "/insert", "/update", "/del", "/exists",
              "/erase"]
     return tornado.web.Application(
         [(r"/config", ConfigHandler, {"store": store, "name": name}),
-         *[(path, FrontOnly) for path in paths]],
+         *[(path, FrontOnlyHandler) for path in paths]],
         log_function=lambda handler: None,
     )
 

@@ -66,33 +66,33 @@ class ShardStore:
         New rows go in as one ``insert_many``: the engine commits it once, where it commits
         each upsert of a bulk on its own (measured here: 10 rows, 10 commits). Only the rows
         the unique index refuses are then replaced."""
-        if not rows:
-            return
         with engine_errors(f"Writing {shard}"):
-            try:  # copies: insert_many gives each document an _id
-                await self.db[shard].insert_many([dict(row) for row in rows], ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
-                    raise
+            held = await self._insert(shard, rows)
+            if held:
                 await self.db[shard].bulk_write(
-                    [ReplaceOne({"Stud_id": rows[e["index"]]["Stud_id"]}, rows[e["index"]],
-                                upsert=True) for e in errors], ordered=False)
+                    [ReplaceOne({"Stud_id": row["Stud_id"]}, row, upsert=True) for row in held],
+                    ordered=False)
 
     async def insert_new(self, shard: str, rows: list[dict[str, Any]]) -> list[int]:
         """Store the rows whose Stud_id is not here yet, in one ``insert_many``; returns the
         Stud_ids that were here already (those rows are left as they were). The unique index
         answers "is it new?", so the balancer needs no round trip to ask first."""
+        with engine_errors(f"Writing {shard}"):
+            held = await self._insert(shard, rows)
+        return sorted(row["Stud_id"] for row in held)
+
+    async def _insert(self, shard: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One unordered ``insert_many``; returns the rows the unique index refused. Any other
+        failure is raised. The caller translates the engine's errors."""
         if not rows:
             return []
-        with engine_errors(f"Writing {shard}"):
-            try:
-                await self.db[shard].insert_many([dict(row) for row in rows], ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
-                    raise
-                return sorted(rows[e["index"]]["Stud_id"] for e in errors)
+        try:  # copies: insert_many gives each document an _id
+            await self.db[shard].insert_many([dict(row) for row in rows], ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+            return [rows[e["index"]] for e in errors]
         return []
 
     async def update(self, shard: str, stud_id: int, row: dict[str, Any]) -> bool:
