@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from ..common.limits import MAX_BODY, MAX_ROWS
 from ..contract.studdb import validate_row
 from ..keeper.upstream import UpstreamError
 from .fanout import classify
-from .groupcommit import GroupCommitter, Waiting, sort_out
+from .groupcommit import GroupCommitter, Waiting, commit_in_rounds
 from .locks import ShardLocks
 from .metadata import Metadata
 from .metrics import DbMetrics
@@ -88,29 +89,34 @@ class DataPath:
 
     async def _commit_batch(self, shard: str, batch: list[Waiting]) -> None:
         """One batch of single-shard writes, under the shard's lock: one bulk insert per
-        replica, one saved row count. A write whose ids clash (with an earlier write of the
-        batch, or with stored rows: the replicas' unique index says so) gets its own 409 while
-        the others commit."""
+        replica, one saved row count. A write whose ids are stored (the replicas' unique index
+        says so) gets its own 409 while the others commit. A write that shares an id with an
+        earlier write of the batch waits for it, in a next round: refused if it committed
+        (known here, no round trip), tried if it was refused."""
         self.state.live(shard)
-        accepted, refused = sort_out(batch, ())
-        for waiting, clash in refused.items():
-            waiting.fail(_clash(clash))
+        await commit_in_rounds(batch, functools.partial(self._commit_round, shard), _clash)
+
+    async def _commit_round(self, shard: str, writes: list[Waiting]) -> set[int]:
+        """Writes with no id in common, as one bulk insert; the ids found or left stored."""
         try:
-            await self._apply(shard, accepted)
+            return await self._apply(shard, writes)
         except ApiError as exc:
-            if exc.status >= 500 or len(accepted) == 1:
+            if exc.status >= 500 or len(writes) == 1:
                 raise
             # Every replica refused the batch for what it carries: one write at a time, so
             # that only the write at fault is refused.
-            for waiting in accepted:
+            known: set[int] = set()
+            for waiting in writes:
                 try:
-                    await self._apply(shard, [waiting])
+                    known |= await self._apply(shard, [waiting])
                 except ApiError as one:
                     waiting.fail(one)
+            return known
 
-    async def _apply(self, shard: str, writes: list[Waiting]) -> None:
+    async def _apply(self, shard: str, writes: list[Waiting]) -> set[int]:
         """Insert the writes' rows on every live replica; writes that hit stored rows are
-        refused (409) and what they inserted is erased again; the rest is acknowledged."""
+        refused (409) and what they inserted is erased again; the rest is acknowledged.
+        Returns the ids stored now that the writes touched: found stored, or committed."""
         rows = [row for waiting in writes for row in waiting.rows]
         applied, stored = await self._insert(shard, rows)
         clashing = {w: sorted(set(w.ids) & stored) for w in writes if not stored.isdisjoint(w.ids)}
@@ -121,18 +127,20 @@ class DataPath:
                 waiting.fail(_clash(clash))
         committed = [w for w in writes if w not in clashing]
         if not committed:
-            return
+            return stored
         try:
             await self._acknowledge({shard: (applied, sum(len(w.rows) for w in committed))})
         except ApiError:  # not recorded, so not acknowledged: undone
             await self._erase_on(shard, applied, [i for w in committed for i in w.ids])
             raise
-        self._acknowledged(shard, [i for w in committed for i in w.ids])
+        committed_ids = [i for w in committed for i in w.ids]
+        self._acknowledged(shard, committed_ids)
         if self.metrics is not None:
             self.metrics.acknowledged(shard, len(committed), sum(len(w.rows) for w in committed),
                                       batch=True)
         for waiting in committed:
             waiting.succeed(len(waiting.rows))
+        return stored | set(committed_ids)
 
     async def _insert(self, shard: str, rows: list[dict[str, Any]]) -> tuple[list[str], set[int]]:
         """Insert ``rows`` on every live replica of ``shard``, the ones already stored left

@@ -11,7 +11,8 @@ Writes of different shards drain in parallel; updates and deletes take the same 
 so they and the batches of that shard are serialized.
 
     take_batch  which waiting writes go in the next batch (pure)
-    sort_out    which writes of a batch clash with stored rows or an earlier write (pure)
+    sort_out    which writes of a batch go in now, are refused, or wait for an earlier one (pure)
+    commit_in_rounds  a batch settled round by round, the commit injected
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orjson
 from ..common.errors import Unavailable
 from .locks import ShardLocks
 
-__all__ = ["GroupCommitter", "Waiting", "sort_out", "take_batch"]
+__all__ = ["GroupCommitter", "Waiting", "commit_in_rounds", "sort_out", "take_batch"]
 
 Row = dict[str, Any]
 
@@ -73,21 +74,47 @@ def take_batch(queue: deque[Waiting], max_rows: int, max_bytes: int) -> list[Wai
     return batch
 
 
-def sort_out(batch: Iterable[Waiting], stored: Iterable[int]) -> tuple[list[Waiting], dict[Waiting, list[int]]]:
-    """(the writes that go in, {refused write: its clashing ids}). A write is refused whole if
-    any of its ids is stored already or is taken by an earlier write of the batch, exactly
-    as if the writes had run one after the other in arrival order."""
-    taken = set(stored)
+def sort_out(batch: Iterable[Waiting], stored: Iterable[int]) -> tuple[
+        list[Waiting], dict[Waiting, list[int]], list[Waiting]]:
+    """(the writes that go in now, {refused write: its stored ids}, the writes that wait).
+
+    A write holding an id that is ``stored`` is refused whole. A write that shares an id with
+    an earlier write going in now waits for that write's outcome (the caller's next round):
+    refused if it committed, tried if it did not. Never is a write refused for one that did
+    not happen: the answers are those of the writes run one after the other, in an order
+    where a write that waited comes after the one it waited for."""
+    known = set(stored)
+    taken: set[int] = set()
     accepted: list[Waiting] = []
     refused: dict[Waiting, list[int]] = {}
+    waiting_next: list[Waiting] = []
     for waiting in batch:
-        clash = sorted(i for i in waiting.ids if i in taken)
+        clash = sorted(i for i in waiting.ids if i in known)
         if clash:
             refused[waiting] = clash
+        elif not taken.isdisjoint(waiting.ids):
+            waiting_next.append(waiting)
         else:
             accepted.append(waiting)
             taken.update(waiting.ids)
-    return accepted, refused
+    return accepted, refused, waiting_next
+
+
+async def commit_in_rounds(batch: list[Waiting],
+                           commit_round: Callable[[list[Waiting]], Awaitable[set[int]]],
+                           clash: Callable[[list[int]], BaseException]) -> None:
+    """Settle one batch in rounds. Each round ``commit_round`` commits writes with no id in
+    common and returns the ids it found stored or committed; a write that waited is refused
+    with ``clash(ids)`` if one of its ids is among those (no round trip), or goes in next.
+    Usually one round: a second only when writes of a batch share an id."""
+    known: set[int] = set()
+    pending = batch
+    while pending:
+        accepted, refused, pending = sort_out(pending, known)
+        for waiting, ids in refused.items():
+            waiting.fail(clash(ids))
+        if accepted:
+            known |= await commit_round(accepted)
 
 
 class GroupCommitter:
