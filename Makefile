@@ -9,7 +9,7 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db bench-failover clean
+.PHONY: help venv tools test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db bench-failover clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
@@ -43,10 +43,16 @@ $(VENV)/.installed: services/pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+# HAProxy and wrk, the balancer's baselines (A-4, make bench-lb), from Debian's packages.
+tools:
+	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk) || \
+	  (echo "error: A-4 and bench-lb need HAProxy and wrk: apt-get install haproxy wrk (as root)"; exit 1)
+
+test: venv tools
 	$(PY) -m pytest tests
 
-report: venv
+report: venv tools
 	$(PY) -m dslab.lab.report $(EXP) $(ARGS)
 
 lab: venv
@@ -88,9 +94,7 @@ run-lb: venv
 run-db: venv
 	exec $(PY) -m dslab.db --port $(PORT) $(ARGS)
 
-bench-lb: venv
-	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk)
+bench-lb: venv tools
 	$(PY) bench/bench_lb.py $(ARGS)
 
 bench-db: venv

@@ -53,7 +53,7 @@ def test_every_name_a_notebook_uses_is_exported(notebook):
 
 
 @pytest.mark.parametrize("module_name", ["dslab.lab", "dslab.lab.lb", "dslab.lab.db",
-                                         "dslab.db.seed", "dslab.stack"])
+                                         "dslab.lab.algorithms", "dslab.db.seed", "dslab.stack"])
 def test_what_the_lab_exports_exists(module_name):
     module = importlib.import_module(module_name)
     assert [name for name in module.__all__ if not hasattr(module, name)] == []

@@ -190,24 +190,7 @@ def test_request_number_uses_digits_else_hashes_the_text():
     assert request_number("١٢٣") != 123  # non-ASCII digits are text, not numbers
 
 
-# ---- analysis: loads, disruption, bounded loads ------------------------------------------------
-def test_bounded_loads_cap_every_server_and_keep_most_owners():
-    from dslab.ring.analysis import assign, assign_bounded, loads, moved_share
-
-    names = ["Server1", "Server2", "Server3"]
-    ring = ConsistentHashRing(hashes="seed", servers=names)
-    plain = assign(ring, RIDS)
-    bounded = assign_bounded(ring, RIDS, c=1.25)
-    cap = -(-1.25 * len(RIDS) // 3)
-    assert max(loads(bounded, names).values()) <= cap < max(loads(plain, names).values())
-    assert sum(loads(bounded, names).values()) == len(RIDS)
-    # Only the overflow of full servers moves; with c large nothing does.
-    assert moved_share(plain, assign_bounded(ring, RIDS, c=10)) == 0
-    assert 0 < moved_share(plain, bounded) < 0.6
-    with pytest.raises(ValueError):
-        assign_bounded(ring, RIDS, c=0.9)
-
-
+# ---- analysis: loads, disruption ----------------------------------------------------------------
 def test_moved_share_on_removal_is_the_removed_servers_share():
     from dslab.ring.analysis import assign, loads, moved_share
 

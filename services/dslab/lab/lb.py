@@ -20,16 +20,14 @@ import httpx
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..ring import ConsistentHashRing
-from ..ring.analysis import assign, assign_bounded, loads, moved_share
+from ..ring import ConsistentHashRing, HashRing, make_ring
+from ..ring.analysis import loads
 from ..stack import BalancerProcess
 from .load import fire, load, random_rids, run_sync, tour
 
 __all__ = [
     "HashConfig",
     "balance_table",
-    "bounded_per_server",
-    "disruption",
     "endpoint_tour",
     "kill_under_load",
     "lb_stack",
@@ -44,20 +42,28 @@ __all__ = [
 
 @dataclass(frozen=True)
 class HashConfig:
-    """A ring configuration to compare in A-4."""
+    """A balancer configuration to compare: algorithm, hash functions, and the ring's options."""
 
     label: str
     hashes: str = "seed"
     vnodes: int = 9
     slots: int = 512
-    bounded: float | None = None  # c of "bounded loads", None for plain consistent hashing
+    algorithm: str = "ring"
+    balance_factor: float | None = None  # c of bounded loads (--balance-factor); None: off
 
     def args(self, n: int) -> list[str]:
-        return ["-n", str(n), "--hash", self.hashes, "--vnodes", str(self.vnodes),
-                "--slots", str(self.slots)]
+        args = ["-n", str(n), "--hash", self.hashes, "--vnodes", str(self.vnodes),
+                "--slots", str(self.slots), "--algorithm", self.algorithm]
+        if self.balance_factor is not None:
+            args += ["--balance-factor", str(self.balance_factor)]
+        return args
 
-    def ring(self, names: Sequence[str]) -> ConsistentHashRing:
-        return ConsistentHashRing(self.slots, self.vnodes, self.hashes, servers=names)
+    def ring(self, names: Sequence[str]) -> HashRing:
+        """The balancer's own structure with ``names``, added in order as the balancer does."""
+        ring = make_ring(self.algorithm, self.hashes, slots=self.slots, vnodes=self.vnodes)
+        for name in names:
+            ring.add(name)
+        return ring
 
 
 @contextlib.contextmanager
@@ -204,51 +210,10 @@ def kill_under_load(n: int = 3, seconds: float = 6.0, kill_at: float = 2.0,
     return df, events
 
 
-def disruption(configs: Sequence[HashConfig], n: int = 5, n_requests: int = 10000,
-               seed: int = 0) -> pd.DataFrame:
-    """A-4: the share of request ids that change server when one server joins or leaves.
-
-    Computed on the ring itself (the balancer's own ``ConsistentHashRing``). ``ideal`` is the
-    fair share: 1/(n+1) of the ids for a newcomer, 1/n for a leaver's.
-    """
-    rids = random_rids(n_requests, seed)
-    names = [f"Server{i}" for i in range(1, n + 1)]
-    rows = []
-    for config in configs:
-        ring = config.ring(names)
-
-        def route(r: ConsistentHashRing, c: float | None = config.bounded) -> list[str]:
-            return assign_bounded(r, rids, c) if c else assign(r, rids)
-
-        before = route(ring)
-        ring.add("Server58127")
-        joined = route(ring)
-        ring.remove("Server58127")
-        ring.remove(names[-1])
-        left = route(ring)
-        rows.append({"config": config.label, "event": "a server joins",
-                     "moved": moved_share(before, joined), "ideal": 1 / (n + 1)})
-        rows.append({"config": config.label, "event": "a server leaves",
-                     "moved": moved_share(before, left), "ideal": 1 / n})
-    return pd.DataFrame(rows)
-
-
-def bounded_per_server(config: HashConfig, ns: Sequence[int], n_requests: int = 10000,
-                       seed: int = 0) -> pd.DataFrame:
-    """A-4, bounded loads: requests per server on the real ring with the bound applied."""
-    assert config.bounded is not None
-    rids = random_rids(n_requests, seed)
-    rows = []
-    for n in ns:
-        names = [f"Server{i}" for i in range(1, n + 1)]
-        owners = assign_bounded(config.ring(names), rids, config.bounded)
-        for server, count in loads(owners, names).items():
-            rows.append({"config": config.label, "N": n, "server": server, "requests": count})
-    return pd.DataFrame(rows)
-
-
 def ring_layout(config: HashConfig, names: Sequence[str]) -> pd.DataFrame:
     """A-4: slot -> the server whose virtual node sits there, and who serves the slot."""
     ring = config.ring(names)
+    if not isinstance(ring, ConsistentHashRing):
+        raise ValueError(f"{config.label}: only the ring (algorithm 'ring') has slots to draw")
     return pd.DataFrame({"slot": range(ring.slots), "node": ring.owners(),
                          "served_by": ring.arc_owners(), "config": config.label})
