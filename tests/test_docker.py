@@ -176,6 +176,41 @@ def test_process_tree_is_untouched_by_docker_mode(docker, stack):
     assert_all_gone([])
 
 
+def test_a_replica_container_gets_its_cpu_limit_and_a_capped_one_is_slower(docker, stack):
+    """--replica-cpus in Docker mode is the container's CPU limit: read back with `docker
+    inspect`; 0.1 core serves fewer requests alone than no limit, in one run."""
+    from dslab.lab.load import load
+
+    async def served_in(url: str, seconds: float) -> int:
+        deadline = time.perf_counter() + seconds
+        df = await load(url, "/home", lambda: 1 if time.perf_counter() < deadline else None,
+                        concurrency=8, timeout=30)
+        assert (df.status == 200).all(), df.status.value_counts()
+        return len(df)
+
+    def supervisor(cpus):
+        spec = ReplicaSpec(module="dslab.replica", image="dslab-replica:latest", cpus=cpus)
+        return DockerSupervisor(spec, stack=stack, address="loopback")
+
+    async def run_one(cpus, name):  # one after the other: a stack's supervisor owns its network
+        replicas = supervisor(cpus)
+        try:
+            replica = await replicas.spawn(name)
+            limit = subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.NanoCpus}}", name],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            return limit, await served_in(f"http://{replica.address}", 2.0)
+        finally:
+            await replicas.close()
+
+    async def scenario():
+        capped_limit, served_capped = await run_one(0.1, f"cap-{stack}")
+        free_limit, served_free = await run_one(None, f"free-{stack}")
+        assert (capped_limit, free_limit) == ("100000000", "0")
+        assert served_capped < 0.5 * served_free, (served_capped, served_free)
+
+    asyncio.run(scenario())
+
+
 def test_shard_server_container_killed_with_data_is_replaced_and_refilled(docker, stack, tmp_path):
     db = BalancerProcess("dslab.db", args=["--state-dir", str(tmp_path), "--backend", "docker",
                                            "--docker-address", "loopback", "--stack", stack]).start()

@@ -15,6 +15,7 @@ from ..common.front import Front, start_front
 from ..common.runtime import bind_socket, serve_forever
 from ..keeper.cli import (
     add_backend_options,
+    add_capacity_option,
     add_heartbeat_options,
     heartbeat_settings,
     run_main,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("BALANCE_FACTOR", "") or None,
                    help="bounded loads: no replica takes ceil(C x (in flight + 1) / N) or "
                         "more requests at once; off by default (env BALANCE_FACTOR)")
+    add_capacity_option(p, "--replica-cpus", "REPLICA_CPUS", "replica")
     add_heartbeat_options(p, interval=0.25, timeout=0.5, misses=2)
     p.add_argument("--request-timeout", type=float,
                    default=float(_env("REQUEST_TIMEOUT", "5")), help="seconds per upstream try")
@@ -76,7 +78,8 @@ async def run(args: argparse.Namespace) -> None:
     ring = make_ring(args.algorithm, args.hash, slots=args.slots, vnodes=args.vnodes,
                      probing=args.probing)
     supervisor = make_supervisor(
-        args.backend, ReplicaSpec(module="dslab.replica", image=args.replica_image),
+        args.backend, ReplicaSpec(module="dslab.replica", image=args.replica_image,
+                                  cpus=args.replica_cpus),
         stack=args.stack, address=args.docker_address)
     replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
                           **heartbeat_settings(args))

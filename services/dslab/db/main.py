@@ -24,6 +24,7 @@ from ..common.runtime import bind_socket, serve_forever
 from ..engine import LocalEngine
 from ..keeper.cli import (
     add_backend_options,
+    add_capacity_option,
     add_heartbeat_options,
     heartbeat_settings,
     run_main,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="consistent hashing algorithm of the per-shard rings (env ALGORITHM)")
     p.add_argument("--request-timeout", type=float, default=float(env("REQUEST_TIMEOUT", "30")),
                    help="seconds a shard server may take to answer (env REQUEST_TIMEOUT)")
+    add_capacity_option(p, "--server-cpus", "SERVER_CPUS", "shard server (with its engine)")
     add_heartbeat_options(p, interval=0.25, timeout=1.0, misses=3)
     add_backend_options(p, "--shard-image", "SHARD_IMAGE", "dslab-shard:latest")
     return p
@@ -81,11 +83,12 @@ async def run(args: argparse.Namespace) -> None:
     metadata = Metadata(client["dslab_meta"])
     if args.backend == "process":  # engines' data in host folders, one per server
         spec = ReplicaSpec(module="dslab.shard", env={"SHARD_DATA_ROOT": str(servers_dir),
-                                                      "LOG_LEVEL": "WARNING"})
+                                                      "LOG_LEVEL": "WARNING"},
+                           cpus=args.server_cpus)
         data_root: Path | None = servers_dir
     else:  # each container keeps its engine's data in a named volume at /data
         spec = ReplicaSpec(module="dslab.shard", image=args.shard_image, data_path="/data",
-                           env={"LOG_LEVEL": "WARNING"})
+                           env={"LOG_LEVEL": "WARNING"}, cpus=args.server_cpus)
         data_root = None
     supervisor = make_supervisor(args.backend, spec, stack=args.stack,
                                  address=args.docker_address)

@@ -13,7 +13,8 @@ from typing import Any
 from ..common.runtime import die_with_parent, install_uvloop
 from ..supervisor import BACKENDS, SupervisorError
 
-__all__ = ["add_backend_options", "add_heartbeat_options", "heartbeat_settings", "run_main"]
+__all__ = ["add_backend_options", "add_capacity_option", "add_heartbeat_options", "heartbeat_settings",
+           "run_main"]
 
 
 def add_backend_options(p: argparse.ArgumentParser, image_flag: str, image_env: str,
@@ -32,6 +33,23 @@ def add_backend_options(p: argparse.ArgumentParser, image_flag: str, image_env: 
                         "ports (balancer on the host) (env DOCKER_ADDRESS)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _cpus(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a CPU capacity must be above 0 cores, got {text}")
+    return value
+
+
+def add_capacity_option(p: argparse.ArgumentParser, flag: str, env_name: str, what: str) -> None:
+    """A CPU capacity per replica, in cores (a fraction allowed): a cgroup with a CFS quota
+    per replica (process backend, root), the container's CPU limit (Docker backend)."""
+    value = os.environ.get(env_name, "")
+    p.add_argument(flag, type=_cpus, default=_cpus(value) if value else None, metavar="C",
+                   help=f"give every {what} a capacity of C cores: a cgroup with a CPU quota "
+                        f"(process backend; needs root) or the container's CPU limit "
+                        f"(Docker); off by default (env {env_name})")
 
 
 def add_heartbeat_options(p: argparse.ArgumentParser, interval: float, timeout: float,

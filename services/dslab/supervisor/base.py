@@ -47,6 +47,7 @@ class ReplicaSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     image: str | None = None
     data_path: str | None = None  # Docker: a path whose data outlives the container
+    cpus: float | None = None  # a CPU capacity per replica, in cores (None: no limit)
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,8 @@ class DockerSupervisor(ReplicaSupervisor):
             self.spec.image, name=name, hostname=name, detach=True, network=self.network,
             environment={**self.spec.env, "SERVER_ID": name, "PORT": "5000"},
             labels={LABEL_STACK: self.stack, LABEL_ROLE: "replica"}, ports=publish,
-            volumes=volumes)
+            volumes=volumes,
+            nano_cpus=round(self.spec.cpus * 1e9) if self.spec.cpus is not None else None)
         if self.address == "name":
             return Replica(name, name, 5000)
         container.reload()

@@ -3,7 +3,9 @@
 A replica is started as ``python -m <module> --host 127.0.0.1 --port 0 --ready-fd N`` in its
 own session (so it and anything it starts, such as a database engine, are one process group
 to signal), with its name in ``SERVER_ID`` and ``HOSTNAME`` as a container would have it. It
-writes the port it bound to the pipe ``N``: that line is the readiness signal.
+writes the port it bound to the pipe ``N``: that line is the readiness signal. With a CPU
+capacity (``ReplicaSpec.cpus``) each replica runs in a cgroup of its own (``cgroups.py``),
+created before it starts and removed after it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 
 from .base import Replica, ReplicaSpec, ReplicaSupervisor, SpawnError, UnknownReplica
+from .cgroups import CpuGroups, launcher
 
 __all__ = ["ProcessSupervisor"]
 
@@ -30,6 +33,10 @@ class ProcessSupervisor(ReplicaSupervisor):
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._procs: dict[str, tuple[Replica, subprocess.Popen[bytes]]] = {}
+        # One parent group per supervisor (a balancer process); made now, so that a machine
+        # where cgroups cannot be written fails at start with a clear error.
+        self.cpu_groups = (CpuGroups(spec.cpus, f"dslab-{os.getpid()}-{id(self):x}")
+                           if spec.cpus is not None else None)
 
     async def spawn(self, name: str) -> Replica:
         if name in self._procs:
@@ -38,6 +45,13 @@ class ProcessSupervisor(ReplicaSupervisor):
         env = {**os.environ, **self.spec.env, "SERVER_ID": name, "HOSTNAME": name}
         cmd = [sys.executable, "-m", self.spec.module, "--host", self.host, "--port", "0",
                "--ready-fd", str(write_fd)]
+        if self.cpu_groups is not None:
+            try:
+                cmd = launcher(self.cpu_groups.create(name), cmd)
+            except BaseException:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
         try:
             proc = subprocess.Popen(cmd, env=env, pass_fds=(write_fd,), start_new_session=True,
                                     stdin=subprocess.DEVNULL)
@@ -48,6 +62,7 @@ class ProcessSupervisor(ReplicaSupervisor):
         except BaseException:
             self._kill(proc, signal.SIGKILL)
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            await self._release_group(name)
             raise
         replica = Replica(name, self.host, port)
         self._procs[name] = (replica, proc)
@@ -86,7 +101,17 @@ class ProcessSupervisor(ReplicaSupervisor):
             await loop.run_in_executor(None, proc.wait)
         # Whatever the replica started (an engine) is in its group: leave nothing behind.
         self._kill(proc, signal.SIGKILL)
+        await self._release_group(name)
         log.info("replica %s stopped (exit code %s)", name, proc.returncode)
+
+    async def _release_group(self, name: str) -> None:
+        if self.cpu_groups is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.cpu_groups.remove, name)
+
+    async def close(self) -> None:
+        await super().close()
+        if self.cpu_groups is not None:
+            self.cpu_groups.close()
 
     def replicas(self) -> list[Replica]:
         return [replica for replica, _ in self._procs.values()]

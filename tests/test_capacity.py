@@ -1,0 +1,166 @@
+"""A CPU capacity per replica (issue: servers with a capacity of their own): a cgroup per
+replica with a CFS quota in the process backend, read back from the kernel's files; a capped
+replica really is slower; nothing left behind; clear errors where cgroups cannot be had.
+
+The real-cgroup tests run where the CPU controller can be written (root, as CI here); the
+cgroup v2 layout is checked on a stand-in directory tree, because this machine's CPU
+controller is v1 and a v2 one cannot exist beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import seed_init, status
+from dslab.lab.load import load
+from dslab.supervisor import ProcessSupervisor, ReplicaSpec
+from dslab.supervisor.cgroups import PERIOD_US, CgroupError, CpuGroups
+
+V1 = Path("/sys/fs/cgroup/cpu")
+
+
+def _cgroups_writable() -> bool:
+    try:
+        probe = V1 / f"dslab-probe-{os.getpid()}"
+        probe.mkdir()
+        probe.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+needs_cgroups = pytest.mark.skipif(not _cgroups_writable(),
+                                   reason="the cgroup v1 CPU controller cannot be written here")
+
+
+def cpu_group_of(pid: int) -> str:
+    """The process's group in the CPU hierarchy, from /proc (v1: the "cpu" line)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    raise AssertionError(f"no cpu cgroup line for {pid}")
+
+
+def dslab_groups() -> set[str]:
+    return {p.name for p in V1.iterdir() if p.name.startswith("dslab-")}
+
+
+@needs_cgroups
+def test_a_replica_runs_in_its_own_group_with_its_quota_and_the_groups_go_with_it():
+    before = dslab_groups()
+
+    async def scenario():
+        supervisor = ProcessSupervisor(ReplicaSpec("dslab.replica", cpus=0.25))
+        replica = await supervisor.spawn("S1")
+        group = supervisor.cpu_groups.path("S1")
+        assert int((group / "cpu.cfs_quota_us").read_text()) == PERIOD_US // 4
+        assert int((group / "cpu.cfs_period_us").read_text()) == PERIOD_US
+        assert supervisor.cpu_groups.quota("S1") == 0.25
+        pid = supervisor.pid("S1")
+        assert str(pid) in (group / "cgroup.procs").read_text().split()
+        assert cpu_group_of(pid) == "/" + str(group.relative_to(V1))
+        async with httpx.AsyncClient() as client:  # it serves from inside its group
+            assert (await client.get(f"http://{replica.address}/home")).status_code == 200
+        await supervisor.remove("S1")
+        assert not group.exists()
+        await supervisor.spawn("S2")
+        await supervisor.close()
+        assert not supervisor.cpu_groups.parent.exists()
+
+    asyncio.run(scenario())
+    assert dslab_groups() == before
+
+
+async def _served_in(url: str, seconds: float) -> int:
+    deadline = time.perf_counter() + seconds
+    df = await load(url, "/home", lambda: 1 if time.perf_counter() < deadline else None,
+                    concurrency=8, timeout=30)
+    assert (df.status == 200).all(), df.status.value_counts()
+    return len(df)
+
+
+@needs_cgroups
+def test_a_capped_replica_serves_fewer_requests_alone_than_an_uncapped_one():
+    """Each alone under the same closed-loop load, in one run: 0.1 core against no limit."""
+
+    async def scenario():
+        capped = ProcessSupervisor(ReplicaSpec("dslab.replica", cpus=0.1))
+        free = ProcessSupervisor(ReplicaSpec("dslab.replica"))
+        try:
+            slow = await capped.spawn("S1")
+            fast = await free.spawn("S1")
+            served_capped = await _served_in(f"http://{slow.address}", 2.0)
+            served_free = await _served_in(f"http://{fast.address}", 2.0)
+        finally:
+            await capped.close()
+            await free.close()
+        assert served_capped < 0.5 * served_free, (served_capped, served_free)
+
+    asyncio.run(scenario())
+
+
+@needs_cgroups
+def test_part2_servers_and_their_engines_run_capped_and_leave_no_group(start_db):
+    before = dslab_groups()
+    db = start_db("--server-cpus", "0.5")
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        servers = status(client)["servers"]
+        processes = db.replica_processes()
+        assert sorted(processes) == sorted(servers)
+        for name, process in processes.items():
+            group = cpu_group_of(process.pid)
+            assert group.endswith("/" + name), group
+            quota = int((V1 / group.lstrip("/") / "cpu.cfs_quota_us").read_text())
+            assert quota == PERIOD_US // 2
+            engines = process.children(recursive=True)
+            assert engines and all(cpu_group_of(e.pid) == group for e in engines)
+    assert len(dslab_groups() - before) == 1  # one parent group for the balancer
+    assert db.stop() == 0
+    assert dslab_groups() == before
+
+
+def test_a_capacity_of_zero_or_less_is_refused_at_start():
+    for module, flag in (("dslab.balancer", "--replica-cpus"), ("dslab.db", "--server-cpus")):
+        done = subprocess.run([sys.executable, "-m", module, flag, "0"], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2
+        assert "a CPU capacity must be above 0 cores" in done.stderr
+
+
+def test_where_no_cpu_controller_exists_the_error_says_so_and_names_docker(tmp_path):
+    with pytest.raises(CgroupError, match="no cgroup CPU controller.*--backend docker"):
+        CpuGroups(0.5, "dslab-x", root=tmp_path)
+
+
+def test_where_the_group_cannot_be_made_the_error_says_why_and_names_docker(tmp_path):
+    """Stand-in tree: a v1 controller whose parent group name is taken by a file (what a
+    non-root user meets is a permission error; root, as here, is not refused by modes)."""
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    (tmp_path / "cpu" / "dslab-x").write_text("")
+    with pytest.raises(CgroupError, match="cannot create the cgroup .*run the balancer as root, "
+                                          "or use the Docker backend"):
+        CpuGroups(0.5, "dslab-x", root=tmp_path)
+
+
+def test_cgroup_v2_layout_on_a_stand_in_tree(tmp_path):
+    """cgroup v2 (a stand-in directory: this machine's CPU controller is v1): the parent
+    enables the cpu controller for its children; each replica's cpu.max is "quota period"."""
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    groups = CpuGroups(1.5, "dslab-x", root=tmp_path)
+    assert groups.version == 2
+    assert (tmp_path / "dslab-x" / "cgroup.subtree_control").read_text() == "+cpu"
+    procs = groups.create("S1")
+    assert procs == tmp_path / "dslab-x" / "S1" / "cgroup.procs"
+    assert (tmp_path / "dslab-x" / "S1" / "cpu.max").read_text() == f"150000 {PERIOD_US}"
+    assert groups.quota("S1") == 1.5
