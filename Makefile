@@ -23,7 +23,7 @@ COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 help:
 	@echo "make report            re-run every experiment, render reports/*.html and reports/figures/*.png"
 	@echo "                       (EXP='lb_a1 lb_a3' for some; ARGS=--quick for small sizes)"
-	@echo "make lab               JupyterLab on notebooks/"
+	@echo "make lab               JupyterLab on notebooks/ (LAB_PORT=8888; prints the URL to open)"
 	@echo "make up / make down    the stack under Compose on PORT (APP=dslab.db for Part 2); down removes everything"
 	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
 	@echo "make test              run the test suite"
@@ -55,8 +55,13 @@ test: venv tools
 report: venv tools
 	$(PY) -m dslab.lab.report $(EXP) $(ARGS)
 
+# As root (a container) Jupyter refuses to start without --allow-root; with no display it
+# cannot open a browser, so it only prints the URL (with its token) to open.
+LAB_PORT ?= 8888
 lab: venv
-	cd notebooks && ../$(VENV)/bin/jupyter lab
+	cd notebooks && exec ../$(VENV)/bin/jupyter lab --port $(LAB_PORT) \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) \
+	  $(if $(DISPLAY)$(WAYLAND_DISPLAY),,--no-browser --ServerApp.ip=127.0.0.1)
 
 wheelhouse: venv
 	rm -rf wheelhouse
