@@ -57,6 +57,8 @@ def test_every_notebook_runs_and_renders(tmp_path):
     for name in EXPERIMENTS:
         html = (tmp_path / f"{name}.html").read_text()
         assert "Observations." in html and "Traceback" not in html
+    # The intro states this run's sizes, not only the assignment's 10 000.
+    assert "this run: <strong>300</strong> requests" in (tmp_path / "lb_a1.html").read_text()
     figures = {p.name for p in (tmp_path / "figures").iterdir()}
     embedded = set(__import__("re").findall(r"reports/figures/([\w-]+\.png)",
                                             (Path(REPO) / "README.md").read_text()))
