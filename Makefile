@@ -43,11 +43,12 @@ $(VENV)/.installed: services/pyproject.toml
 
 venv: $(VENV)/.installed
 
-# HAProxy and wrk, the balancer's baselines (A-4, make bench-lb), from Debian's packages.
+# HAProxy and wrk, the balancer's baselines (A-4, make bench-lb), and Chromium, which the tests
+# render every report in: from Debian's packages.
 tools:
-	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk) || \
-	  (echo "error: A-4 and bench-lb need HAProxy and wrk: apt-get install haproxy wrk (as root)"; exit 1)
+	@command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk chromium) || \
+	  (echo "error: A-4, bench-lb and the tests need HAProxy, wrk and Chromium: apt-get install haproxy wrk chromium (as root)"; exit 1)
 
 test: venv tools
 	$(PY) -m pytest tests

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import html as html_lib
+import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,12 +56,37 @@ def test_ring_layout_has_k_nodes_per_server():
     assert layout.served_by.notna().all()
 
 
+def rendered_images(html: Path) -> list[list]:
+    """[complete, naturalWidth] of every image of ``html`` once headless Chromium loaded it: a
+    copy of the page records them into the DOM on load, and Chromium dumps the DOM."""
+    probe = ("<script>window.addEventListener('load', () => document.body.setAttribute("
+             "'data-images', JSON.stringify(Array.from(document.images).map("
+             "i => [i.complete, i.naturalWidth]))));</script></body>")
+    page = html.with_suffix(".probe.html")
+    page.write_text(html.read_text().replace("</body>", probe))
+    done = subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-images="([^"]*)"', done.stdout)
+    assert found, f"Chromium rendered no page: {done.stderr[-500:]}"
+    return json.loads(html_lib.unescape(found.group(1)))
+
+
 def test_every_notebook_runs_and_renders(tmp_path):
-    """`make report` with small sizes: HTML per experiment and the figures the README embeds."""
+    """`make report` with small sizes: HTML per experiment with its charts, loaded by headless
+    Chromium, and the figures the README embeds."""
     main(["--quick", "--reports", str(tmp_path)])
     for name in EXPERIMENTS:
         html = (tmp_path / f"{name}.html").read_text()
         assert "Observations." in html and "Traceback" not in html
+        # Each chart is in the report itself, not only in reports/figures/.
+        saved = len(list((tmp_path / "figures").glob(f"{name}_*.png")))
+        assert html.count('src="data:image/png') >= saved > 0, name
+    if shutil.which("chromium"):  # Debian's chromium; make tools installs it
+        for name in EXPERIMENTS:
+            images = rendered_images(tmp_path / f"{name}.html")
+            assert images and all(complete and width > 0 for complete, width in images), \
+                (name, images)
     # The intro states this run's sizes, not only the assignment's 10 000.
     assert "this run: <strong>300</strong> requests" in (tmp_path / "lb_a1.html").read_text()
     figures = {p.name for p in (tmp_path / "figures").iterdir()}

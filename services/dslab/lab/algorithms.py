@@ -34,6 +34,7 @@ from ..ring.analysis import loads
 from .baseline import HAProxy, HAProxyBackend, wrk
 from .lb import HashConfig, lb_stack, replicas
 from .load import fire
+from .progress import RunProgress
 
 __all__ = [
     "CONFIGS",
@@ -73,13 +74,22 @@ def unique_rids(n: int, seed: int = 0) -> list[int]:
     return random.Random(seed).sample(range(100000, 1000000), n)
 
 
-def _served(url: str, rids: Sequence[int], concurrency: int) -> dict[int, str]:
-    """rid -> the replica that served it; every request must succeed."""
+def _fire_all(url: str, rids: Sequence[int], concurrency: int, progress: RunProgress,
+              note: str) -> pd.DataFrame:
+    """One GET per id; every request must succeed; the run reported on the terminal."""
     df = fire(url, list(rids), concurrency=concurrency)
     failed = df[df.status != 200]
     if len(failed):
         raise RuntimeError(f"{len(failed)} of {len(df)} requests failed at {url}: "
                            f"{failed.head(3).to_dict('records')}")
+    progress.done(len(df), float(df.end.max() - df.start.min()), note)
+    return df
+
+
+def _served(url: str, rids: Sequence[int], concurrency: int, progress: RunProgress,
+            note: str) -> dict[int, str]:
+    """rid -> the replica that served it."""
+    df = _fire_all(url, rids, concurrency, progress, note)
     return dict(zip(df.rid, df.server, strict=True))
 
 
@@ -99,6 +109,7 @@ def grow(config: HashConfig, ns: Sequence[int] = range(2, 11), n_requests: int =
     rids = unique_rids(n_requests, seed)
     per_server: list[dict[str, Any]] = []
     moves: list[dict[str, Any]] = []
+    progress = RunProgress(config.label, len(ns) + 1)
     with lb_stack(ns[0], config) as balancer, httpx.Client(base_url=balancer.url,
                                                             timeout=60) as admin:
         before: dict[int, str] | None = None
@@ -106,7 +117,7 @@ def grow(config: HashConfig, ns: Sequence[int] = range(2, 11), n_requests: int =
             newcomers = [f"Server{k}" for k in range(len(replicas(balancer)) + 1, n + 1)]
             if newcomers:
                 admin.post("/add", json={"n": len(newcomers), "hostnames": newcomers}).raise_for_status()
-            served = _served(balancer.url, rids, concurrency)
+            served = _served(balancer.url, rids, concurrency, progress, f"N = {n}")
             per_server += _per_server(config.label, n, served, replicas(balancer))
             if before is not None:
                 moves.append({"config": config.label, "event": "join", "N": n,
@@ -114,7 +125,7 @@ def grow(config: HashConfig, ns: Sequence[int] = range(2, 11), n_requests: int =
             before = served
         leaver = f"Server{(ns[-1] + 1) // 2}"
         admin.request("DELETE", "/rm", json={"n": 1, "hostnames": [leaver]}).raise_for_status()
-        served = _served(balancer.url, rids, concurrency)
+        served = _served(balancer.url, rids, concurrency, progress, f"{leaver} left")
         assert before is not None
         moves.append({"config": config.label, "event": "leave", "N": ns[-1],
                       "moved": _moved(before, served), "ideal": 1 / ns[-1]})
@@ -182,12 +193,14 @@ def throughput(configs: Sequence[HashConfig], n: int = 5, seconds: float = 3.0,
         targets["HAProxy (ring)"] = f"{reference.urls['plain']}/home"
         for url in targets.values():
             wrk([url], 1, connections)  # warm-up: connections, caches
+        progress = RunProgress("throughput", rounds * len(targets))
         for k in range(1, rounds + 1):
             order = list(targets.items())
             if k % 2 == 0:
                 order.reverse()
             for label, url in order:
                 result = wrk([url], seconds, connections)
+                progress.done(result.rps * seconds, seconds, label)
                 rows.append({"config": label, "round": k, "rps": result.rps,
                              "p99_ms": result.p99_ms, "errors": result.errors})
     return pd.DataFrame(rows)
@@ -205,16 +218,6 @@ def hot_rids(n: int, seed: int = 0, keys: int = 1000, skew: float = 1.1) -> list
 # Request-id workloads of the side-by-side, by name.
 WORKLOADS: dict[str, Callable[[int, int], list[int]]] = {"uniform ids": unique_rids,
                                                          "hot ids": hot_rids}
-
-
-def _counts(url: str, rids: Sequence[int], concurrency: int) -> Counter[str]:
-    """Requests served per replica; every request must succeed."""
-    df = fire(url, list(rids), concurrency=concurrency)
-    failed = df[df.status != 200]
-    if len(failed):
-        raise RuntimeError(f"{len(failed)} of {len(df)} requests failed at {url}: "
-                           f"{failed.head(3).to_dict('records')}")
-    return Counter(df.server)
 
 
 def haproxy_side_by_side(n: int = 5, n_requests: int = 10000, concurrency: int = 64,
@@ -239,10 +242,12 @@ def haproxy_side_by_side(n: int = 5, n_requests: int = 10000, concurrency: int =
             targets = [("ours", False, plain.url), (bounded_config.label, True, bounded.url),
                        ("HAProxy", False, haproxy.urls["plain"]),
                        (f"HAProxy factor {percent}", True, haproxy.urls["bounded"])]
+            progress = RunProgress("against HAProxy", len(workloads) * len(targets))
             for workload in workloads:
                 rids = WORKLOADS[workload](n_requests, seed)
                 for label, is_bounded, url in targets:
-                    counts = _counts(url, rids, concurrency)
+                    counts = Counter(_fire_all(url, rids, concurrency, progress,
+                                               f"{workload}, {label}").server)
                     rows += [{"workload": workload, "target": label, "bounded": is_bounded,
                               "balancer": label.split()[0], "server": server,
                               "requests": counts.get(server, 0)} for server in names]

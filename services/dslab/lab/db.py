@@ -26,6 +26,7 @@ from ..db.placement import servers_of
 from ..db.seed import SEED_SCHEMA, row, seed_init
 from ..stack import BalancerProcess, wait_until
 from .load import run_sync, tour
+from .progress import RunProgress
 
 __all__ = [
     "config_a2",
@@ -114,14 +115,19 @@ def speed(config: dict[str, Any], *, n_writes: int = 10000, n_reads: int = 10000
     with db_stack(config) as db:
         configured = status(db)
         parts = []
+        runs = RunProgress(label or "speed", 2)
         for kind, jobs in (("write", writes), ("read", reads)):
             bar = tqdm(total=len(jobs), desc=f"{label} {kind}s".strip(), leave=False) \
                 if progress else None
             try:
-                parts.append(run_sync(_post_all(db.url, jobs, concurrency, bar)))
+                part = run_sync(_post_all(db.url, jobs, concurrency, bar))
             finally:
                 if bar is not None:
                     bar.close()
+            parts.append(part)
+            if progress:
+                runs.done(int(part["items"].sum()), float(part.end.max() - part.start.min()),
+                          f"{kind}s", unit="rows" if kind == "write" else "reads")
     df = pd.concat(parts, ignore_index=True)
     df["config"] = label
     return df, configured

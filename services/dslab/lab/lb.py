@@ -24,6 +24,7 @@ from ..ring import ConsistentHashRing, HashRing, make_ring
 from ..ring.analysis import loads
 from ..stack import BalancerProcess
 from .load import fire, load, random_rids, run_sync, tour
+from .progress import RunProgress
 
 __all__ = [
     "HashConfig",
@@ -133,8 +134,10 @@ def scaling(ns: Sequence[int] = (2, 3, 4, 5, 6), n_requests: int = 10000,
             seed: int = 0) -> pd.DataFrame:
     """A-2: the A-1 run for every N; requests per server for each."""
     parts = []
+    progress = RunProgress(config.label, len(ns))
     for n in ns:
         df = requests_per_server(n_requests, n, config, concurrency, seed)
+        progress.done(len(df), float(df.end.max() - df.start.min()), f"N = {n}")
         parts.append(summarize(df))
     return pd.concat(parts, ignore_index=True)
 

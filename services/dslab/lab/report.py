@@ -2,20 +2,22 @@
 
 Each notebook in ``notebooks/`` runs with the seed's sizes (or ``--quick`` sizes, for tests),
 its figures go to ``reports/figures/*.png`` (which the README embeds) and the executed notebook
-becomes ``reports/<name>.html``. Progress is printed per experiment, and papermill shows a bar
-per notebook.
+becomes ``reports/<name>.html``. Progress is printed per experiment (papermill's bar per cell,
+and a line per run from within the long experiments: ``progress.py``), and at the end the
+first sentences of each experiment's observations, its headline figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPERIMENTS", "QUICK", "main", "run_experiment"]
+__all__ = ["EXPERIMENTS", "QUICK", "headline", "main", "run_experiment"]
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -46,9 +48,23 @@ QUICK: dict[str, dict[str, Any]] = {
 }
 
 
+def headline(notebook: Any, width: int = 320) -> str:
+    """The start of a notebook's observations (the Markdown output that begins with
+    "Observations."), as plain text: its first sentences, cut at ``width`` characters."""
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("data", {}).get("text/markdown", "")
+            if "Observations." in text:
+                plain = re.sub(r"\*\*|`", "", text.split("Observations.", 1)[1]).strip()
+                plain = re.sub(r"\s+", " ", plain)
+                return plain if len(plain) <= width else plain[:width].rsplit(" ", 1)[0] + " ..."
+    return "(no observations)"
+
+
 def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = False,
-                   progress: bool = True, executed_dir: Path | None = None) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` and write ``reports/<name>.html``; returns that path."""
+                   progress: bool = True, executed_dir: Path | None = None) -> tuple[Path, str]:
+    """Execute ``notebooks/<name>.ipynb`` and write ``reports/<name>.html``; returns that path
+    and the experiment's headline."""
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
@@ -60,10 +76,11 @@ def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = F
         papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(executed),
                                    parameters=parameters, progress_bar=progress,
                                    kernel_name="python3", cwd=str(notebooks))
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+        executed_notebook = nbformat.read(executed, as_version=4)
+        body, _ = HTMLExporter().from_notebook_node(executed_notebook)
     html = reports / f"{name}.html"
     html.write_text(body, encoding="utf-8")
-    return html
+    return html, headline(executed_notebook)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,15 +96,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"unknown experiment(s): {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
     args.reports.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    headlines: dict[str, str] = {}
     for k, name in enumerate(names, 1):
         print(f"[{k}/{len(names)}] {name}: {EXPERIMENTS[name]}", flush=True)
         t = time.monotonic()
-        html = run_experiment(name, notebooks=args.notebooks, reports=args.reports,
-                              quick=args.quick)
+        html, headlines[name] = run_experiment(name, notebooks=args.notebooks,
+                                               reports=args.reports, quick=args.quick)
         print(f"      done in {time.monotonic() - t:.0f}s -> {html.relative_to(Path.cwd()) if html.is_relative_to(Path.cwd()) else html}",
               flush=True)
     print(f"all {len(names)} experiments in {time.monotonic() - started:.0f}s; "
           f"figures in {args.reports / 'figures'}", flush=True)
+    print("\nheadlines (the start of each report's observations):")
+    for name, text in headlines.items():
+        print(f"  {name}: {text}", flush=True)
 
 
 if __name__ == "__main__":
