@@ -64,7 +64,7 @@ def rendered_images(html: Path) -> list[list]:
              "i => [i.complete, i.naturalWidth]))));</script></body>")
     page = html.with_suffix(".probe.html")
     page.write_text(html.read_text().replace("</body>", probe))
-    done = subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+    done = subprocess.run([shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
                            "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
                           capture_output=True, text=True, timeout=120)
     found = re.search(r'data-images="([^"]*)"', done.stdout)

@@ -21,6 +21,7 @@ NOTEBOOKS = {f"{part}_a{k}.ipynb" for part in ("lb", "db") for k in range(1, 5)}
 def _wait_for_url(proc: subprocess.Popen[str], timeout: float) -> tuple[str, list[str]]:
     """The first http://127.0.0.1:<port>/lab?token=... line, and everything read so far."""
     seen: list[str] = []
+    assert proc.stdout is not None
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
