@@ -164,3 +164,47 @@ def test_cgroup_v2_layout_on_a_stand_in_tree(tmp_path):
     assert procs == tmp_path / "dslab-x" / "S1" / "cgroup.procs"
     assert (tmp_path / "dslab-x" / "S1" / "cpu.max").read_text() == f"150000 {PERIOD_US}"
     assert groups.quota("S1") == 1.5
+
+
+# ---- the capacity edition's arithmetic and text (pure) ----------------------------------------
+def test_the_prediction_is_n_capacities_over_the_busiest_share():
+    from dslab.lab import capacity, lb
+    from dslab.lab.load import random_rids
+    from dslab.ring.analysis import assign, loads
+
+    mixed = lb.HashConfig("blake2b", "blake2b")
+    names = [f"Server{i}" for i in range(1, 5)]
+    counts = loads(assign(mixed.ring(names), random_rids(20000, 1)), names)
+    ratio = max(counts.values()) / 5000
+    assert capacity.predicted(mixed, 4, 300.0) == pytest.approx(4 * 300 / ratio)
+    skewed = lb.HashConfig("seed", "seed")
+    bounded = lb.HashConfig("seed, c", "seed", balance_factor=1.25)
+    assert capacity.busiest_over_mean(skewed, 4) > 2  # the seed's hash: one hot replica
+    assert capacity.busiest_over_mean(bounded, 4) == 1.25
+    assert capacity.predicted(bounded, 4, 300.0) > 2 * capacity.predicted(skewed, 4, 300.0)
+
+
+def _runs(world, config, rps, predicted=None):
+    import pandas as pd
+    return pd.DataFrame([{"world": world, "config": config, "N": n, "rps": r, "errors": 0,
+                          "predicted": (predicted or {}).get(n, float("nan"))}
+                         for n, r in rps.items()])
+
+
+def test_capacity_observations_state_growth_and_saturation_only_when_shown():
+    import pandas as pd
+
+    from dslab.lab import capacity
+
+    measured = pd.concat([
+        _runs("uncapped", "mixed", {2: 4000, 8: 4100}),
+        _runs("capped at 0.1 core", "mixed", {2: 600, 8: 2300}, {2: 620, 8: 2400}),
+        _runs("capped at 0.1 core", "seed", {2: 320, 8: 330}, {2: 330, 8: 340}),
+        _runs("capped at 0.1 core", "odd", {2: 320, 8: 330}, {2: 330, 8: 1000}),
+    ], ignore_index=True)
+    text = capacity.observations(measured, 300.0, 0.1)
+    assert "Throughput grew with N for mixed." in text
+    assert "It hardly grew for mixed: with the replicas uncapped" in text
+    assert "It hardly grew for seed, odd; seed within 25% of the prediction" in text
+    assert "wrk counted" not in text
+    assert "One replica capped at 0.1 core served 300 requests/s" in text

@@ -1,7 +1,7 @@
 """The lab: start stacks, drive load, return DataFrames. Notebooks call this and plot."""
 
-from . import algorithms, db, lb
+from . import algorithms, capacity, db, lb
 from .load import fire, random_rids
 from .plots import save_figure
 
-__all__ = ["algorithms", "db", "fire", "lb", "random_rids", "save_figure"]
+__all__ = ["algorithms", "capacity", "db", "fire", "lb", "random_rids", "save_figure"]

@@ -51,12 +51,15 @@ class HashConfig:
     slots: int = 512
     algorithm: str = "ring"
     balance_factor: float | None = None  # c of bounded loads (--balance-factor); None: off
+    cpus: float | None = None  # a CPU capacity per replica (--replica-cpus); None: uncapped
 
     def args(self, n: int) -> list[str]:
         args = ["-n", str(n), "--hash", self.hashes, "--vnodes", str(self.vnodes),
                 "--slots", str(self.slots), "--algorithm", self.algorithm]
         if self.balance_factor is not None:
             args += ["--balance-factor", str(self.balance_factor)]
+        if self.cpus is not None:
+            args += ["--replica-cpus", str(self.cpus)]
         return args
 
     def ring(self, names: Sequence[str]) -> HashRing:

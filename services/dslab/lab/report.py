@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # name -> the one-line description printed while it runs
 EXPERIMENTS: dict[str, str] = {
     "lb_a1": "Part 1 A-1: requests on N=3",
-    "lb_a2": "Part 1 A-2: N from 2 to 6",
+    "lb_a2": "Part 1 A-2: N from 2 to 6; throughput against N, uncapped and capped",
     "lb_a3": "Part 1 A-3: endpoints, and a replica killed under load",
     "lb_a4": "Part 1 A-4: five algorithms, hash functions, K, bounded loads vs HAProxy, live",
     "db_a1": "Part 2 A-1: writes and reads, default configuration",
@@ -36,7 +36,7 @@ EXPERIMENTS: dict[str, str] = {
 # Small sizes: every notebook runs in seconds (make test runs them all like this).
 QUICK: dict[str, dict[str, Any]] = {
     "lb_a1": {"n_requests": 300},
-    "lb_a2": {"n_requests": 300, "ns": [2, 3]},
+    "lb_a2": {"n_requests": 300, "ns": [2, 3], "capacity_ns": [2, 3], "capacity_seconds": 1},
     "lb_a3": {"seconds": 2.5, "kill_at": 0.8},
     "lb_a4": {"n_requests": 300, "ns": [2, 3],
               "algorithms": ["ring seed", "ring K9", "jump", "ring seed bounded 1.25"],
