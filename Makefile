@@ -9,7 +9,7 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv tools test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db bench-failover clean
+.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db bench-failover clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
@@ -18,7 +18,8 @@ BASE   ?= dslab-base:bookworm
 STACK  ?= dslab
 APP    ?= dslab.balancer
 # Debian's docker-compose here; `docker compose` (the plugin) on most machines.
-COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || \
+             (command -v docker-compose >/dev/null 2>&1 && echo docker-compose))
 
 help:
 	@echo "make report            re-run every experiment, render reports/*.html and reports/figures/*.png"
@@ -64,9 +65,19 @@ lab: venv
 	  $(if $(filter 0,$(shell id -u)),--allow-root) \
 	  $(if $(DISPLAY)$(WAYLAND_DISPLAY),,--no-browser --ServerApp.ip=127.0.0.1)
 
+# The images' Python packages, built for the images' Python (IMAGE_PYTHON: Debian bookworm's
+# and python:3.11-slim's), not the host's: dslab itself is pure Python; every dependency is a
+# binary wheel for that Python and this architecture, whatever Python runs make.
+IMAGE_PYTHON ?= 3.11
+WHEELHOUSE   ?= wheelhouse
+ARCH         := $(shell uname -m)
+WHEEL_PLATFORMS := $(foreach v,2_36 2_35 2_34 2_31 2_28 2_27 2_24 2_17 2_12 2_5,--platform manylinux_$(v)_$(ARCH)) \
+                   --platform manylinux2014_$(ARCH) --platform manylinux2010_$(ARCH) --platform manylinux1_$(ARCH)
 wheelhouse: venv
-	rm -rf wheelhouse
-	$(PY) -m pip wheel -q -w wheelhouse './services[docker]'
+	rm -rf $(WHEELHOUSE)
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) ./services
+	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --python-version $(IMAGE_PYTHON) \
+	  --implementation cp $(WHEEL_PLATFORMS) './services[docker]'
 
 base-image:
 	@if [ "$(BASE)" = "dslab-base:bookworm" ]; then docker/build-base.sh $(BASE); fi
@@ -76,13 +87,16 @@ images: wheelhouse base-image
 	  docker build -q --build-arg BASE=$(BASE) --target $$target -t dslab-$$target:latest -f docker/Dockerfile . ; \
 	done
 
-up:
+compose-check:
+	@test -n "$(COMPOSE)" || { echo "error: make up and make down need Docker Compose: neither 'docker compose' (the plugin) nor 'docker-compose' was found; install one (https://docs.docker.com/compose/install/)" >&2; exit 1; }
+
+up: compose-check
 	@docker image inspect dslab-balancer:latest dslab-replica:latest dslab-shard:latest >/dev/null 2>&1 \
 	  || $(MAKE) images
 	STACK=$(STACK) APP=$(APP) PORT=$(PORT) N=$(N) HASH=$(HASH) $(COMPOSE) -p $(STACK) up -d
 
 # Compose removes what it made; the balancer's own containers go by their label.
-down:
+down: compose-check
 	-STACK=$(STACK) $(COMPOSE) -p $(STACK) down -v --remove-orphans
 	-docker ps -aq --filter label=dslab.stack=$(STACK) | xargs -r docker rm -f -v
 	-docker network ls -q --filter label=dslab.stack=$(STACK) | xargs -r docker network rm

@@ -19,6 +19,8 @@ import httpx
 from dslab.stack import BalancerProcess
 from dslab.supervisor.docker import DockerUnavailable, docker_client
 
+STACK = "bench-failover"
+
 
 def replicas(client: httpx.Client) -> list[str]:
     return client.get("/rep").json()["message"]["replicas"]
@@ -28,7 +30,7 @@ def kill(backend: str, balancer: BalancerProcess, name: str) -> None:
     if backend == "process":
         os.kill(balancer.replica_processes()[name].pid, signal.SIGKILL)
     else:
-        docker_client().containers.get(name).kill()
+        docker_client().containers.get(f"{STACK}-{name}").kill()  # containers carry the stack
 
 
 def time_to_serving(backend: str, balancer: BalancerProcess, client: httpx.Client) -> float:
@@ -58,7 +60,7 @@ def time_to_add(client: httpx.Client, n: int) -> float:
 def measure(backend: str, rounds: int, add_n: int) -> dict[str, list[float]]:
     args = ["-n", "3", "--hash", "blake2b", "--backend", backend]
     if backend == "docker":
-        args += ["--docker-address", "loopback", "--stack", "bench-failover"]
+        args += ["--docker-address", "loopback", "--stack", STACK]
     results: dict[str, list[float]] = {"kill -> replacement serves": [], f"POST /add n={add_n}": [],
                                        "POST /add n=1": []}
     with BalancerProcess(args=args) as balancer, httpx.Client(base_url=balancer.url, timeout=60) as client:

@@ -84,7 +84,7 @@ def test_one_interface_over_both_backends(docker, stack, backend):
                 await supervisor.spawn("B2")
             # Killed outside the supervisor: its local view says so.
             if backend == "docker":
-                docker.containers.get("B2").kill()
+                docker.containers.get(f"{stack}-B2").kill()
             else:
                 os.kill(supervisor.pid("B2"), 9)
             for _ in range(200):
@@ -121,15 +121,17 @@ def test_balancer_with_containers_replaces_a_killed_one_under_load(docker, stack
             assert client.get("/rep").json()["message"]["replicas"] == ["Server1", "Server2", "Server3"]
             added = client.post("/add", json={"n": 1, "hostnames": ["S5"]}).json()["message"]
             assert added["N"] == 4
-            container = docker.containers.get("S5")
-            assert container.labels == {"dslab.stack": stack, "dslab.role": "replica"}
+            container = docker.containers.get(f"{stack}-S5")  # the stack's prefix, the contract's name
+            assert container.labels == {"dslab.stack": stack, "dslab.role": "replica",
+                                        "dslab.replica": "S5"}
+            assert container.attrs["Config"]["Hostname"] == "S5"
             assert "SERVER_ID=S5" in container.attrs["Config"]["Env"]
             assert client.request("DELETE", "/rm", json={"n": 1, "hostnames": ["S5"]}).status_code == 200
-            assert not docker.containers.list(all=True, filters={"name": "^S5$"})
+            assert not docker.containers.list(all=True, filters={"name": f"^{stack}-S5$"})
 
             with Load(balancer.url) as load:
                 wait_until(lambda: load.ok > 100, 30, what="load")
-                docker.containers.get("Server2").kill()
+                docker.containers.get(f"{stack}-Server2").kill()
                 killed = time.monotonic()
                 names = wait_until(lambda: (n := client.get("/rep").json()["message"]["replicas"])
                                    and "Server2" not in n and len(n) == 3 and n, 20,
@@ -140,7 +142,7 @@ def test_balancer_with_containers_replaces_a_killed_one_under_load(docker, stack
             assert load.failed == []
             assert took < detection_time("dslab.balancer") + SPAWN_BUDGET["container"]
             newcomer = (set(names) - {"Server1", "Server3"}).pop()
-            assert docker.containers.get(newcomer).status == "running"
+            assert docker.containers.get(f"{stack}-{newcomer}").status == "running"
     finally:
         assert balancer.stop() == 0
 
@@ -196,7 +198,8 @@ def test_a_replica_container_gets_its_cpu_limit_and_a_capped_one_is_slower(docke
         replicas = supervisor(cpus)
         try:
             replica = await replicas.spawn(name)
-            limit = subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.NanoCpus}}", name],
+            container = replicas.container_name(name)
+            limit = subprocess.run(["docker", "inspect", "-f", "{{.HostConfig.NanoCpus}}", container],
                                    capture_output=True, text=True, check=True).stdout.strip()
             return limit, await served_in(f"http://{replica.address}", 2.0)
         finally:
@@ -211,17 +214,43 @@ def test_a_replica_container_gets_its_cpu_limit_and_a_capped_one_is_slower(docke
     asyncio.run(scenario())
 
 
+def test_two_stacks_with_default_replica_names_run_side_by_side(docker, stack):
+    """Container names carry the stack; the replicas keep the contract's names (/rep, their
+    hostnames, their DNS names on their stack's network)."""
+    other = f"{stack}-b"
+    args = ["-n", "2", "--hash", "blake2b", "--backend", "docker", "--docker-address", "loopback"]
+    first = BalancerProcess(args=[*args, "--stack", stack]).start()
+    try:
+        second = BalancerProcess(args=[*args, "--stack", other]).start()
+        try:
+            for balancer in (first, second):
+                with httpx.Client(base_url=balancer.url, timeout=30) as client:
+                    assert client.get("/rep").json()["message"]["replicas"] == ["Server1", "Server2"]
+                    served = {client.get("/home", headers={"X-Request-ID": str(i)}).json()["message"]
+                              for i in range(100000, 100040)}
+                    assert served == {"Hello from Server: Server1", "Hello from Server: Server2"}
+            names = {c.name for c in docker.containers.list()}
+            assert {f"{stack}-Server1", f"{other}-Server1", f"{stack}-Server2",
+                    f"{other}-Server2"} <= names
+        finally:
+            assert second.stop() == 0
+    finally:
+        assert first.stop() == 0
+    assert docker.containers.list(all=True, filters={"label": f"dslab.stack={other}"}) == []
+    assert docker.networks.list(filters={"label": f"dslab.stack={other}"}) == []
+
+
 def test_shard_server_container_killed_with_data_is_replaced_and_refilled(docker, stack, tmp_path):
     db = BalancerProcess("dslab.db", args=["--state-dir", str(tmp_path), "--backend", "docker",
                                            "--docker-address", "loopback", "--stack", stack]).start()
     try:
         with httpx.Client(base_url=db.url, timeout=120) as client:
             assert client.post("/init", json=seed_init()).status_code == 200
-            container = docker.containers.get("Server0")
+            container = docker.containers.get(f"{stack}-Server0")
             assert container.labels["dslab.stack"] == stack
             rows = [row(i) for i in range(0, 16384, 37)]
             assert client.post("/write", json={"data": rows}).status_code == 200
-            docker.containers.get("Server0").kill()
+            docker.containers.get(f"{stack}-Server0").kill()
             servers = wait_until(lambda: (s := client.get("/status").json()["servers"])
                                  and "Server0" not in s and len(s) == 6 and s, 60,
                                  what="Server0's container to be replaced")
@@ -230,7 +259,7 @@ def test_shard_server_container_killed_with_data_is_replaced_and_refilled(docker
             everything = client.post("/read", json={"Stud_id": {"low": 0, "high": 16383}}).json()
             assert everything["data"] == rows
             # The newcomer, asked directly on its published port, holds every row of its shards.
-            port = int(docker.containers.get(newcomer).attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"])
+            port = int(docker.containers.get(f"{stack}-{newcomer}").attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"])
             copy = httpx.request("GET", f"http://127.0.0.1:{port}/copy",
                                  json={"shards": ["sh1", "sh2"]}, timeout=60).json()
             assert copy["sh1"] == [r for r in rows if r["Stud_id"] < 4096]
@@ -258,7 +287,7 @@ def test_compose_up_serves_replaces_and_down_leaves_nothing(docker, stack):
         names = wait_until(lambda: (r := replicas()) and len(r) == 2 and r, 90, what="the stack")
         assert httpx.get(f"{url}/home", timeout=10).status_code == 200
         # The replicas are containers on the internal network, not published on the host.
-        victim = docker.containers.get(names[0])
+        victim = docker.containers.get(f"{stack}-{names[0]}")
         assert victim.attrs["NetworkSettings"]["Ports"] in ({}, {"5000/tcp": None})
         victim.kill()
         wait_until(lambda: (r := replicas()) and names[0] not in r and len(r) == 2, 30,
@@ -313,7 +342,7 @@ def test_every_shard_server_container_of_a_shard_killed_under_writes(docker, sta
             with DbWriter(db.url) as writer:
                 wait_until(lambda: writer.acked_in("sh1") > 30, 120, what="writes before the kill")
                 for name in ("Server0", "Server3", "Server5"):
-                    docker.containers.get(name).kill()
+                    docker.containers.get(f"{stack}-{name}").kill()
                 acked_at_kill = writer.acked_in("sh1")
                 wait_until(lambda: writer.acked_in("sh1") > acked_at_kill + 30,
                            detection_time("dslab.db") + 120, what="writes to sh1 again")
@@ -326,7 +355,7 @@ def test_every_shard_server_container_of_a_shard_killed_under_writes(docker, sta
             # missed it (evicted earlier) is replaced under a new name: wait for those too.
             def all_running():
                 servers = client.get("/status").json()["servers"]
-                running = {c.name for c in docker.containers.list(
+                running = {c.labels["dslab.replica"] for c in docker.containers.list(
                     filters={"label": f"dslab.stack={stack}", "status": "running"})}
                 return set(servers) <= running and servers
             servers = wait_until(all_running, detection_time("dslab.db") + 120,
@@ -345,7 +374,7 @@ def test_a_broken_event_stream_is_followed_again(docker, stack, caplog):
         async with supervisor:
             await supervisor.spawn("E1")
             supervisor._events.close()  # the stream breaks; the supervisor is not closing
-            docker.containers.get("E1").kill()
+            docker.containers.get(f"{stack}-E1").kill()
             for _ in range(400):
                 if not supervisor.alive("E1"):
                     return True

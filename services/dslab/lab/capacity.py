@@ -108,6 +108,8 @@ def observations(measured: pd.DataFrame, capacity: float | None, cpus: float | N
                             for label, a, b, _, _ in growth)
         n0, n1 = growth[0][3], growth[0][4]
         out.append(f"**{str(world).capitalize()}**, N = {n0} → {n1}: {listing}.")
+        if n1 == n0:  # one N only: nothing to say about growth
+            continue
         grew = [label for label, a, b, _, _ in growth if b > 1.5 * a]
         flat = [label for label, a, b, _, _ in growth if b < 1.2 * a]
         if grew:

@@ -36,7 +36,7 @@ EXPERIMENTS: dict[str, str] = {
 # Small sizes: every notebook runs in seconds (make test runs them all like this).
 QUICK: dict[str, dict[str, Any]] = {
     "lb_a1": {"n_requests": 300},
-    "lb_a2": {"n_requests": 300, "ns": [2, 3], "capacity_ns": [2, 3], "capacity_seconds": 1},
+    "lb_a2": {"n_requests": 300, "ns": [2, 3], "capacity_ns": [2], "capacity_seconds": 1},
     "lb_a3": {"seconds": 2.5, "kill_at": 0.8},
     "lb_a4": {"n_requests": 300, "ns": [2, 3],
               "algorithms": ["ring seed", "ring K9", "jump", "ring seed bounded 1.25"],

@@ -1,8 +1,11 @@
 """The Docker backend: each replica is a container the balancer spawns through the Docker SDK.
 
-A replica is ``docker run <image>`` named after it (its hostname too), on the stack's network,
-with ``SERVER_ID`` in its environment and labels that say which stack started it, so that
+A replica is ``docker run <image>`` on the stack's network, with ``SERVER_ID`` in its
+environment and labels that say which stack started it and which replica it is, so that
 ``remove_stack`` (and ``make down``) finds every container a balancer left. It listens on 5000.
+Its container is named ``<stack>-<replica>``, so two stacks with the default replica names
+(``Server1``, ...) run side by side on one engine; its hostname and its DNS name on the stack's
+network (an alias) are the replica's name, the contract's hostnames.
 
 How the balancer reaches it depends on where the balancer runs:
 
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 LABEL_STACK = "dslab.stack"
 LABEL_ROLE = "dslab.role"
+LABEL_REPLICA = "dslab.replica"
 
 # What docker-py raises when the engine refuses or cannot be reached.
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -124,7 +128,8 @@ class DockerSupervisor(ReplicaSupervisor):
             try:
                 for event in self._events:
                     last_seen = event.get("time", last_seen)
-                    name = event.get("Actor", {}).get("Attributes", {}).get("name")
+                    attributes = event.get("Actor", {}).get("Attributes", {})
+                    name = attributes.get(LABEL_REPLICA)
                     if name:
                         self._dead.add(name)
                 if self._closing:
@@ -144,7 +149,7 @@ class DockerSupervisor(ReplicaSupervisor):
 
     def _mark_stopped_containers(self) -> None:
         """After a gap in the events: every known replica whose container is not running."""
-        running = {c.name for c in self.client.containers.list(
+        running = {c.labels.get(LABEL_REPLICA) for c in self.client.containers.list(
             filters={"label": f"{LABEL_STACK}={self.stack}", "status": "running"})}
         self._dead |= set(self._replicas) - running
 
@@ -166,6 +171,10 @@ class DockerSupervisor(ReplicaSupervisor):
         log.info("replica %s started: container on %s", name, replica.address)
         return replica
 
+    def container_name(self, name: str) -> str:
+        """The container of replica ``name``: the stack's prefix keeps stacks apart."""
+        return f"{self.stack}-{name}"
+
     def _run(self, name: str) -> Replica:
         publish = {"5000/tcp": ("127.0.0.1", None)} if self.address == "loopback" else None
         volumes = None
@@ -173,9 +182,12 @@ class DockerSupervisor(ReplicaSupervisor):
             self._volume(name)
             volumes = {self._volume_name(name): {"bind": self.spec.data_path, "mode": "rw"}}
         container = self.client.containers.run(
-            self.spec.image, name=name, hostname=name, detach=True, network=self.network,
+            self.spec.image, name=self.container_name(name), hostname=name, detach=True,
+            network=self.network, networking_config={
+                self.network: self.client.api.create_endpoint_config(aliases=[name])},
             environment={**self.spec.env, "SERVER_ID": name, "PORT": "5000"},
-            labels={LABEL_STACK: self.stack, LABEL_ROLE: "replica"}, ports=publish,
+            labels={LABEL_STACK: self.stack, LABEL_ROLE: "replica", LABEL_REPLICA: name},
+            ports=publish,
             volumes=volumes,
             nano_cpus=round(self.spec.cpus * 1e9) if self.spec.cpus is not None else None)
         if self.address == "name":
@@ -214,7 +226,7 @@ class DockerSupervisor(ReplicaSupervisor):
 
     def _remove_container(self, name: str) -> None:
         try:
-            container = self.client.containers.get(name)
+            container = self.client.containers.get(self.container_name(name))
             container.stop(timeout=self.stop_timeout)
             container.remove(force=True)  # its named volume, if any, stays
         except docker.errors.NotFound:
