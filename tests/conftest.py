@@ -10,6 +10,7 @@ import itertools
 import os
 import socket
 import threading
+import time
 
 import httpx
 import psutil
@@ -231,3 +232,14 @@ def shard_rows(db: BalancerProcess, server: str, shard: str) -> list[dict]:
                              timeout=30)
     assert response.status_code == 200, response.text
     return response.json()[shard]
+
+
+async def served_in(url: str, seconds: float, concurrency: int = 8) -> int:
+    """GET /home on ``url`` for ``seconds``, closed loop: how many were served (all must be)."""
+    from dslab.lab.load import load
+
+    deadline = time.perf_counter() + seconds
+    df = await load(url, "/home", lambda: 1 if time.perf_counter() < deadline else None,
+                    concurrency=concurrency, timeout=30)
+    assert (df.status == 200).all(), df.status.value_counts()
+    return len(df)

@@ -13,14 +13,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import seed_init, status
-from dslab.lab.load import load
+from conftest import seed_init, served_in, status
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec
 from dslab.supervisor.cgroups import PERIOD_US, CgroupError, CpuGroups
 
@@ -80,14 +78,6 @@ def test_a_replica_runs_in_its_own_group_with_its_quota_and_the_groups_go_with_i
     assert dslab_groups() == before
 
 
-async def _served_in(url: str, seconds: float) -> int:
-    deadline = time.perf_counter() + seconds
-    df = await load(url, "/home", lambda: 1 if time.perf_counter() < deadline else None,
-                    concurrency=8, timeout=30)
-    assert (df.status == 200).all(), df.status.value_counts()
-    return len(df)
-
-
 @needs_cgroups
 def test_a_capped_replica_serves_fewer_requests_alone_than_an_uncapped_one():
     """Each alone under the same closed-loop load, in one run: 0.1 core against no limit."""
@@ -98,8 +88,8 @@ def test_a_capped_replica_serves_fewer_requests_alone_than_an_uncapped_one():
         try:
             slow = await capped.spawn("S1")
             fast = await free.spawn("S1")
-            served_capped = await _served_in(f"http://{slow.address}", 2.0)
-            served_free = await _served_in(f"http://{fast.address}", 2.0)
+            served_capped = await served_in(f"http://{slow.address}", 2.0)
+            served_free = await served_in(f"http://{fast.address}", 2.0)
         finally:
             await capped.close()
             await free.close()

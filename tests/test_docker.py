@@ -24,6 +24,7 @@ from conftest import (
     detection_time,
     row,
     seed_init,
+    served_in,
 )
 from dslab.stack import BalancerProcess, StackError, wait_until
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec, SpawnError
@@ -181,15 +182,6 @@ def test_process_tree_is_untouched_by_docker_mode(docker, stack):
 def test_a_replica_container_gets_its_cpu_limit_and_a_capped_one_is_slower(docker, stack):
     """--replica-cpus in Docker mode is the container's CPU limit: read back with `docker
     inspect`; 0.1 core serves fewer requests alone than no limit, in one run."""
-    from dslab.lab.load import load
-
-    async def served_in(url: str, seconds: float) -> int:
-        deadline = time.perf_counter() + seconds
-        df = await load(url, "/home", lambda: 1 if time.perf_counter() < deadline else None,
-                        concurrency=8, timeout=30)
-        assert (df.status == 200).all(), df.status.value_counts()
-        return len(df)
-
     def supervisor(cpus):
         spec = ReplicaSpec(module="dslab.replica", image="dslab-replica:latest", cpus=cpus)
         return DockerSupervisor(spec, stack=stack, address="loopback")

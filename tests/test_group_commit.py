@@ -198,6 +198,28 @@ def test_a_commit_that_forgets_a_write_fails_it_instead_of_hanging():
 
 # ---- Part 2's data path, stepped --------------------------------------------------------------
 
+async def behind_a_held_write(p, batch, observe=None):
+    """A first write (id 10) is held at its /insert while the writes of ``batch`` queue behind
+    it, so that they commit as one batch once it goes on; ``observe(name, path, payload)`` sees
+    every call to a shard server. Returns every write's result, the first one's first."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def step(name, path, payload):
+        if observe is not None:
+            observe(name, path, payload)
+        if path == "/insert" and not entered.is_set():
+            entered.set()
+            await release.wait()
+
+    p.servers.before = step
+    first = asyncio.create_task(p.cluster.write(rows(10)))
+    await entered.wait()
+    waiting = [asyncio.create_task(p.cluster.write(data)) for data in batch]
+    await asyncio.sleep(0)
+    release.set()
+    return await asyncio.gather(first, *waiting, return_exceptions=True)
+
+
 def test_a_clash_in_the_middle_of_a_batch_is_refused_alone(engine_uri):
     """While a first write of shard a commits, five more queue: a new id, an id stored already,
     two that clash with each other, and another new one. They commit as one batch with one
@@ -206,23 +228,13 @@ def test_a_clash_in_the_middle_of_a_batch_is_refused_alone(engine_uri):
     async def scenario():
         async with Part2(engine_uri) as p:
             writes: list[tuple[str, list[int]]] = []
-            entered, release = asyncio.Event(), asyncio.Event()
 
-            async def step(name, path, payload):
+            def observe(name, path, payload):
                 if path == "/insert":
                     writes.append((name, [r["Stud_id"] for r in payload["data"]]))
-                    if not entered.is_set():
-                        entered.set()
-                        await release.wait()
 
-            p.servers.before = step
-            first = asyncio.create_task(p.cluster.write(rows(10)))
-            await entered.wait()
             batch = [rows(20), rows(1), rows(30, 31), rows(31), rows(40)]
-            waiting = [asyncio.create_task(p.cluster.write(data)) for data in batch]
-            await asyncio.sleep(0)
-            release.set()
-            results = await asyncio.gather(first, *waiting, return_exceptions=True)
+            results = await behind_a_held_write(p, batch, observe)
             assert results[0] == 1 and results[1] == 1 and results[3] == 2 and results[5] == 1
             assert isinstance(results[2], Conflict) and "exist: 1;" in results[2].message
             assert isinstance(results[4], Conflict) and "exist: 31;" in results[4].message
@@ -246,23 +258,12 @@ def test_a_write_held_back_by_a_refused_write_of_its_batch_commits(engine_uri):
     async def scenario():
         async with Part2(engine_uri) as p:
             inserts: list[list[int]] = []
-            entered, release = asyncio.Event(), asyncio.Event()
 
-            async def step(name, path, payload):
+            def observe(name, path, payload):
                 if path == "/insert" and name == "S1":
                     inserts.append([r["Stud_id"] for r in payload["data"]])
-                if path == "/insert" and not entered.is_set():
-                    entered.set()
-                    await release.wait()
 
-            p.servers.before = step
-            first = asyncio.create_task(p.cluster.write(rows(10)))
-            await entered.wait()
-            waiting = [asyncio.create_task(p.cluster.write(data))
-                       for data in (rows(1, 50), rows(50), rows(50))]
-            await asyncio.sleep(0)
-            release.set()
-            results = await asyncio.gather(first, *waiting, return_exceptions=True)
+            results = await behind_a_held_write(p, [rows(1, 50), rows(50), rows(50)], observe)
             assert results[0] == 1 and results[2] == 1
             assert isinstance(results[1], Conflict) and "exist: 1;" in results[1].message
             assert isinstance(results[3], Conflict) and "exist: 50;" in results[3].message
@@ -280,23 +281,9 @@ def test_a_write_that_hits_stored_rows_is_undone_on_every_replica_and_the_others
 
     async def scenario():
         async with Part2(engine_uri) as p:
-            entered, release = asyncio.Event(), asyncio.Event()
             paths: list[tuple[str, str]] = []
-
-            async def step(name, path, payload):
-                paths.append((name, path))
-                if path == "/insert" and not entered.is_set():
-                    entered.set()
-                    await release.wait()
-
-            p.servers.before = step
-            first = asyncio.create_task(p.cluster.write(rows(10)))
-            await entered.wait()
-            waiting = [asyncio.create_task(p.cluster.write(data))
-                       for data in (rows(20, 2, 21), rows(30))]  # 2 is stored
-            await asyncio.sleep(0)
-            release.set()
-            results = await asyncio.gather(first, *waiting, return_exceptions=True)
+            results = await behind_a_held_write(  # 2 is stored
+                p, [rows(20, 2, 21), rows(30)], lambda name, path, _: paths.append((name, path)))
             assert results[0] == 1 and results[2] == 1
             assert isinstance(results[1], Conflict) and "exist: 2;" in results[1].message
             assert [n for n, path in paths if path == "/exists"] == []
