@@ -68,13 +68,17 @@ def test_throughput_measures_every_balancer_and_haproxy_without_errors():
 
 
 @needs_baselines
-def test_haproxy_side_by_side_counts_every_request_and_both_bounds_spread_hot_ids():
+def test_haproxy_side_by_side_counts_every_request_and_our_bound_spreads_hot_ids():
+    """Every request of both workloads through all four targets, counted per replica; our
+    bound cuts the hot id's replica. HAProxy's effect is measured, not asserted: it bounds
+    by its own count of requests in flight, which a CI run once left below its bound (1 372
+    against 1 360 served by the busiest replica)."""
     side = algorithms.haproxy_side_by_side(3, 3000, concurrency=64, seed=2)
     totals = side.groupby(["workload", "target"]).requests.sum()
     assert (totals == 3000).all() and len(totals) == 8
+    assert set(side.server) == {"Server1", "Server2", "Server3"}
     hot = side[side.workload == "hot ids"].groupby("target").requests.max()
     assert hot["ours c=1.25"] < hot["ours"]
-    assert hot["HAProxy factor 125"] < hot["HAProxy"]
 
 
 # ---- the text: a sentence only when the numbers show its effect --------------------------------
