@@ -48,13 +48,13 @@ def cpu_group_of(pid: int) -> str:
     raise AssertionError(f"no cpu cgroup line for {pid}")
 
 
-def dslab_groups() -> set[str]:
-    return {p.name for p in V1.iterdir() if p.name.startswith("dslab-")}
+def dslab_groups(pid: int) -> set[str]:
+    """The parent groups made by the process ``pid`` (other tests may run beside this one)."""
+    return {p.name for p in V1.iterdir() if p.name.startswith(f"dslab-{pid}-")}
 
 
 @needs_cgroups
 def test_a_replica_runs_in_its_own_group_with_its_quota_and_the_groups_go_with_it():
-    before = dslab_groups()
 
     async def scenario():
         supervisor = ProcessSupervisor(ReplicaSpec("dslab.replica", cpus=0.25))
@@ -75,7 +75,7 @@ def test_a_replica_runs_in_its_own_group_with_its_quota_and_the_groups_go_with_i
         assert not supervisor.cpu_groups.parent.exists()
 
     asyncio.run(scenario())
-    assert dslab_groups() == before
+    assert dslab_groups(os.getpid()) == set()
 
 
 @needs_cgroups
@@ -100,7 +100,6 @@ def test_a_capped_replica_serves_fewer_requests_alone_than_an_uncapped_one():
 
 @needs_cgroups
 def test_part2_servers_and_their_engines_run_capped_and_leave_no_group(start_db):
-    before = dslab_groups()
     db = start_db("--server-cpus", "0.5")
     with httpx.Client(base_url=db.url, timeout=60) as client:
         assert client.post("/init", json=seed_init()).status_code == 200
@@ -114,9 +113,9 @@ def test_part2_servers_and_their_engines_run_capped_and_leave_no_group(start_db)
             assert quota == PERIOD_US // 2
             engines = process.children(recursive=True)
             assert engines and all(cpu_group_of(e.pid) == group for e in engines)
-    assert len(dslab_groups() - before) == 1  # one parent group for the balancer
+    assert len(dslab_groups(db.pid)) == 1  # one parent group for the balancer
     assert db.stop() == 0
-    assert dslab_groups() == before
+    assert dslab_groups(db.pid) == set()
 
 
 def test_a_capacity_of_zero_or_less_is_refused_at_start():
