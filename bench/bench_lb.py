@@ -71,7 +71,7 @@ def main() -> None:
         balancer.start()
         ports = balancer.replica_ports()
         assert len(ports) == args.replicas, ports
-        with HAProxy(ports, [HAProxyBackend("plain")]) as haproxy:
+        with HAProxy(ports, [HAProxyBackend("plain")], name_replica=False) as haproxy:
             targets = {
                 "direct": [f"http://127.0.0.1:{p}/home" for p in ports.values()],
                 "haproxy": [f"{haproxy.urls['plain']}/home"],

@@ -32,7 +32,7 @@ from ..keeper.bounded import InFlight, bounded_walk
 from ..ring import HashRing
 from ..ring.analysis import loads
 from .baseline import HAProxy, HAProxyBackend, wrk
-from .lb import HashConfig, lb_stack, replicas
+from .lb import HashConfig, grow_to, lb_stack, replicas
 from .load import fire
 from .progress import RunProgress
 
@@ -114,9 +114,7 @@ def grow(config: HashConfig, ns: Sequence[int] = range(2, 11), n_requests: int =
                                                             timeout=60) as admin:
         before: dict[int, str] | None = None
         for n in ns:
-            newcomers = [f"Server{k}" for k in range(len(replicas(balancer)) + 1, n + 1)]
-            if newcomers:
-                admin.post("/add", json={"n": len(newcomers), "hostnames": newcomers}).raise_for_status()
+            newcomers = grow_to(balancer, admin, n)
             served = _served(balancer.url, rids, concurrency, progress, f"N = {n}")
             per_server += _per_server(config.label, n, served, replicas(balancer))
             if before is not None:

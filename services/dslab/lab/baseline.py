@@ -77,9 +77,11 @@ class HAProxy:
     """HAProxy in front of ``replicas`` (name -> loopback port), one frontend per backend;
     ``urls[name]`` is where each listens. A context manager: started and stopped with it."""
 
-    def __init__(self, replicas: dict[str, int], backends: list[HAProxyBackend]) -> None:
+    def __init__(self, replicas: dict[str, int], backends: list[HAProxyBackend], *,
+                 name_replica: bool = True) -> None:
         self.replicas = dict(sorted(replicas.items()))
         self.backends = backends
+        self.name_replica = name_replica  # X-Served-By: the lab counts by it; a benchmark need not
         self.urls: dict[str, str] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -92,8 +94,9 @@ class HAProxy:
             lines += [f"frontend fe_{backend.name}", f"  bind 127.0.0.1:{ports[backend.name]}",
                       f"  default_backend be_{backend.name}",
                       f"backend be_{backend.name}", "  balance hdr(X-Request-ID)",
-                      "  hash-type consistent", "  http-reuse always",
-                      "  http-response set-header X-Served-By %[srv_name]"]
+                      "  hash-type consistent", "  http-reuse always"]
+            if self.name_replica:
+                lines.append("  http-response set-header X-Served-By %[srv_name]")
             if backend.balance_factor is not None:
                 lines.append(f"  hash-balance-factor {backend.balance_factor}")
             lines += servers

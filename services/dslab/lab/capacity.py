@@ -26,7 +26,7 @@ import pandas as pd
 from ..ring.analysis import assign, loads
 from ..supervisor.cgroups import CgroupError, CpuGroups
 from .baseline import wrk
-from .lb import HashConfig, lb_stack, replicas
+from .lb import HashConfig, grow_to, lb_stack
 from .load import random_rids
 from .progress import RunProgress
 
@@ -81,10 +81,7 @@ def throughput_by_n(configs: Sequence[HashConfig], ns: Sequence[int], cpus: floa
             url = f"{balancer.url}/home"
             wrk([url], 1, connections)  # warm-up
             for n in ns:
-                newcomers = [f"Server{k}" for k in range(len(replicas(balancer)) + 1, n + 1)]
-                if newcomers:
-                    admin.post("/add", json={"n": len(newcomers),
-                                             "hostnames": newcomers}).raise_for_status()
+                grow_to(balancer, admin, n)
                 result = wrk([url], seconds, connections)
                 progress.done(result.rps * seconds, seconds, f"{config.label}, N = {n}")
                 rows.append({"world": world, "config": config.label, "N": n, "rps": result.rps,

@@ -30,6 +30,7 @@ __all__ = [
     "HashConfig",
     "balance_table",
     "endpoint_tour",
+    "grow_to",
     "kill_under_load",
     "lb_stack",
     "replicas",
@@ -82,6 +83,15 @@ def lb_stack(n: int = 3, config: HashConfig = HashConfig("seed")) -> Iterator[Ba
 
 def replicas(balancer: BalancerProcess) -> list[str]:
     return list(httpx.get(f"{balancer.url}/rep", timeout=10).json()["message"]["replicas"])
+
+
+def grow_to(balancer: BalancerProcess, admin: httpx.Client, n: int) -> list[str]:
+    """POST /add the replicas that take ``balancer`` to ``n``, named ``Server<k>`` as a fresh
+    start names them; returns the newcomers (none if it has ``n`` already)."""
+    newcomers = [f"Server{k}" for k in range(len(replicas(balancer)) + 1, n + 1)]
+    if newcomers:
+        admin.post("/add", json={"n": len(newcomers), "hostnames": newcomers}).raise_for_status()
+    return newcomers
 
 
 def requests_per_server(n_requests: int = 10000, n: int = 3, config: HashConfig = HashConfig("seed"),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .base import SupervisorError
 
-__all__ = ["CpuGroups", "CgroupError", "PERIOD_US"]
+__all__ = ["CgroupError", "CpuGroups", "PERIOD_US", "launcher"]
 
 PERIOD_US = 100_000  # the kernel's default CFS period: 100 ms
 

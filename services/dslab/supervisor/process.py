@@ -41,17 +41,13 @@ class ProcessSupervisor(ReplicaSupervisor):
     async def spawn(self, name: str) -> Replica:
         if name in self._procs:
             raise SpawnError(f"replica {name!r} already runs")
+        procs_file = self.cpu_groups.create(name) if self.cpu_groups is not None else None
         read_fd, write_fd = os.pipe()
         env = {**os.environ, **self.spec.env, "SERVER_ID": name, "HOSTNAME": name}
         cmd = [sys.executable, "-m", self.spec.module, "--host", self.host, "--port", "0",
                "--ready-fd", str(write_fd)]
-        if self.cpu_groups is not None:
-            try:
-                cmd = launcher(self.cpu_groups.create(name), cmd)
-            except BaseException:
-                os.close(read_fd)
-                os.close(write_fd)
-                raise
+        if procs_file is not None:
+            cmd = launcher(procs_file, cmd)
         try:
             proc = subprocess.Popen(cmd, env=env, pass_fds=(write_fd,), start_new_session=True,
                                     stdin=subprocess.DEVNULL)
@@ -110,8 +106,8 @@ class ProcessSupervisor(ReplicaSupervisor):
 
     async def close(self) -> None:
         await super().close()
-        if self.cpu_groups is not None:
-            self.cpu_groups.close()
+        if self.cpu_groups is not None:  # waits for killed processes to leave: off the loop
+            await asyncio.get_running_loop().run_in_executor(None, self.cpu_groups.close)
 
     def replicas(self) -> list[Replica]:
         return [replica for replica, _ in self._procs.values()]
