@@ -28,11 +28,11 @@ import time
 from typing import Any
 
 import aiohttp
-import psutil
 from pymongo import AsyncMongoClient
 from pymongo.write_concern import WriteConcern
 
 from dslab.db.seed import row, seed_init, shard_of
+from dslab.lab.cpu import CpuMeter
 from dslab.stack import BalancerProcess
 
 
@@ -119,43 +119,16 @@ class Engines:
 SHARDS = ("sh1", "sh2", "sh3", "sh4")
 
 
-class CpuShares:
-    """Where the CPU goes while the balancer serves a phase: CPU seconds per group of
-    processes (the balancer, its shard servers, their engines, the metadata engine, this
-    client), read from /proc through psutil before and after."""
+GROUPS = {"server": "shard servers", "engine": "shard engines", "client": "client (this script)"}
 
-    def __init__(self, db: BalancerProcess) -> None:
-        self.db = db
-        self.start = self._sample()
 
-    def _sample(self) -> dict[str, float]:
-        groups: dict[str, float] = {}
-        me = psutil.Process()
-        procs = [(psutil.Process(self.db.pid), "balancer"), (me, "client (this script)")]
-        for proc in self.db.descendants():
-            try:
-                cmd = " ".join(proc.cmdline())
-            except psutil.Error:
-                continue
-            if "dslab.shard" in cmd:
-                procs.append((proc, "shard servers"))
-            elif "secantus" in cmd:
-                procs.append((proc, "metadata engine" if "/meta/" in cmd else "shard engines"))
-        for proc, group in procs:
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            groups[group] = groups.get(group, 0.0) + times.user + times.system
-        return groups
-
-    def report(self, seconds: float) -> None:
-        end = self._sample()
-        shares = {g: (end[g] - self.start.get(g, 0.0)) / seconds for g in end}
-        total = sum(shares.values())
-        print("          CPU: " + ", ".join(f"{g} {100 * s:.0f}%" for g, s in sorted(
-            shares.items(), key=lambda item: -item[1])) + f" of one core (total {100 * total:.0f}%)",
-              flush=True)
+def report_cpu(meter: CpuMeter) -> None:
+    """Where the CPU went since the meter started, per group of processes, in % of one core."""
+    usage = meter.usage()
+    shares = usage.groupby(usage.role.map(lambda r: GROUPS.get(r, r))).cores.sum()
+    print("          CPU: " + ", ".join(f"{g} {100 * c:.0f}%" for g, c in
+                                      shares.sort_values(ascending=False).items())
+          + f" of one core (total {100 * shares.sum():.0f}%)", flush=True)
 
 
 async def all_ids(http: aiohttp.ClientSession) -> list[int]:
@@ -188,16 +161,16 @@ async def through_balancer(tmp: str, phase: str, ids: list[int], batch: int,
                     assert r.status == 200, await r.text()
 
             what = "single-row" if batch == 1 else f"{batch}-row"
-            cpu = CpuShares(db)
+            cpu = CpuMeter(db)
             secs, lat = await run_all(batches, args.concurrency, write)
             rates[f"write {what}"] = report(f"balancer  {what} POST /write", secs, len(ids), lat)
-            cpu.report(secs)
+            report_cpu(cpu)
             if reads:
-                cpu = CpuShares(db)
+                cpu = CpuMeter(db)
                 secs, lat = await run_all(reads, args.concurrency, read)
                 rates["read"] = report(f"balancer  POST /read ({args.span} ids)", secs,
                                        len(reads), lat, "reads")
-                cpu.report(secs)
+                report_cpu(cpu)
             held = await all_ids(http)
             lost = sorted(set(ids) - set(held))
             assert not lost, f"{len(lost)} acknowledged rows missing, e.g. {lost[:5]}"

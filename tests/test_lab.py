@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from dslab.lab import lb, random_rids
+from dslab.lab import capacity, lb, random_rids
 from dslab.lab.report import EXPERIMENTS, main
 from dslab.ring.analysis import assign, loads
+
+needs_cgroups = pytest.mark.skipif(capacity.available() is not None,
+                                   reason="a CPU quota per server cannot be set here")
 
 
 def test_live_distribution_is_exactly_what_the_ring_predicts():
@@ -72,27 +75,33 @@ def rendered_images(html: Path) -> list[list]:
     return json.loads(html_lib.unescape(found.group(1)))
 
 
-def test_every_notebook_runs_and_renders(tmp_path):
-    """`make report` with small sizes: HTML per experiment with its charts, loaded by headless
-    Chromium, and the figures the README embeds."""
-    main(["--quick", "--reports", str(tmp_path)])
-    for name in EXPERIMENTS:
-        html = (tmp_path / f"{name}.html").read_text()
-        assert "Observations." in html and "Traceback" not in html
-        # Each chart is in the report itself, not only in reports/figures/.
-        saved = len(list((tmp_path / "figures").glob(f"{name}_*.png")))
-        assert html.count('src="data:image/png') >= saved > 0, name
+README_FIGURES = set(re.findall(r"reports/figures/([\w-]+)\.png",
+                                (Path(REPO) / "README.md").read_text()))
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_notebook_runs_and_renders(name, tmp_path):
+    """`make report` of one experiment with small sizes (a test each, so that the workers
+    share them): HTML with its charts, loaded by headless Chromium, and the figures the
+    README embeds from it."""
+    main([name, "--quick", "--reports", str(tmp_path)])
+    html = (tmp_path / f"{name}.html").read_text()
+    assert "Observations." in html and "Traceback" not in html
+    # Each chart is in the report itself, not only in reports/figures/.
+    figures = {p.stem for p in (tmp_path / "figures").glob(f"{name}_*.png")}
+    assert html.count('src="data:image/png') >= len(figures) > 0, name
     if shutil.which("chromium"):  # Debian's chromium; make tools installs it
-        for name in EXPERIMENTS:
-            images = rendered_images(tmp_path / f"{name}.html")
-            assert images and all(complete and width > 0 for complete, width in images), \
-                (name, images)
-    # The intro states this run's sizes, not only the assignment's 10 000.
-    assert "this run: <strong>300</strong> requests" in (tmp_path / "lb_a1.html").read_text()
-    figures = {p.name for p in (tmp_path / "figures").iterdir()}
-    embedded = set(__import__("re").findall(r"reports/figures/([\w-]+\.png)",
-                                            (Path(REPO) / "README.md").read_text()))
-    assert embedded <= figures, f"the README embeds figures no notebook makes: {embedded - figures}"
+        images = rendered_images(tmp_path / f"{name}.html")
+        assert images and all(complete and width > 0 for complete, width in images), images
+    if name == "lb_a1":  # the intro states this run's sizes, not only the assignment's 10 000
+        assert "this run: <strong>300</strong> requests" in html
+    embedded = {f for f in README_FIGURES if f.startswith(f"{name}_")}
+    assert embedded <= figures, f"the README embeds figures {name} does not make: {embedded - figures}"
+
+
+def test_every_figure_the_readme_embeds_comes_from_an_experiment():
+    assert README_FIGURES
+    assert all(any(f.startswith(f"{n}_") for n in EXPERIMENTS) for f in README_FIGURES)
 
 
 def test_unknown_experiment_is_refused():
@@ -100,18 +109,44 @@ def test_unknown_experiment_is_refused():
         main(["nope"])
 
 
-def test_db_speed_counts_every_row_and_read():
+def test_db_speed_counts_every_row_and_read_and_where_the_cpu_went():
     from dslab.db.seed import seed_init
     from dslab.lab import db
 
-    runs, configured = db.speed(seed_init(), n_writes=120, n_reads=50, batch=10, label="t",
-                                progress=False)
-    runs["repeat"] = 1
-    table = db.speed_table(runs).set_index("kind")
+    runs = db.speed(seed_init(), n_writes=400, n_reads=50, n_hot_reads=30, batch=10, label="t")
+    table = db.speed_table(runs.requests).set_index("kind")
+    configured = runs.configured["t"]
     assert configured["N"] == 6 and len(configured["shards"]) == 4
-    assert runs[runs.kind == "write"]["items"].sum() == 120 and (runs.status == 200).all()
-    assert len(runs[runs.kind == "read"]) == 50
+    requests = runs.requests
+    assert requests[requests.kind == "write"]["items"].sum() == 400
+    assert (requests.status == 200).all() and (requests.world == "uncapped").all()
+    assert (requests.kind.value_counts()[["read", "hot read"]] == [50, 30]).all()
     assert (table.per_s > 0).all() and (table.failed == 0).all()
+    # The CPU of every server (with its engine) of the stack, by name, beside the others'.
+    for kind, usage in runs.cpu.groupby("kind"):
+        for role in ("server", "engine"):
+            assert set(usage[usage.role == role].part) == set(configured["servers"]), kind
+        assert {"balancer", "client", "metadata engine"} <= set(usage.role)
+    # CPU time is counted in 10 ms ticks: the short read phases may show none of a part.
+    cpu = db.cpu_table(runs.cpu).set_index("kind")
+    assert cpu.servers.sum() > 0 and cpu.balancer.sum() > 0
+    assert cpu.loc["write", "metadata engine"] > 0  # valid_idx is written with every batch
+
+
+@needs_cgroups
+def test_db_speed_capped_keeps_every_server_within_its_quota():
+    from dslab.db.seed import seed_init
+    from dslab.lab import db
+
+    runs = db.timed([("A-1", seed_init())], [db.World(0.1, 200, 300, 300)], repeats=1,
+                    progress=False)
+    assert (runs.requests.status == 200).all()
+    assert set(runs.requests.world) == {"capped at 0.1 core per server"}
+    cpu = db.cpu_table(runs.cpu)
+    assert (cpu.cap == 0.1).all()
+    # The quota is a ceiling the kernel enforces: no server, engine included, above it (with
+    # CPU time counted in 10 ms ticks, and a quota per 100 ms period, over phases of 1-2 s).
+    assert (cpu["busiest of cap"] <= 1.2).all() and (cpu["busiest of cap"] > 0.3).all()
 
 
 def test_db_kill_and_refill_reports_equal_counts_on_every_replica():

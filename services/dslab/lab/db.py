@@ -14,7 +14,8 @@ import random
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -25,12 +26,19 @@ from tqdm.auto import tqdm
 from ..db.placement import servers_of
 from ..db.seed import SEED_SCHEMA, row, seed_init
 from ..stack import BalancerProcess, wait_until
+from .cpu import CpuMeter
+from .cpu import summary as cpu_summary
 from .load import run_sync, tour
 from .progress import RunProgress
 
 __all__ = [
+    "Runs",
+    "World",
+    "plan",
+    "read_jobs",
     "config_a2",
     "config_a3",
+    "cpu_table",
     "db_stack",
     "endpoint_tour",
     "kill_and_refill",
@@ -38,6 +46,8 @@ __all__ = [
     "speed",
     "speed_table",
     "status",
+    "timed",
+    "world",
 ]
 
 
@@ -55,14 +65,24 @@ def config_a3(n: int = 10, shards: int = 6, replicas: int = 8) -> dict[str, Any]
                        for k in range(shards)]}
 
 
+def world(cpus: float | None) -> str:
+    """The name of a world: servers uncapped (sharing the machine), or each capped."""
+    return f"capped at {cpus:g} core per server" if cpus else "uncapped"
+
+
 @contextlib.contextmanager
-def db_stack(config: dict[str, Any] | None = None) -> Iterator[BalancerProcess]:
-    """A running Part 2 stack in a temporary state folder, configured with ``config``."""
+def db_stack(config: dict[str, Any] | None = None,
+             server_cpus: float | None = None) -> Iterator[BalancerProcess]:
+    """A running Part 2 stack in a temporary state folder, configured with ``config``; with
+    ``server_cpus``, every shard server (with its engine) capped at that many cores."""
     with tempfile.TemporaryDirectory(prefix="dslab-db-") as state:
-        db = BalancerProcess("dslab.db", args=["--state-dir", state]).start()
+        args = ["--state-dir", state]
+        if server_cpus:
+            args += ["--server-cpus", str(server_cpus)]
+        db = BalancerProcess("dslab.db", args=args).start()
         try:
             if config is not None:
-                response = httpx.post(f"{db.url}/init", json=config, timeout=120)
+                response = httpx.post(f"{db.url}/init", json=config, timeout=300)
                 response.raise_for_status()
             yield db
         finally:
@@ -86,9 +106,12 @@ async def _post_all(url: str, jobs: list[tuple[str, str, dict[str, Any]]], concu
             while (job := next(pending, None)) is not None:
                 kind, path, body = job
                 start = time.perf_counter()
-                async with session.post(path, json=body) as response:
-                    await response.read()
-                    code = response.status
+                try:
+                    async with session.post(path, json=body) as response:
+                        await response.read()
+                        code = response.status
+                except (TimeoutError, aiohttp.ClientError):
+                    code = 0  # no answer: a failed request, counted as one
                 end = time.perf_counter()
                 rows.append((kind, code, len(body.get("data", [])) if kind == "write" else 1,
                              start - t0, end - t0, 1000 * (end - start)))
@@ -99,49 +122,143 @@ async def _post_all(url: str, jobs: list[tuple[str, str, dict[str, Any]]], concu
     return pd.DataFrame(rows, columns=["kind", "status", "items", "start", "end", "latency_ms"])
 
 
+@dataclass
+class Runs:
+    """Timed runs: one row per request, the cores each part used per phase, and each
+    configuration as /status read it back."""
+
+    requests: pd.DataFrame  # world, cpus, config, repeat, kind, status, items, start, end, latency_ms
+    cpu: pd.DataFrame  # world, cpus, config, repeat, kind, role, part, cores
+    configured: dict[str, dict[str, Any]] = field(default_factory=dict)  # config label -> /status
+
+    @staticmethod
+    def concat(runs: Sequence[Runs]) -> Runs:
+        configured: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            configured.update(run.configured)
+        return Runs(pd.concat([r.requests for r in runs], ignore_index=True),
+                    pd.concat([r.cpu for r in runs], ignore_index=True), configured)
+
+
+def read_jobs(kind: str, n: int, low: int, high: int, span: int,
+              rng: random.Random) -> list[tuple[str, str, dict[str, Any]]]:
+    """``n`` POST /read jobs of ``span`` ids each, all within [low, high)."""
+    reads = []
+    for _ in range(n):
+        first = rng.randrange(low, high - span + 1)
+        reads.append((kind, "/read", {"Stud_id": {"low": first, "high": first + span - 1}}))
+    return reads
+
+
 def speed(config: dict[str, Any], *, n_writes: int = 10000, n_reads: int = 10000,
-          batch: int = 10, span: int = 10, concurrency: int = 16, seed: int = 0,
-          label: str = "", progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """``n_writes`` rows written (``batch`` per request), then ``n_reads`` reads of ``span``
-    ids, on a fresh stack with ``config``: one row per request, and /status as configured."""
+          n_hot_reads: int = 0, batch: int = 10, span: int = 10, concurrency: int = 16,
+          seed: int = 0, label: str = "", server_cpus: float | None = None, repeat: int = 1,
+          progress: RunProgress | None = None) -> Runs:
+    """One fresh stack with ``config`` (servers capped at ``server_cpus``): ``n_writes`` rows
+    written (``batch`` per request) at random ids, then ``n_reads`` reads of ``span`` ids
+    anywhere ("read"), then ``n_hot_reads`` all in the first shard ("hot read"). Every
+    phase's requests and the cores each part of the stack used meanwhile."""
     id_space = sum(s["Shard_size"] for s in config["shards"])
+    hot = min(config["shards"], key=lambda s: s["Stud_id_low"])  # as dbfindings.hot_shard
     rng = random.Random(seed)
     ids = rng.sample(range(id_space), n_writes)
-    writes = [("write", "/write", {"data": [row(i) for i in ids[k:k + batch]]})
-              for k in range(0, n_writes, batch)]
-    reads = [("read", "/read", {"Stud_id": {"low": (low := rng.randrange(id_space - span)),
-                                            "high": low + span - 1}})
-             for _ in range(n_reads)]
-    with db_stack(config) as db:
+    phases = [("write", [("write", "/write", {"data": [row(i) for i in ids[k:k + batch]]})
+                         for k in range(0, n_writes, batch)]),
+              ("read", read_jobs("read", n_reads, 0, id_space, span, rng)),
+              ("hot read", read_jobs("hot read", n_hot_reads, hot["Stud_id_low"],
+                                  hot["Stud_id_low"] + hot["Shard_size"], span, rng))]
+    labels: dict[str, Any] = {"world": world(server_cpus), "cpus": server_cpus or float("nan"),
+                              "config": label, "repeat": repeat}
+    parts, usages = [], []
+    with db_stack(config, server_cpus) as db:
         configured = status(db)
-        parts = []
-        runs = RunProgress(label or "speed", 2)
-        for kind, jobs in (("write", writes), ("read", reads)):
+        for kind, jobs in phases:
+            if not jobs:
+                continue
             bar = tqdm(total=len(jobs), desc=f"{label} {kind}s".strip(), leave=False) \
                 if progress else None
+            meter = CpuMeter(db)
             try:
                 part = run_sync(_post_all(db.url, jobs, concurrency, bar))
             finally:
                 if bar is not None:
                     bar.close()
+            seconds = float(part.end.max() - part.start.min())
+            usages.append(meter.usage().assign(kind=kind))
             parts.append(part)
             if progress:
-                runs.done(int(part["items"].sum()), float(part.end.max() - part.start.min()),
-                          f"{kind}s", unit="rows" if kind == "write" else "reads")
-    df = pd.concat(parts, ignore_index=True)
-    df["config"] = label
-    return df, configured
+                progress.done(int(part["items"].sum()), seconds,
+                              f"{label}, {labels['world']}, {kind}s",
+                              unit="rows" if kind == "write" else "reads")
+    return Runs(pd.concat(parts, ignore_index=True).assign(**labels),
+                pd.concat(usages, ignore_index=True).assign(**labels), {label: configured})
 
 
-def speed_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (config, repeat, kind): items per second, p50 and p99 latency, failures."""
+@dataclass(frozen=True)
+class World:
+    """Where and how much: servers uncapped (``cpus`` None) or capped at ``cpus`` cores each,
+    and the sizes of the runs there (a capped world is slower, so it may run fewer)."""
+
+    cpus: float | None = None
+    n_writes: int = 10000
+    n_reads: int = 10000
+    n_hot_reads: int = 0
+
+    @property
+    def name(self) -> str:
+        return world(self.cpus)
+
+    @property
+    def phases(self) -> int:
+        return sum(1 for n in (self.n_writes, self.n_reads, self.n_hot_reads) if n)
+
+
+def plan(worlds: Sequence[World], *, batch: int, span: int, concurrency: int,
+         repeats: int) -> str:
+    """This run's sizes, as a line for a report's intro."""
+    each = "; ".join(f"**{w.name}**: {w.n_writes:,} rows written in batches of {batch}, "
+                     f"{w.n_reads:,} reads of {span} ids anywhere, {w.n_hot_reads:,} in the hot "
+                     f"shard" for w in worlds)
+    return (f"Machine: **{os.cpu_count()} cores**; **{concurrency}** concurrent clients; {each}; "
+            f"every configuration timed **{repeats}** times on a fresh stack.")
+
+
+def timed(configs: Sequence[tuple[str, dict[str, Any]]], worlds: Sequence[World] = (World(),),
+          *, repeats: int = 2, progress: bool = True, seed: int = 0, **options: Any) -> Runs:
+    """Every configuration (label, /init body) in every world, ``repeats`` times on a fresh
+    stack each, interleaved so that a drift of the machine spreads over all of them;
+    ``options`` (batch, span, concurrency) as ``speed`` takes them."""
+    runs_progress = RunProgress("speed", repeats * len(configs) * sum(w.phases for w in worlds)) \
+        if progress else None
+    runs = [speed(config, label=label, server_cpus=where.cpus, n_writes=where.n_writes,
+                  n_reads=where.n_reads, n_hot_reads=where.n_hot_reads, repeat=repeat,
+                  seed=seed + repeat, progress=runs_progress, **options)
+            for repeat in range(1, repeats + 1) for where in worlds for label, config in configs]
+    return Runs.concat(runs)
+
+
+def speed_table(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per (world, config, repeat, kind): items per second, p50 and p99 latency, failures."""
     rows = []
-    for (label, repeat, kind), part in runs.groupby(["config", "repeat", "kind"], sort=False):
+    keys = ["world", "config", "repeat", "kind"]
+    for (world_, label, repeat, kind), part in requests.groupby(keys, sort=False):
         seconds = part.end.max() - part.start.min()
-        rows.append({"config": label, "repeat": repeat, "kind": kind,
+        rows.append({"world": world_, "config": label, "repeat": repeat, "kind": kind,
                      "per_s": part["items"].sum() / seconds,
                      "p50_ms": part.latency_ms.median(), "p99_ms": part.latency_ms.quantile(.99),
                      "failed": int((part.status != 200).sum())})
+    return pd.DataFrame(rows)
+
+
+def cpu_table(cpu: pd.DataFrame) -> pd.DataFrame:
+    """Per (world, config, repeat, kind): the cores of the balancer, the metadata engine, the
+    client and all servers, and the busiest server's cores (and share of its quota)."""
+    rows = []
+    keys = ["world", "config", "repeat", "kind"]
+    for (world_, label, repeat, kind), part in cpu.groupby(keys, sort=False):
+        cap = part.cpus.iloc[0]
+        rows.append({"world": world_, "config": label, "repeat": repeat, "kind": kind,
+                     "cap": cap, **cpu_summary(part, None if pd.isna(cap) else float(cap))})
     return pd.DataFrame(rows)
 
 

@@ -27,11 +27,14 @@ EXPERIMENTS: dict[str, str] = {
     "lb_a2": "Part 1 A-2: N from 2 to 6; throughput against N, uncapped and capped",
     "lb_a3": "Part 1 A-3: endpoints, and a replica killed under load",
     "lb_a4": "Part 1 A-4: five algorithms, hash functions, K, bounded loads vs HAProxy, live",
-    "db_a1": "Part 2 A-1: writes and reads, default configuration",
-    "db_a2": "Part 2 A-2: 7 replicas per shard, against A-1",
-    "db_a3": "Part 2 A-3: 10 servers, 6 shards, 8 replicas, against A-1",
+    "db_a1": "Part 2 A-1: writes and reads, default configuration, uncapped and capped",
+    "db_a2": "Part 2 A-2: 7 replicas per shard, against A-1, uncapped and capped",
+    "db_a3": "Part 2 A-3: 10 servers, 6 shards, 8 replicas, against A-1, uncapped and capped",
     "db_a4": "Part 2 A-4: endpoints, and a shard server killed and refilled",
 }
+
+DB_QUICK: dict[str, Any] = {"n_writes": 200, "n_reads": 200, "n_hot_reads": 100, "repeats": 1,
+            "capped_writes": 60, "capped_reads": 60, "capped_hot_reads": 60}
 
 # Small sizes: every notebook runs in seconds (make test runs them all like this).
 QUICK: dict[str, dict[str, Any]] = {
@@ -41,9 +44,9 @@ QUICK: dict[str, dict[str, Any]] = {
     "lb_a4": {"n_requests": 300, "ns": [2, 3],
               "algorithms": ["ring seed", "ring K9", "jump", "ring seed bounded 1.25"],
               "speed_replicas": 3, "speed_seconds": 1, "speed_rounds": 1, "haproxy_replicas": 3},
-    "db_a1": {"n_writes": 200, "n_reads": 200, "repeats": 1},
-    "db_a2": {"n_writes": 200, "n_reads": 200, "repeats": 1},
-    "db_a3": {"n_writes": 200, "n_reads": 200, "repeats": 1},
+    "db_a1": DB_QUICK,
+    "db_a2": DB_QUICK,
+    "db_a3": DB_QUICK,
     "db_a4": {"n_rows": 200},
 }
 
