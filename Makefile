@@ -9,7 +9,7 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images up down run-lb run-db bench-lb bench-db bench-failover clean
+.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images up down swarm-up swarm-down run-lb run-db bench-lb bench-db bench-failover clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
@@ -26,6 +26,7 @@ help:
 	@echo "                       (EXP='lb_a1 lb_a3' for some; ARGS=--quick for small sizes)"
 	@echo "make lab               JupyterLab on notebooks/ (LAB_PORT=8888; prints the URL to open)"
 	@echo "make up / make down    the stack under Compose on PORT (APP=dslab.db for Part 2); down removes everything"
+	@echo "make swarm-up / swarm-down  the stack on Docker Swarm (a swarm made if none); down removes everything"
 	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
 	@echo "make test              run the test suite"
 	@echo "make lint              ruff over everything; mypy (strict on services/dslab, default on tests)"
@@ -101,6 +102,19 @@ down: compose-check
 	-docker ps -aq --filter label=dslab.stack=$(STACK) | xargs -r docker rm -f -v
 	-docker network ls -q --filter label=dslab.stack=$(STACK) | xargs -r docker network rm
 	-docker volume ls -q --filter label=dslab.stack=$(STACK) | xargs -r docker volume rm
+
+# Docker Swarm (docker-stack.yml): swarm-up makes a swarm of this engine if it is in none
+# (SWARM_ADVERTISE: the address other nodes join at); swarm-down removes everything the stack
+# and its balancer made, and leaves the swarm only if swarm-up made it.
+SWARM_ADVERTISE ?= 127.0.0.1
+swarm-up: venv
+	@docker image inspect dslab-balancer:latest dslab-replica:latest dslab-shard:latest >/dev/null 2>&1 \
+	  || $(MAKE) images
+	APP=$(APP) PORT=$(PORT) N=$(N) HASH=$(HASH) $(PY) -m dslab.swarmctl up --stack $(STACK) \
+	  --advertise-addr $(SWARM_ADVERTISE)
+
+swarm-down: venv
+	$(PY) -m dslab.swarmctl down --stack $(STACK)
 
 # ruff everywhere; mypy strict on the package, default on the tests (mypy.ini).
 lint: venv

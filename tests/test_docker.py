@@ -27,7 +27,7 @@ from conftest import (
     served_in,
 )
 from dslab.stack import BalancerProcess, StackError, wait_until
-from dslab.supervisor import ProcessSupervisor, ReplicaSpec, SpawnError
+from dslab.supervisor import ReplicaSpec
 from dslab.supervisor.docker import DockerSupervisor, DockerUnavailable, docker_client
 
 IMAGES = ("dslab-replica:latest", "dslab-shard:latest", "dslab-balancer:latest")
@@ -59,42 +59,6 @@ def stack(docker):
     for volume in docker.volumes.list(filters={"label": f"dslab.stack={label}"}):
         volume.remove(force=True)  # kept on purpose by a stopped Part 2 balancer: data
     assert not left and not networks, f"left behind: {left} {networks}"
-
-
-def make(backend: str, stack: str):
-    spec = ReplicaSpec(module="dslab.replica", image="dslab-replica:latest")
-    if backend == "process":
-        return ProcessSupervisor(spec), None
-    return DockerSupervisor(spec, stack=stack, address="loopback"), None
-
-
-@pytest.mark.parametrize("backend", ["process", "docker"])
-def test_one_interface_over_both_backends(docker, stack, backend):
-    async def scenario():
-        supervisor, _ = make(backend, stack)
-        async with supervisor:
-            a, b = await asyncio.gather(supervisor.spawn("A1"), supervisor.spawn("B2"))
-            assert {r.name for r in supervisor.replicas()} == {"A1", "B2"}
-            async with httpx.AsyncClient(timeout=10) as client:
-                home = await client.get(f"http://{a.host}:{a.port}/home")
-            assert home.json()["message"] == "Hello from Server: A1"
-            assert supervisor.alive("A1") and supervisor.alive("B2")
-            await supervisor.remove("A1")
-            assert not supervisor.alive("A1") and [r.name for r in supervisor.replicas()] == ["B2"]
-            with pytest.raises(SpawnError):
-                await supervisor.spawn("B2")
-            # Killed outside the supervisor: its local view says so.
-            if backend == "docker":
-                docker.containers.get(f"{stack}-B2").kill()
-            else:
-                os.kill(supervisor.pid("B2"), 9)
-            for _ in range(200):
-                if not supervisor.alive("B2"):
-                    return True
-                await asyncio.sleep(0.02)
-            return False
-
-    assert asyncio.run(scenario())
 
 
 class Load(Workers):

@@ -141,6 +141,17 @@ def test_observations_say_grew_as_predicted_only_when_it_did():
     assert "grew as predicted" not in text
     assert "reads of one hot shard fell where the model predicted it grew" in text
 
+    rates[(CAPPED, "variant", "hot read")] = 100 * p * 2  # grew, twice as much as predicted
+    text = dbfindings.observations(*tables(rates), CONFIGURED, "base", "variant")
+    assert "reads of one hot shard grew in the predicted direction, not by the predicted amount" in text
+
+    # Near the prediction, on the other side of a threshold: "near", not "as predicted".
+    predicted_reads = predicted("read")
+    assert 0.7 < predicted_reads <= 0.87  # the seven-way ring's skew: a predicted fall
+    rates[(CAPPED, "base", "read")], rates[(CAPPED, "variant", "read")] = 100, 90
+    text = dbfindings.observations(*tables(rates), CONFIGURED, "base", "variant")
+    assert f"reads anywhere hardly changed, near the predicted {predicted_reads:.2f}×" in text
+
 
 def test_observations_blame_the_servers_only_when_they_are_at_their_quota():
     rates = {(CAPPED, "base", "write"): 100}

@@ -22,15 +22,17 @@ def add_backend_options(p: argparse.ArgumentParser, image_flag: str, image_env: 
     """--backend, the image of what it starts, --stack and --docker-address (each with env)."""
     env = os.environ.get
     p.add_argument("--backend", choices=BACKENDS, default=env("BACKEND", "process"),
-                   help="how replicas run: local processes or Docker containers (env BACKEND)")
+                   help="how replicas run: local processes, Docker containers, or Swarm services "
+                        "over a swarm's nodes (env BACKEND)")
     p.add_argument(image_flag, default=env(image_env, image_default),
-                   help=f"image to start, Docker backend (env {image_env})")
+                   help=f"image to start, Docker and Swarm backends (env {image_env})")
     p.add_argument("--stack", default=env("STACK", "dslab"),
-                   help="label of the containers this balancer starts (env STACK)")
+                   help="label and name prefix of the containers or services this balancer "
+                        "starts (env STACK)")
     p.add_argument("--docker-address", choices=["name", "loopback"],
                    default=env("DOCKER_ADDRESS", "name"),
-                   help="reach containers by name (balancer in Docker) or on published loopback "
-                        "ports (balancer on the host) (env DOCKER_ADDRESS)")
+                   help="reach containers by name (balancer in Docker or in the swarm) or on "
+                        "published loopback ports (balancer on the host) (env DOCKER_ADDRESS)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 

@@ -31,16 +31,17 @@ def speed_bars(table: pd.DataFrame) -> Figure:
 def cpu_bars(cpu: pd.DataFrame) -> Figure:
     """Cores used per part (the balancer, the clients, the metadata engine, the busiest server
     and all servers together), mean over the runs, a panel per world and configuration."""
-    parts = ["balancer", "client", "metadata engine", "busiest server", "servers"]
-    long = cpu.melt(id_vars=["world", "config", "kind"], value_vars=parts, var_name="part",
-                    value_name="cores")
+    parts = ["balancer", "client", "metadata engine", "busiest server", "all servers"]
+    long = cpu.rename(columns={"servers": "all servers"}).melt(
+        id_vars=["world", "config", "kind"], value_vars=parts, var_name="part",
+        value_name="cores")
     grid = sns.catplot(long, x="kind", y="cores", hue="part", hue_order=parts, row="world",
                        col="config", kind="bar", errorbar=None, height=2.8, aspect=1.4,
                        sharey="row",  # type: ignore[arg-type]  # the stubs say bool; "row" works
                        palette="tab10")
     caps = cpu.groupby("world").cap.first()
     for (world, config), ax in grid.axes_dict.items():
-        ax.set_title(f"{world}: {config}", fontsize=9)
+        ax.set_title(f"{config}\n{world}", fontsize=8)
         ax.set_xlabel("")
         if pd.notna(caps[world]):
             ax.axhline(caps[world], color="black", linestyle=":", linewidth=1)

@@ -77,10 +77,13 @@ def _ratio_phrase(ratio: float) -> str:
 
 
 def _agreement(ratio: float, predicted: float) -> str:
-    if abs(ratio / predicted - 1) < 0.25:
+    same, close = _ratio_phrase(ratio) == _ratio_phrase(predicted), abs(ratio / predicted - 1) < 0.25
+    if same and close:
         return " as predicted"
-    if _ratio_phrase(ratio) == _ratio_phrase(predicted):
+    if same:
         return " in the predicted direction, not by the predicted amount"
+    if close:
+        return f", near the predicted {predicted:.2f}×"
     return f" where the model predicted it {_ratio_phrase(predicted)}"
 
 

@@ -15,21 +15,23 @@ from .process import ProcessSupervisor
 def make_supervisor(backend: str, spec: ReplicaSpec, *, stack: str = "dslab",
                     address: str = "name") -> ReplicaSupervisor:
     """The one place a backend is chosen, for both balancers. ``stack`` and ``address`` are
-    the Docker backend's (see ``supervisor/docker.py``)."""
+    the Docker and Swarm backends' (see ``supervisor/docker.py`` and ``supervisor/swarm.py``)."""
     if backend == "process":
         return ProcessSupervisor(spec)
-    if backend == "docker":
-        try:
-            from .docker import DockerSupervisor  # imports the Docker SDK only when asked for
+    if backend in ("docker", "swarm"):
+        try:  # imports the Docker SDK only when asked for
+            from .docker import DockerSupervisor
+            from .swarm import SwarmSupervisor
         except ImportError as exc:
             raise SupervisorError("the Docker SDK is not installed: "
                                   "pip install 'dslab[docker]'") from exc
 
-        return DockerSupervisor(spec, stack=stack, address=address)
+        kind = DockerSupervisor if backend == "docker" else SwarmSupervisor
+        return kind(spec, stack=stack, address=address)
     raise ValueError(f"unknown backend {backend!r}")
 
 
-BACKENDS = ("process", "docker")
+BACKENDS = ("process", "docker", "swarm")
 
 __all__ = [
     "BACKENDS",

@@ -267,5 +267,8 @@ class DockerSupervisor(ReplicaSupervisor):
         self._closing = True
         self._events.close()
         if self._own_network:
-            for network in self.client.networks.list(names=[self.network]):
-                network.remove()
+            await asyncio.get_running_loop().run_in_executor(None, self._remove_network)
+
+    def _remove_network(self) -> None:
+        for network in self.client.networks.list(names=[self.network]):
+            network.remove()
