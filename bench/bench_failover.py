@@ -1,7 +1,9 @@
-"""Measure, for both backends in one run: the time from killing a replica to its replacement
+"""Measure, for every backend in one run: the time from killing a replica to its replacement
 serving, and the time of POST /add for n new replicas.
 
-The process backend kills with SIGKILL, the Docker backend with ``docker kill``. "Serving"
+The process backend kills with SIGKILL, the Docker backend with ``docker kill``, the Swarm
+backend with ``docker kill`` of the task's container (on a single-node swarm: this engine's
+own, or one initialised for the run and left afterwards). "Serving"
 means a GET /home answered by the replacement (seen in ``X-Served-By``); clients send a fresh
 request id every few milliseconds meanwhile. Prints the median and the range of ``--rounds``.
 """
@@ -18,6 +20,7 @@ import httpx
 
 from dslab.stack import BalancerProcess
 from dslab.supervisor.docker import DockerUnavailable, docker_client
+from dslab.swarmctl import swarm_for_a_while
 
 STACK = "bench-failover"
 
@@ -29,8 +32,10 @@ def replicas(client: httpx.Client) -> list[str]:
 def kill(backend: str, balancer: BalancerProcess, name: str) -> None:
     if backend == "process":
         os.kill(balancer.replica_processes()[name].pid, signal.SIGKILL)
-    else:
-        docker_client().containers.get(f"{STACK}-{name}").kill()  # containers carry the stack
+    else:  # a container, or a Swarm task's container: both carry the stack's labels
+        (container,) = docker_client().containers.list(
+            filters={"label": [f"dslab.stack={STACK}", f"dslab.replica={name}"]})
+        container.kill()
 
 
 def time_to_serving(backend: str, balancer: BalancerProcess, client: httpx.Client) -> float:
@@ -59,7 +64,7 @@ def time_to_add(client: httpx.Client, n: int) -> float:
 
 def measure(backend: str, rounds: int, add_n: int) -> dict[str, list[float]]:
     args = ["-n", "3", "--hash", "blake2b", "--backend", backend]
-    if backend == "docker":
+    if backend in ("docker", "swarm"):
         args += ["--docker-address", "loopback", "--stack", STACK]
     results: dict[str, list[float]] = {"kill -> replacement serves": [], f"POST /add n={add_n}": [],
                                        "POST /add n=1": []}
@@ -79,13 +84,19 @@ def main() -> None:
     args = ap.parse_args()
     backends = ["process"]
     try:
-        docker_client()
-        backends.append("docker")
+        client = docker_client()
+        backends += ["docker", "swarm"]
     except DockerUnavailable as exc:
         print(f"(no Docker: {exc})")
     print(f"{os.cpu_count()} cores; 3 replicas; {args.rounds} rounds; median [min, max] seconds\n")
     print(f"{'':28s}" + "".join(f"{b:>24s}" for b in backends))
-    table = {backend: measure(backend, args.rounds, args.add) for backend in backends}
+    table = {}
+    for backend in backends:
+        if backend == "swarm":
+            with swarm_for_a_while(client):
+                table[backend] = measure(backend, args.rounds, args.add)
+        else:
+            table[backend] = measure(backend, args.rounds, args.add)
     for metric in table["process"]:
         cells = []
         for backend in backends:

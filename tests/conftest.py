@@ -9,6 +9,7 @@ import importlib
 import itertools
 import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -140,6 +141,25 @@ def all_rows(client: httpx.Client) -> list[dict]:
     return client.post("/read", json={"Stud_id": {"low": 0, "high": (1 << 63) - 1}}).json()["data"]
 
 
+class HomeLoad(Workers):
+    """GET /home in a loop: answers counted, failures (a status or an exception) listed."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, threads=4, timeout=20)
+        self.ok, self.failed = 0, list[int | str]()
+
+    def step(self, client: httpx.Client) -> None:
+        try:
+            code: int | str = client.get("/home").status_code
+        except httpx.HTTPError as exc:
+            code = type(exc).__name__
+        with self.lock:
+            if code == 200:
+                self.ok += 1
+            else:
+                self.failed.append(code)
+
+
 class DbWriter(Workers):
     """Writes batches of fresh Stud_ids in a loop. A 503 while a shard is down is expected
     and recorded with the ids it carried (they may or may not survive: never acknowledged);
@@ -243,3 +263,21 @@ async def served_in(url: str, seconds: float, concurrency: int = 8) -> int:
                     concurrency=concurrency, timeout=30)
     assert (df.status == 200).all(), df.status.value_counts()
     return len(df)
+
+
+DOCKER_IMAGES = ("dslab-replica:latest", "dslab-shard:latest", "dslab-balancer:latest")
+
+
+@pytest.fixture(scope="module")
+def docker():
+    """A Docker client with the project's images (built with `make images` if one is missing);
+    the test skips only where no engine answers."""
+    from dslab.supervisor.docker import DockerUnavailable, docker_client
+
+    try:
+        client = docker_client()
+    except DockerUnavailable as exc:
+        pytest.skip(f"no Docker engine answers here: {exc}")
+    if any(not client.images.list(name=image) for image in DOCKER_IMAGES):
+        subprocess.run(["make", "images"], cwd=REPO, check=True)
+    return client

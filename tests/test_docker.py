@@ -19,7 +19,7 @@ from conftest import (
     REPO,
     SPAWN_BUDGET,
     DbWriter,
-    Workers,
+    HomeLoad,
     assert_all_gone,
     detection_time,
     row,
@@ -29,20 +29,6 @@ from conftest import (
 from dslab.stack import BalancerProcess, StackError, wait_until
 from dslab.supervisor import ReplicaSpec
 from dslab.supervisor.docker import DockerSupervisor, DockerUnavailable, docker_client
-
-IMAGES = ("dslab-replica:latest", "dslab-shard:latest", "dslab-balancer:latest")
-
-
-@pytest.fixture(scope="module")
-def docker():
-    try:
-        client = docker_client()
-    except DockerUnavailable as exc:
-        pytest.skip(f"no Docker engine answers here: {exc}")
-    missing = [image for image in IMAGES if not client.images.list(name=image)]
-    if missing:
-        subprocess.run(["make", "images"], cwd=REPO, check=True)
-    return client
 
 
 @pytest.fixture
@@ -61,23 +47,6 @@ def stack(docker):
     assert not left and not networks, f"left behind: {left} {networks}"
 
 
-class Load(Workers):
-    def __init__(self, url: str) -> None:
-        super().__init__(url, threads=4, timeout=20)
-        self.ok, self.failed = 0, list[int | str]()
-
-    def step(self, client: httpx.Client) -> None:
-        try:
-            code: int | str = client.get("/home").status_code
-        except httpx.HTTPError as exc:
-            code = type(exc).__name__
-        with self.lock:
-            if code == 200:
-                self.ok += 1
-            else:
-                self.failed.append(code)
-
-
 def test_balancer_with_containers_replaces_a_killed_one_under_load(docker, stack):
     balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--backend", "docker",
                                      "--docker-address", "loopback", "--stack", stack]).start()
@@ -94,7 +63,7 @@ def test_balancer_with_containers_replaces_a_killed_one_under_load(docker, stack
             assert client.request("DELETE", "/rm", json={"n": 1, "hostnames": ["S5"]}).status_code == 200
             assert not docker.containers.list(all=True, filters={"name": f"^{stack}-S5$"})
 
-            with Load(balancer.url) as load:
+            with HomeLoad(balancer.url) as load:
                 wait_until(lambda: load.ok > 100, 30, what="load")
                 docker.containers.get(f"{stack}-Server2").kill()
                 killed = time.monotonic()

@@ -18,46 +18,31 @@ import uuid
 import httpx
 import pytest
 
-from conftest import REPO, SPAWN_BUDGET, Workers, detection_time, row, seed_init
+from conftest import REPO, SPAWN_BUDGET, HomeLoad, detection_time, row, seed_init
 from dslab.stack import BalancerProcess, wait_until
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec, SpawnError
-from dslab.supervisor.docker import DockerSupervisor, DockerUnavailable, docker_client
+from dslab.supervisor.docker import DockerSupervisor, DockerUnavailable
 from dslab.supervisor.swarm import SwarmSupervisor, remove_swarm_stack, swarm_state
+from dslab.swarmctl import swarm_for_a_while
 
-IMAGES = ("dslab-replica:latest", "dslab-shard:latest", "dslab-balancer:latest")
 
-
-@pytest.fixture(scope="module")
-def docker():
-    try:
-        client = docker_client()
-    except DockerUnavailable as exc:
-        pytest.skip(f"no Docker engine answers here: {exc}")
-    missing = [image for image in IMAGES if not client.images.list(name=image)]
-    if missing:
-        subprocess.run(["make", "images"], cwd=REPO, check=True)
-    return client
+def swarm_networks(docker) -> set[str]:
+    """The networks a swarm brings (other tests may make their own meanwhile)."""
+    return {n.name for n in docker.networks.list() if n.name in ("docker_gwbridge", "ingress")}
 
 
 @pytest.fixture(scope="module")
 def swarm(docker):
     """A swarm this engine manages: this machine's, or one initialised for these tests and
     undone afterwards (with the docker_gwbridge network that `swarm leave` leaves behind)."""
+    networks_before = swarm_networks(docker)
     before = swarm_state(docker)
-    networks_before = {n.name for n in docker.networks.list()}
-    if before == "inactive":
-        subprocess.run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True,
-                       capture_output=True)
-    elif before != "active":
+    if before not in ("inactive", "active"):
         pytest.skip(f"this engine's swarm is {before}")
-    yield docker
-    if before == "inactive":
-        subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
-        for network in docker.networks.list(names=["docker_gwbridge"]):
-            if network.name not in networks_before:
-                network.remove()
-        assert swarm_state(docker) == "inactive"
-        assert {n.name for n in docker.networks.list()} == networks_before
+    with swarm_for_a_while(docker):
+        yield docker
+    assert swarm_state(docker) == before
+    assert swarm_networks(docker) == networks_before
 
 
 @pytest.fixture
@@ -100,7 +85,7 @@ def test_make_swarm_up_serves_replaces_and_swarm_down_leaves_nothing(docker, sta
 
     if swarm_state(docker) != "inactive":
         pytest.skip("this engine is in a swarm already: swarm-down would not leave it")
-    networks_before = {n.name for n in docker.networks.list()}
+    networks_before = swarm_networks(docker)
     port = free_port()
     up = subprocess.run(["make", "swarm-up", f"PORT={port}", "N=2", f"STACK={stack}"], cwd=REPO,
                         capture_output=True, text=True, timeout=600)
@@ -136,7 +121,8 @@ def test_make_swarm_up_serves_replaces_and_swarm_down_leaves_nothing(docker, sta
     label = {"label": f"dslab.stack={stack}"}
     assert docker.containers.list(all=True, filters=label) == []
     assert docker.volumes.list(filters=label) == []
-    assert {n.name for n in docker.networks.list()} == networks_before
+    assert docker.networks.list(filters=label) == []
+    assert swarm_networks(docker) == networks_before  # docker_gwbridge too
 
 
 def make(backend: str, stack: str, request: pytest.FixtureRequest):
@@ -212,30 +198,13 @@ def test_a_replica_is_a_service_of_one_task_on_the_overlay_with_restarts_off(swa
     assert not swarm.networks.list(names=[f"{stack}-net"])  # its own network goes with it
 
 
-class Load(Workers):
-    def __init__(self, url: str) -> None:
-        super().__init__(url, threads=4, timeout=20)
-        self.ok, self.failed = 0, list[int | str]()
-
-    def step(self, client: httpx.Client) -> None:
-        try:
-            code: int | str = client.get("/home").status_code
-        except httpx.HTTPError as exc:
-            code = type(exc).__name__
-        with self.lock:
-            if code == 200:
-                self.ok += 1
-            else:
-                self.failed.append(code)
-
-
 def test_a_killed_task_is_replaced_under_load_with_no_failed_request(swarm, stack):
     balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--backend", "swarm",
                                      "--docker-address", "loopback", "--stack", stack]).start()
     try:
         with httpx.Client(base_url=balancer.url, timeout=30) as client:
             assert client.get("/rep").json()["message"]["replicas"] == ["Server1", "Server2", "Server3"]
-            with Load(balancer.url) as load:
+            with HomeLoad(balancer.url) as load:
                 wait_until(lambda: load.ok > 100, 30, what="load")
                 (container,) = swarm.containers.list(
                     filters={"label": [f"dslab.stack={stack}", "dslab.replica=Server2"]})

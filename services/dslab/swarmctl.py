@@ -13,15 +13,18 @@ through the Docker SDK.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .supervisor.docker import DockerUnavailable, docker_client
 from .supervisor.swarm import remove_swarm_stack, swarm_state
 
-__all__ = ["INITIALISED", "down", "main", "up"]
+__all__ = ["INITIALISED", "down", "main", "swarm_for_a_while", "up"]
 
 ROOT = Path(__file__).resolve().parents[2]
 INITIALISED = "dslab.initialised-swarm"  # a label on the node whose swarm `up` made
@@ -31,6 +34,28 @@ def _docker(*args: str, env: dict[str, str] | None = None) -> None:
     done = subprocess.run(["docker", *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"docker {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def swarm_for_a_while(client: Any, advertise: str = "127.0.0.1") -> Iterator[bool]:
+    """This engine as a swarm manager for the block: its own swarm if it is one, or a swarm
+    initialised here and left afterwards, with the ``docker_gwbridge`` network that leaving
+    leaves behind, so the engine ends as it started (tests, benchmarks). Yields whether it
+    initialised one."""
+    state = swarm_state(client)
+    if state not in ("inactive", "active"):
+        raise SystemExit(f"this engine's swarm is {state}: fix that first (docker info)")
+    networks_before = {n.name for n in client.networks.list()}
+    if state == "inactive":
+        client.swarm.init(advertise_addr=advertise)
+    try:
+        yield state == "inactive"
+    finally:
+        if state == "inactive":
+            client.swarm.leave(force=True)
+            for network in client.networks.list(names=["docker_gwbridge"]):
+                if network.name not in networks_before:
+                    network.remove()
 
 
 def up(stack: str, advertise: str, stack_file: Path) -> None:

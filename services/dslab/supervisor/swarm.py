@@ -125,20 +125,38 @@ class SwarmSupervisor(DockerSupervisor):
             self.client.networks.create(self.network, driver="overlay", attachable=True,
                                         labels={LABEL_STACK: self.stack})
 
+    def _replica_containers_gone(self, timeout: float = 30) -> None:
+        """Swarm reaps a removed service's container a second or two later; wait for every
+        replica container of the stack on this node (not the balancer's own, if it is one)."""
+        deadline = time.monotonic() + timeout
+        filters = {"label": [f"{LABEL_STACK}={self.stack}", f"{LABEL_ROLE}=replica"]}
+        while self.client.api.containers(all=True, filters=filters):  # (no inspect per item)
+            if time.monotonic() > deadline:
+                log.warning("replica containers of %s are still there %gs after their services "
+                            "went", self.stack, timeout)
+                return
+            time.sleep(0.1)
+
     def _remove_network(self) -> None:
-        """The swarm releases a removed service's hold on the network a moment after its
-        task's container is gone: try again until it lets go (within a deadline)."""
+        """The overlay can go once no task uses it: after the containers are reaped, and the
+        manager may still hold on a moment longer (try again, within a deadline)."""
+        self._replica_containers_gone()
         deadline = time.monotonic() + 30
-        while True:
+        while self.client.networks.list(names=[self.network]):
             try:
                 super()._remove_network()
-                return
             except docker.errors.NotFound:
                 return
             except docker.errors.APIError as exc:
                 if time.monotonic() > deadline:
                     raise SupervisorError(f"network {self.network} stays in use: {exc}") from exc
-                time.sleep(0.2)
+            time.sleep(0.2)
+
+    async def close(self) -> None:
+        """Every service removed and, when this returns, no replica container left on this
+        node (nor the network, if this supervisor made it)."""
+        await super().close()
+        await asyncio.get_running_loop().run_in_executor(None, self._replica_containers_gone)
 
     # --- a replica: a service of one task ----------------------------------------------------
 
@@ -241,7 +259,12 @@ class SwarmSupervisor(DockerSupervisor):
             return  # already gone
         except DOCKER_ERRORS as exc:
             raise SupervisorError(f"could not remove service {name}: {exc}") from exc
-        self._wait_task_gone(name)
+        if self.spec.data_path:
+            # Its engine's files must be let go before another engine may open them (the
+            # same server started again in place) or its volume be removed. A replica with no
+            # data need not wait: Swarm reaps its task's container in a second or two, and
+            # the replacement starts meanwhile.
+            self._wait_task_gone(name)
 
     def _wait_task_gone(self, name: str) -> None:
         """Swarm stops the task's container after the service is removed; wait for it on
