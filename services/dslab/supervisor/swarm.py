@@ -178,7 +178,7 @@ class SwarmSupervisor(DockerSupervisor):
             self.client.configs.create(name=self._config_name(name), data=node.encode(),
                                        labels={LABEL_STACK: self.stack, "dslab.node": node})
 
-    def _run(self, name: str) -> None:  # type: ignore[override]  # the task runs later
+    def _create_service(self, name: str) -> None:
         labels = {LABEL_STACK: self.stack, LABEL_ROLE: "replica", LABEL_REPLICA: name}
         mounts, constraints = [], []
         if self.spec.data_path:  # a named volume on the task's node: the data outlives it
@@ -214,7 +214,7 @@ class SwarmSupervisor(DockerSupervisor):
             raise SpawnError(f"replica {name!r} already runs")
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self._run, name)
+            await loop.run_in_executor(None, self._create_service, name)
         except DOCKER_ERRORS as exc:
             raise SpawnError(f"could not create service {self.container_name(name)}: {exc}") from exc
         self._dead.discard(name)
