@@ -2,10 +2,11 @@
 
 A Part 2 stack is a process tree: the balancer, its metadata engine, and per shard server a
 server process with its engine as a child (both carry the server's ``SERVER_ID``, and both sit
-in the server's CPU group when it is capped: the summary counts them together). ``CpuMeter`` samples every process of the tree
-and the client (this process) before and after a phase; ``usage`` turns the difference into
-cores per part, and ``summary`` into the figures a reader needs to see which part was the
-bottleneck: the balancer, the clients, or the busiest server against its quota.
+in the server's CPU group when it is capped: the summary counts them together). ``CpuMeter``
+samples every process of the tree and the client (this process) before and after a phase;
+``usage`` turns the difference into cores per part, and ``summary`` into the figures a reader
+needs to see which part was the bottleneck: the balancer, the clients, or the busiest server
+against its quota.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from ..db.seed import SEED_SCHEMA, row, seed_init
 from ..stack import BalancerProcess, wait_until
 from .cpu import CpuMeter
 from .cpu import summary as cpu_summary
+from .dbfindings import UNCAPPED, hot_shard
 from .load import run_sync, tour
 from .progress import RunProgress
 
@@ -67,7 +68,7 @@ def config_a3(n: int = 10, shards: int = 6, replicas: int = 8) -> dict[str, Any]
 
 def world(cpus: float | None) -> str:
     """The name of a world: servers uncapped (sharing the machine), or each capped."""
-    return f"capped at {cpus:g} core per server" if cpus else "uncapped"
+    return f"capped at {cpus:g} core per server" if cpus else UNCAPPED
 
 
 @contextlib.contextmanager
@@ -156,10 +157,12 @@ def speed(config: dict[str, Any], *, n_writes: int = 10000, n_reads: int = 10000
           progress: RunProgress | None = None) -> Runs:
     """One fresh stack with ``config`` (servers capped at ``server_cpus``): ``n_writes`` rows
     written (``batch`` per request) at random ids, then ``n_reads`` reads of ``span`` ids
-    anywhere ("read"), then ``n_hot_reads`` all in the first shard ("hot read"). Every
+    anywhere ("read"), then ``n_hot_reads`` all in the hot shard, the one with the lowest ids
+("hot read"). Every
     phase's requests and the cores each part of the stack used meanwhile."""
     id_space = sum(s["Shard_size"] for s in config["shards"])
-    hot = min(config["shards"], key=lambda s: s["Stud_id_low"])  # as dbfindings.hot_shard
+    hot_id = hot_shard(config)
+    hot = next(s for s in config["shards"] if s["Shard_id"] == hot_id)
     rng = random.Random(seed)
     ids = rng.sample(range(id_space), n_writes)
     phases = [("write", [("write", "/write", {"data": [row(i) for i in ids[k:k + batch]]})

@@ -55,6 +55,16 @@ log = logging.getLogger(__name__)
 ENDED = {"complete", "failed", "shutdown", "rejected", "orphaned", "remove"}
 
 
+def newest_tasks(tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Service id -> its newest task (a service of one task that ended keeps the old one)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        service = task["ServiceID"]
+        if service not in newest or task["CreatedAt"] > newest[service]["CreatedAt"]:
+            newest[service] = task
+    return newest
+
+
 def swarm_state(client: Any) -> str:
     """This engine's swarm state: "inactive", "pending", "active" or "locked"."""
     return str(client.info().get("Swarm", {}).get("LocalNodeState", "inactive"))
@@ -81,7 +91,8 @@ def remove_swarm_stack(stack: str) -> dict[str, int]:
     for config in client.configs.list(filters=label):
         config.remove()
         removed["configs"] += 1
-    _wait_for_containers_gone(client, stack, 30)
+    if not containers_gone(client, [f"{LABEL_STACK}={stack}"], 30):
+        raise SupervisorError(f"the containers of stack {stack} did not go within 30s")
     for kind, collection in (("networks", client.networks), ("volumes", client.volumes)):
         for item in collection.list(filters=label):
             try:
@@ -92,16 +103,18 @@ def remove_swarm_stack(stack: str) -> dict[str, int]:
     return removed
 
 
-def _wait_for_containers_gone(client: Any, stack: str, timeout: float) -> None:
-    """A removed service's task containers go away a moment later; a network or a volume in
-    use by one cannot be removed until then."""
+def containers_gone(client: Any, labels: list[str], timeout: float) -> bool:
+    """Wait until no container (on this node) carries every one of ``labels``; False if some
+    still did after ``timeout`` s. Swarm reaps a removed service's container a second or two
+    later, and a network or a volume in use by one cannot be removed until then."""
     deadline = time.monotonic() + timeout
     # The low-level list: the high-level one inspects each container, and one that goes in
     # between raises NotFound.
-    while client.api.containers(all=True, filters={"label": f"{LABEL_STACK}={stack}"}):
+    while client.api.containers(all=True, filters={"label": labels}):
         if time.monotonic() > deadline:
-            raise SupervisorError(f"the containers of stack {stack} did not go within {timeout:g}s")
+            return False
         time.sleep(0.1)
+    return True
 
 
 class SwarmSupervisor(DockerSupervisor):
@@ -126,16 +139,12 @@ class SwarmSupervisor(DockerSupervisor):
                                         labels={LABEL_STACK: self.stack})
 
     def _replica_containers_gone(self, timeout: float = 30) -> None:
-        """Swarm reaps a removed service's container a second or two later; wait for every
-        replica container of the stack on this node (not the balancer's own, if it is one)."""
-        deadline = time.monotonic() + timeout
-        filters = {"label": [f"{LABEL_STACK}={self.stack}", f"{LABEL_ROLE}=replica"]}
-        while self.client.api.containers(all=True, filters=filters):  # (no inspect per item)
-            if time.monotonic() > deadline:
-                log.warning("replica containers of %s are still there %gs after their services "
-                            "went", self.stack, timeout)
-                return
-            time.sleep(0.1)
+        """Every replica container of the stack gone from this node (not the balancer's own,
+        if it is one), or a warning."""
+        if not containers_gone(self.client, [f"{LABEL_STACK}={self.stack}",
+                                             f"{LABEL_ROLE}=replica"], timeout):
+            log.warning("replica containers of %s are still there %gs after their services "
+                        "went", self.stack, timeout)
 
     def _remove_network(self) -> None:
         """The overlay can go once no task uses it: after the containers are reaped, and the
@@ -167,11 +176,16 @@ class SwarmSupervisor(DockerSupervisor):
     def _config_name(self, name: str) -> str:
         return f"{self.stack}-{name}-node"
 
+    def _node_config(self, name: str) -> Any:
+        """The config that remembers replica ``name``'s node, or None (the name filter
+        matches prefixes: Server1 would find Server12's)."""
+        wanted = self._config_name(name)
+        return next((c for c in self.client.configs.list(filters={"name": wanted})
+                     if c.name == wanted), None)
+
     def _remembered_node(self, name: str) -> str | None:
-        for config in self.client.configs.list(filters={"name": self._config_name(name)}):
-            if config.name == self._config_name(name):
-                return str(config.attrs["Spec"]["Labels"].get("dslab.node"))
-        return None
+        config = self._node_config(name)
+        return None if config is None else str(config.attrs["Spec"]["Labels"]["dslab.node"])
 
     def _remember_node(self, name: str, node: str) -> None:
         if self._remembered_node(name) is None:
@@ -206,8 +220,8 @@ class SwarmSupervisor(DockerSupervisor):
 
     def _task(self, name: str) -> dict[str, Any] | None:
         """The newest task of replica ``name``'s service, as the manager knows it."""
-        tasks = self.client.api.tasks(filters={"service": self.container_name(name)})
-        return max(tasks, key=lambda t: t["CreatedAt"], default=None)
+        tasks = newest_tasks(self.client.api.tasks(filters={"service": self.container_name(name)}))
+        return next(iter(tasks.values()), None)
 
     async def spawn(self, name: str) -> Replica:
         if name in self._replicas:
@@ -269,19 +283,15 @@ class SwarmSupervisor(DockerSupervisor):
     def _wait_task_gone(self, name: str) -> None:
         """Swarm stops the task's container after the service is removed; wait for it on
         this node (its volume cannot go while it exists), within the stop timeout."""
-        deadline = time.monotonic() + self.stop_timeout + 10
-        filters = {"label": [f"{LABEL_STACK}={self.stack}", f"{LABEL_REPLICA}={name}"]}
-        while self.client.api.containers(all=True, filters=filters):  # (no inspect per item)
-            if time.monotonic() > deadline:
-                log.warning("the container of %s is still there after its service went", name)
-                return
-            time.sleep(0.1)
+        labels = [f"{LABEL_STACK}={self.stack}", f"{LABEL_REPLICA}={name}"]
+        if not containers_gone(self.client, labels, self.stop_timeout + 10):
+            log.warning("the container of %s is still there after its service went", name)
 
     async def discard_data(self, name: str) -> None:
         def forget() -> None:
-            for config in self.client.configs.list(filters={"name": self._config_name(name)}):
-                if config.name == self._config_name(name):
-                    config.remove()
+            config = self._node_config(name)
+            if config is not None:
+                config.remove()
 
         if self.spec.data_path:
             await super().discard_data(name)  # the volume, where it is on this node
@@ -305,11 +315,7 @@ class SwarmSupervisor(DockerSupervisor):
             return
         services = {s["Spec"]["Name"]: s["ID"] for s in self.client.api.services(
             filters={"label": f"{LABEL_STACK}={self.stack}"})}
-        newest: dict[str, dict[str, Any]] = {}
-        for task in self.client.api.tasks(filters={"service": list(services.values())}):
-            service = task["ServiceID"]
-            if service not in newest or task["CreatedAt"] > newest[service]["CreatedAt"]:
-                newest[service] = task
+        newest = newest_tasks(self.client.api.tasks(filters={"service": list(services.values())}))
         for name in names:
             service = services.get(self.container_name(name))
             task = newest.get(service) if service else None
