@@ -13,26 +13,35 @@ with PyMongo's async client, journaled: one ``insert_one`` per row on each repli
 (a), one ``insert_many`` per batch and shard on each replica (b), one ``find`` per shard a range
 touches (c). The ratios say what the balancer, the shard servers and HTTP cost (or save: group
 commit batches single-row writes that the direct path cannot) on top of the engines.
+``--profile`` also samples the balancer, the metadata engine, one shard server and its engine
+with py-spy during (a), and prints where each spends its time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 from pymongo.write_concern import WriteConcern
+from sampling import Sampler
 
 from dslab.db.seed import row, seed_init, shard_of
 from dslab.lab.cpu import CpuMeter
+from dslab.shard.store import RANGE_INDEX, document
 from dslab.stack import BalancerProcess
 
 
@@ -79,11 +88,13 @@ def report(name: str, seconds: float, count: int, latencies: list[float], unit: 
 
 
 class Engines:
-    """PyMongo's async client on every shard server's own engine, journaled, with the same
-    unique index the shard servers make: the direct path to compare the balancer with."""
+    """PyMongo's async client on every shard server's own engine, journaled, with the shard
+    servers' layout (rows keyed by Stud_id, a range index) and client options: the direct path
+    to compare the balancer with."""
 
     def __init__(self, db: BalancerProcess, placement: dict[str, list[str]], name: str) -> None:
-        self.clients = {n: AsyncMongoClient(uri) for n, uri in engine_uris(db).items()}
+        self.clients = {n: AsyncMongoClient(uri, retryWrites=False)
+                        for n, uri in engine_uris(db).items()}
         self.dbs = {n: c[name].with_options(write_concern=WriteConcern(w=1, j=True))
                     for n, c in self.clients.items()}
         self.holders = {shard: [n for n, s in placement.items() if shard in s] for shard in SHARDS}
@@ -91,18 +102,18 @@ class Engines:
     async def prepare(self) -> None:
         for d in self.dbs.values():
             for shard in SHARDS:
-                await d[shard].create_index("Stud_id", unique=True)
+                await d[shard].create_index(RANGE_INDEX)
 
     async def insert_one(self, stud_id: int) -> None:
         shard = shard_of(stud_id)
-        await asyncio.gather(*(self.dbs[n][shard].insert_one(row(stud_id))
+        await asyncio.gather(*(self.dbs[n][shard].insert_one(document(row(stud_id)))
                                for n in self.holders[shard]))
 
     async def insert_many(self, batch: list[int]) -> None:
         groups: dict[str, list[int]] = {}
         for i in batch:
             groups.setdefault(shard_of(i), []).append(i)
-        await asyncio.gather(*(self.dbs[n][shard].insert_many([row(i) for i in ids])
+        await asyncio.gather(*(self.dbs[n][shard].insert_many([document(row(i)) for i in ids])
                                for shard, ids in groups.items() for n in self.holders[shard]))
 
     async def find(self, low: int, high: int, rng: random.Random) -> None:
@@ -129,6 +140,37 @@ def report_cpu(meter: CpuMeter) -> None:
     print("          CPU: " + ", ".join(f"{g} {100 * c:.0f}%" for g, c in
                                       shares.sort_values(ascending=False).items())
           + f" of one core (total {100 * shares.sum():.0f}%)", flush=True)
+
+
+async def report_batches(http: aiohttp.ClientSession) -> None:
+    """How many single-row writes group commit put in one batch, from the balancer's metrics."""
+    async with http.get("/metrics") as r:
+        text = await r.text()
+    totals = {family.name: sum(sample.value for sample in family.samples
+                               if sample.name.endswith("_total"))
+              for family in text_string_to_metric_families(text)}
+    rows, batches = totals["dslab_db_rows_written"], totals["dslab_db_batches"]
+    print(f"          group commit: {batches:.0f} batches, {rows / batches:.1f} rows per batch",
+          flush=True)
+
+
+@contextlib.contextmanager
+def sampled(db: BalancerProcess, profile: bool, tmp: str) -> Iterator[Sampler | None]:
+    """With ``profile``: py-spy on the balancer, the metadata engine, one shard server and its
+    engine, for the first seconds of the phase (long enough to see, short enough to end before
+    it). Without: nothing."""
+    if not profile:
+        yield None
+        return
+    balancer = psutil.Process(db.pid)
+    name, server = sorted(db.replica_processes().items())[0]
+    pids = {"balancer": db.pid, f"shard server {name}": server.pid,
+            "its engine": server.children()[0].pid}
+    for child in balancer.children():  # the balancer's own engine, beside its shard servers
+        if "secantusd" in " ".join(child.cmdline()):
+            pids["metadata engine"] = child.pid
+    with Sampler(pids, 5, Path(tmp)) as sampler:
+        yield sampler
 
 
 async def all_ids(http: aiohttp.ClientSession) -> list[int]:
@@ -162,9 +204,14 @@ async def through_balancer(tmp: str, phase: str, ids: list[int], batch: int,
 
             what = "single-row" if batch == 1 else f"{batch}-row"
             cpu = CpuMeter(db)
-            secs, lat = await run_all(batches, args.concurrency, write)
+            with sampled(db, args.profile and batch == 1, tmp) as sampler:
+                secs, lat = await run_all(batches, args.concurrency, write)
             rates[f"write {what}"] = report(f"balancer  {what} POST /write", secs, len(ids), lat)
             report_cpu(cpu)
+            if batch == 1:
+                await report_batches(http)
+            if sampler is not None:
+                sampler.print_top()
             if reads:
                 cpu = CpuMeter(db)
                 secs, lat = await run_all(reads, args.concurrency, read)
@@ -226,6 +273,8 @@ def main() -> None:
     ap.add_argument("--span", type=int, default=10, help="ids per read range")
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--profile", action="store_true",
+                    help="sample the parts with py-spy during (a); print where their time goes")
     args = ap.parse_args()
     if args.rows > 16384:
         sys.exit("--rows: the seed's four shards hold 16384 ids")

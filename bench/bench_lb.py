@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-from collections import Counter
 from pathlib import Path
+
+from sampling import Sampler
 
 from dslab.lab.baseline import HAProxy, HAProxyBackend, ToolMissing, WrkResult, require, wrk
 from dslab.stack import BalancerProcess
@@ -30,22 +29,9 @@ from dslab.stack import BalancerProcess
 
 def profile_balancer(pid: int, urls: list[str], args: argparse.Namespace, work: Path) -> None:
     """py-spy under load; prints the hottest functions (own time) and their share."""
-    raw = work / "profile.txt"
-    py_spy = Path(sys.executable).parent / "py-spy"
-    spy = subprocess.Popen([str(py_spy), "record", "-p", str(pid), "-o", str(raw), "-f", "raw",
-                            "-r", "250", "-d", str(args.seconds), "--nonblocking"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wrk(urls, args.seconds, args.connections)
-    spy.wait()
-    own: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frame = stack.split(";")[-1]
-        own[re.sub(r" \(.*/site-packages/", " (", frame)] += int(count)
-    total = sum(own.values())
-    print(f"\nbalancer profile ({total} samples at 250 Hz), own time:")
-    for frame, count in own.most_common(15):
-        print(f"  {100 * count / total:5.1f}%  {frame}")
+    with Sampler({"balancer profile": pid}, args.seconds, work) as sampler:
+        wrk(urls, args.seconds, args.connections)
+    sampler.print_top(15)
 
 
 def main() -> None:

@@ -8,11 +8,14 @@ import signal
 
 import httpx
 import psutil
+import pymongo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEED_SCHEMA, assert_all_gone, assert_error, row
+from dslab.engine import LocalEngine
+from dslab.shard.store import LAYOUT
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec
 from extremes import EDGE_INTS, as_json, floats, ints, scalars, strings, values
 
@@ -134,6 +137,51 @@ def test_a_restarted_server_finds_its_configuration_and_rows(tmp_path):
         assert client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"] == [row(1), row(2)]
         assert client.post("/write", json={"shard": "sh2", "curr_idx": 0, "data": [row(4100)]}
                            ).status_code == 200
+
+
+def write_layout_1(data_root, halfway: bool, name: str = "Server0") -> None:
+    """What a shard server of layout 1 left: ObjectId _ids, a unique index on Stud_id, and a
+    configuration with no layout, written straight into the engine it would have used.
+    ``halfway``: as an upgrade killed after its first steps left it (the unique index
+    dropped, one row copied under its Stud_id, the old rows still there)."""
+    async def write() -> None:
+        engine = LocalEngine(data_root / name / "engine")
+        client: pymongo.AsyncMongoClient[dict] = pymongo.AsyncMongoClient(await engine.start())
+        db = client["studdb"]
+        await db["_meta"].insert_one({"_id": "config", "schema": SEED_SCHEMA, "shards": ["sh1"]})
+        await db["sh1"].create_index("Stud_id", unique=True)
+        await db["sh1"].insert_many([row(1), row(2), row(7)])
+        if halfway:
+            await db["sh1"].drop_index("Stud_id_1")
+            await db["sh1"].insert_one({"_id": 2, **row(2)})
+        await client.close()
+        engine.stop()
+    asyncio.run(write())
+
+
+@pytest.mark.parametrize("halfway", [False, True], ids=["old layout", "upgrade killed halfway"])
+def test_rows_of_the_old_layout_are_kept_and_keyed_by_stud_id(tmp_path, halfway):
+    """A server started on data of layout 1 serves every row once and keeps Stud_ids unique,
+    also when an earlier upgrade was killed halfway; a second start finds the rows as they
+    were."""
+    write_layout_1(tmp_path, halfway)
+    for _ in range(2):
+        with ShardServer(tmp_path) as client:
+            copy = client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"]
+            assert copy == [row(1), row(2), row(7)]
+            answer = client.post("/insert", json={"shard": "sh1", "curr_idx": 3,
+                                                  "data": [row(2), row(3)]}).json()
+            assert answer["existing"] == [2]
+            assert client.post("/read", json={"shard": "sh1", "Stud_id": {"low": 2, "high": 3}}
+                               ).json()["data"] == [row(2), row(3)]
+            assert client.post("/erase", json={"shard": "sh1", "Stud_ids": [3]}).status_code == 200
+    engine = LocalEngine(tmp_path / "Server0" / "engine")
+    with pymongo.MongoClient(asyncio.run(engine.start())) as direct:
+        docs = list(direct["studdb"]["sh1"].find())
+        assert sorted(d["_id"] for d in docs) == [1, 2, 7]
+        assert all(d["_id"] == d["Stud_id"] for d in docs)
+        assert direct["studdb"]["_meta"].find_one()["layout"] == LAYOUT
+    engine.stop()
 
 
 def test_sigkill_of_the_server_takes_its_engine_along(tmp_path):

@@ -89,7 +89,7 @@ class DataPath:
 
     async def _commit_batch(self, shard: str, batch: list[Waiting]) -> None:
         """One batch of single-shard writes, under the shard's lock: one bulk insert per
-        replica, one saved row count. A write whose ids are stored (the replicas' unique index
+        replica, one saved row count. A write whose ids are stored (the replicas' _id index
         says so) gets its own 409 while the others commit. A write that shares an id with an
         earlier write of the batch waits for it, in a next round: refused if it committed
         (known here, no round trip), tried if it was refused."""
@@ -145,7 +145,7 @@ class DataPath:
     async def _insert(self, shard: str, rows: list[dict[str, Any]]) -> tuple[list[str], set[int]]:
         """Insert ``rows`` on every live replica of ``shard``, the ones already stored left
         alone: (the replicas that hold them now, the Stud_ids that were stored). The replicas'
-        unique index answers "is it new?": no round trip asks first. A replica that names
+        _id index answers "is it new?": no round trip asks first. A replica that names
         other stored rows than the others is out of step and leaves."""
         sent_to = self.state.live(shard)
         try:

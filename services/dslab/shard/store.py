@@ -1,4 +1,12 @@
-"""A shard server's rows in MongoDB: one collection per shard, a unique index on Stud_id.
+"""A shard server's rows in MongoDB: one collection per shard, each row keyed by its Stud_id.
+
+A row is stored as ``{_id: Stud_id, Stud_id, ...}``: the primary key is the Stud_id, so the
+``_id`` index alone says whether an id is held (no second unique index to maintain), and
+single-row reads, updates and deletes are lookups of ``_id``. A plain (not unique) index on
+Stud_id serves range reads, because the local engine does not scan ``_id`` by range (a 10-id
+range read costs a scan of the whole collection there). Measured here, one engine, journaled
+batches of 16 rows: 0.27 ms of engine CPU per row with the old layout (an ObjectId ``_id`` and a
+unique Stud_id index), 0.22 ms with this one. ``upgrade`` moves data written in the old layout.
 
 Every write waits for the journal (``j=True``): acknowledged means on disk. Measured here, 20
 inserts with the default write concern followed by a SIGKILL of the engine left 0 or 11 rows;
@@ -12,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pymongo import ASCENDING, DeleteOne, ReplaceOne
+from pymongo import ASCENDING, ReplaceOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
@@ -20,11 +29,18 @@ from pymongo.write_concern import WriteConcern
 from ..common.engine_errors import engine_errors
 from ..contract.studdb import Schema
 
-__all__ = ["ShardStore"]
+__all__ = ["LAYOUT", "RANGE_INDEX", "ShardStore", "document"]
 
 _META = "_meta"
 _NO_ID = {"_id": 0}
 _DUPLICATE_KEY = 11000
+LAYOUT = 2  # 1 (no "layout" in the config): ObjectId _id and a unique index on Stud_id
+RANGE_INDEX = [("Stud_id", ASCENDING)]
+
+
+def document(row: dict[str, Any]) -> dict[str, Any]:
+    """How a row is stored: keyed by its Stud_id."""
+    return {"_id": row["Stud_id"], **row}
 
 
 class ShardStore:
@@ -34,21 +50,46 @@ class ShardStore:
         self.shards: list[str] = []
 
     async def load(self) -> None:
-        """Pick up the configuration a previous run of this server left."""
+        """Pick up the configuration a previous run of this server left (its rows upgraded to
+        this layout first, if they are in an older one)."""
         with engine_errors("Reading the configuration"):
             doc = await self.db[_META].find_one({"_id": "config"})
-        if doc is not None:
-            self.schema = Schema.model_validate(doc["schema"])
-            self.shards = list(doc["shards"])
+        if doc is None:
+            return
+        if doc.get("layout", 1) != LAYOUT:
+            await self.upgrade(list(doc["shards"]))
+        self.schema = Schema.model_validate(doc["schema"])
+        self.shards = list(doc["shards"])
+
+    async def upgrade(self, shards: list[str]) -> None:
+        """Rows of layout 1 rewritten keyed by Stud_id, then the layout recorded. Every step
+        can be run again, so a server killed halfway finishes it on its next start: the old
+        unique index goes, the range index is made, each old row is copied under its Stud_id
+        (a copy already made is refused by ``_id`` and left), the old rows are deleted."""
+        with engine_errors("Upgrading the stored rows"):
+            for shard in shards:
+                collection = self.db[shard]
+                if "Stud_id_1" in await collection.index_information():
+                    await collection.drop_index("Stud_id_1")
+                await self._make_range_index(collection)
+                old = {"_id": {"$type": "objectId"}}
+                rows = await collection.find(old, _NO_ID).to_list()
+                await self._insert(shard, rows)
+                await collection.delete_many(old)
+            await self.db[_META].update_one({"_id": "config"}, {"$set": {"layout": LAYOUT}})
+
+    @staticmethod
+    async def _make_range_index(collection: AsyncCollection[Any]) -> None:
+        await collection.create_index(RANGE_INDEX, name="Stud_id_range")
 
     async def configure(self, schema: Schema, shards: list[str]) -> None:
         shards = sorted({*self.shards, *shards})
         with engine_errors("Configuring"):
             for shard in shards:
-                await self.db[shard].create_index([("Stud_id", ASCENDING)], unique=True)
+                await self._make_range_index(self.db[shard])
             await self.db[_META].replace_one(
                 {"_id": "config"}, {"_id": "config", "schema": schema.model_dump(),
-                                    "shards": shards}, upsert=True)
+                                    "shards": shards, "layout": LAYOUT}, upsert=True)
         self.schema = schema
         self.shards = shards
 
@@ -65,29 +106,29 @@ class ShardStore:
 
         New rows go in as one ``insert_many``: the engine commits it once, where it commits
         each upsert of a bulk on its own (measured here: 10 rows, 10 commits). Only the rows
-        the unique index refuses are then replaced."""
+        already held are then replaced."""
         with engine_errors(f"Writing {shard}"):
             held = await self._insert(shard, rows)
             if held:
                 await self.db[shard].bulk_write(
-                    [ReplaceOne({"Stud_id": row["Stud_id"]}, row, upsert=True) for row in held],
+                    [ReplaceOne({"_id": row["Stud_id"]}, row, upsert=True) for row in held],
                     ordered=False)
 
     async def insert_new(self, shard: str, rows: list[dict[str, Any]]) -> list[int]:
         """Store the rows whose Stud_id is not here yet, in one ``insert_many``; returns the
-        Stud_ids that were here already (those rows are left as they were). The unique index
+        Stud_ids that were here already (those rows are left as they were). The ``_id`` index
         answers "is it new?", so the balancer needs no round trip to ask first."""
         with engine_errors(f"Writing {shard}"):
             held = await self._insert(shard, rows)
         return sorted(row["Stud_id"] for row in held)
 
     async def _insert(self, shard: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One unordered ``insert_many``; returns the rows the unique index refused. Any other
+        """One unordered ``insert_many``; returns the rows whose Stud_id was held. Any other
         failure is raised. The caller translates the engine's errors."""
         if not rows:
             return []
-        try:  # copies: insert_many gives each document an _id
-            await self.db[shard].insert_many([dict(row) for row in rows], ordered=False)
+        try:
+            await self.db[shard].insert_many([document(row) for row in rows], ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
@@ -97,21 +138,21 @@ class ShardStore:
 
     async def update(self, shard: str, stud_id: int, row: dict[str, Any]) -> bool:
         with engine_errors(f"Updating {shard}"):
-            result = await self.db[shard].replace_one({"Stud_id": stud_id}, row)
+            result = await self.db[shard].replace_one({"_id": stud_id}, row)
         return result.matched_count == 1
 
     async def delete(self, shard: str, stud_id: int) -> bool:
         with engine_errors(f"Deleting from {shard}"):
-            result = await self.db[shard].delete_one({"Stud_id": stud_id})
+            result = await self.db[shard].delete_one({"_id": stud_id})
         return result.deleted_count == 1
 
     async def delete_many(self, shard: str, stud_ids: list[int]) -> None:
+        """One statement, so one commit (a bulk of deletes commits each on its own)."""
         if stud_ids:
             with engine_errors(f"Erasing from {shard}"):
-                await self.db[shard].bulk_write([DeleteOne({"Stud_id": i}) for i in stud_ids],
-                                                ordered=False)
+                await self.db[shard].delete_many({"_id": {"$in": stud_ids}})
 
     async def existing(self, shard: str, stud_ids: list[int]) -> list[int]:
         with engine_errors(f"Reading {shard}"):
-            cursor = self.db[shard].find({"Stud_id": {"$in": stud_ids}}, {"_id": 0, "Stud_id": 1})
+            cursor = self.db[shard].find({"_id": {"$in": stud_ids}}, {"_id": 0, "Stud_id": 1})
             return sorted(doc["Stud_id"] for doc in await cursor.to_list())
