@@ -17,8 +17,9 @@ __all__ = ["Sampler"]
 
 
 class Sampler:
-    """``with Sampler({label: pid}, seconds, folder):`` samples each process for ``seconds``
-    (or until the block ends, if sooner) at ``rate`` Hz; ``print_top()`` after it."""
+    """``with Sampler({label: pid}, seconds, folder):`` samples each process for ``seconds`` at
+    ``rate`` Hz from the block's start (leaving the block waits for the samplers to finish);
+    ``print_top()`` after it."""
 
     def __init__(self, pids: dict[str, int], seconds: float, folder: Path, rate: int = 250) -> None:
         self.pids = pids
