@@ -33,7 +33,7 @@ help:
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9;"
 	@echo "                       ARGS='--algorithm maglev --balance-factor 1.25' and any other option)"
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
-	@echo "make bench-db          Part 2: single-row writes, 100-row writes, reads; balancer vs the engines directly"
+	@echo "make bench-db          Part 2: single-row writes, 100-row writes, reads; balancer vs the engines (ARGS=--profile)"
 	@echo "make bench-failover    kill-to-serving and /add times: process, Docker and Swarm backends"
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 
