@@ -11,6 +11,7 @@ request id every few milliseconds meanwhile. Prints the median and the range of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -92,10 +93,7 @@ def main() -> None:
     print(f"{'':28s}" + "".join(f"{b:>24s}" for b in backends))
     table = {}
     for backend in backends:
-        if backend == "swarm":
-            with swarm_for_a_while(client):
-                table[backend] = measure(backend, args.rounds, args.add)
-        else:
+        with swarm_for_a_while(client) if backend == "swarm" else contextlib.nullcontext():
             table[backend] = measure(backend, args.rounds, args.add)
     for metric in table["process"]:
         cells = []
