@@ -245,6 +245,19 @@ def start_db(start_balancer, tmp_path):
     return start
 
 
+def written_then_stopped(args: list[str], rows: list[dict]) -> dict:
+    """A Part 2 balancer started with ``args``, given the seed's /init and ``rows``, then
+    stopped cleanly: its /status as it was (what a restart with the same args must find)."""
+    db = BalancerProcess("dslab.db", args=args).start()
+    try:
+        with httpx.Client(base_url=db.url, timeout=120) as client:
+            assert client.post("/init", json=seed_init()).status_code == 200
+            assert client.post("/write", json={"data": rows}).status_code == 200
+            return dict(client.get("/status").json())
+    finally:
+        assert db.stop() == 0
+
+
 def shard_rows(db: BalancerProcess, server: str, shard: str) -> list[dict]:
     """Every row of ``shard`` as the shard server ``server`` holds it, asked directly."""
     port = db.replica_ports()[server]

@@ -25,6 +25,7 @@ from conftest import (
     row,
     seed_init,
     served_in,
+    written_then_stopped,
 )
 from dslab.stack import BalancerProcess, StackError, wait_until
 from dslab.supervisor import ReplicaSpec
@@ -231,14 +232,7 @@ def test_part2_balancer_restarted_finds_its_containers_data(docker, stack, tmp_p
     args = ["--state-dir", str(tmp_path), "--backend", "docker", "--docker-address", "loopback",
             "--stack", stack]
     rows = [row(i) for i in range(0, 16384, 211)]
-    first = BalancerProcess("dslab.db", args=args).start()
-    try:
-        with httpx.Client(base_url=first.url, timeout=120) as client:
-            assert client.post("/init", json=seed_init()).status_code == 200
-            assert client.post("/write", json={"data": rows}).status_code == 200
-            status = client.get("/status").json()
-    finally:
-        assert first.stop() == 0
+    status = written_then_stopped(args, rows)
     assert docker.containers.list(all=True, filters={"label": f"dslab.stack={stack}"}) == []
     second = BalancerProcess("dslab.db", args=args).start()
     try:

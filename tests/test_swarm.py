@@ -18,7 +18,15 @@ import uuid
 import httpx
 import pytest
 
-from conftest import REPO, SPAWN_BUDGET, HomeLoad, detection_time, row, seed_init
+from conftest import (
+    REPO,
+    SPAWN_BUDGET,
+    HomeLoad,
+    detection_time,
+    row,
+    seed_init,
+    written_then_stopped,
+)
 from dslab.stack import BalancerProcess, wait_until
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec, SpawnError
 from dslab.supervisor.docker import DockerSupervisor, DockerUnavailable
@@ -265,14 +273,7 @@ def test_a_restarted_part2_balancer_starts_its_servers_where_their_volumes_are(s
     args = ["--state-dir", str(tmp_path), "--backend", "swarm", "--docker-address", "loopback",
             "--stack", stack]
     rows = [row(i) for i in range(0, 16384, 211)]
-    first = BalancerProcess("dslab.db", args=args).start()
-    try:
-        with httpx.Client(base_url=first.url, timeout=120) as client:
-            assert client.post("/init", json=seed_init()).status_code == 200
-            assert client.post("/write", json={"data": rows}).status_code == 200
-            status = client.get("/status").json()
-    finally:
-        assert first.stop() == 0
+    status = written_then_stopped(args, rows)
     assert not swarm.services.list(filters={"label": f"dslab.stack={stack}"})
     node = swarm.info()["Swarm"]["NodeID"]
     second = BalancerProcess("dslab.db", args=args).start()

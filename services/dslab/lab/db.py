@@ -33,21 +33,21 @@ from .load import run_sync, tour
 from .progress import RunProgress
 
 __all__ = [
-    "Runs",
-    "World",
-    "plan",
-    "read_jobs",
     "config_a2",
     "config_a3",
     "cpu_table",
     "db_stack",
     "endpoint_tour",
     "kill_and_refill",
+    "plan",
+    "read_jobs",
     "replica_counts",
+    "Runs",
     "speed",
     "speed_table",
     "status",
     "timed",
+    "World",
     "world",
 ]
 
@@ -158,8 +158,7 @@ def speed(config: dict[str, Any], *, n_writes: int = 10000, n_reads: int = 10000
     """One fresh stack with ``config`` (servers capped at ``server_cpus``): ``n_writes`` rows
     written (``batch`` per request) at random ids, then ``n_reads`` reads of ``span`` ids
     anywhere ("read"), then ``n_hot_reads`` all in the hot shard, the one with the lowest ids
-("hot read"). Every
-    phase's requests and the cores each part of the stack used meanwhile."""
+    ("hot read"). Every phase's requests and the cores each part of the stack used meanwhile."""
     id_space = sum(s["Shard_size"] for s in config["shards"])
     hot_id = hot_shard(config)
     hot = next(s for s in config["shards"] if s["Shard_id"] == hot_id)
