@@ -34,7 +34,7 @@ EXPERIMENTS: dict[str, str] = {
 }
 
 DB_QUICK: dict[str, Any] = {"n_writes": 200, "n_reads": 200, "n_hot_reads": 100, "repeats": 1,
-            "capped_writes": 60, "capped_reads": 60, "capped_hot_reads": 60}
+                            "capped_writes": 60, "capped_reads": 60, "capped_hot_reads": 60}
 
 # Small sizes: every notebook runs in seconds (make test runs them all like this).
 QUICK: dict[str, dict[str, Any]] = {
