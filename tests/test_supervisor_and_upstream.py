@@ -70,7 +70,8 @@ def test_alive_turns_false_when_the_process_dies():
 def test_a_replica_that_cannot_start_is_a_spawn_error():
     async def scenario():
         async with ProcessSupervisor(ReplicaSpec(module="dslab.no_such_module")) as sup:
-            with pytest.raises(SpawnError, match="exited before listening"):
+            # Which replica, and why: its exit code (Python's 1 for a missing module).
+            with pytest.raises(SpawnError, match=r"'X1' exited before listening \(exit code 1\)"):
                 await sup.spawn("X1")
             assert sup.replicas() == []
 

@@ -10,9 +10,8 @@ Both cgroup versions:
     v2  <root>/<parent>/<name>/cpu.max ("quota period"); the parent enables +cpu for its
         children in cgroup.subtree_control
 
-A replica joins its group before it runs any code of its own: it is started through
-``/bin/sh``, which writes its own pid into the group's ``cgroup.procs`` and then ``exec``s the
-replica (no ``preexec_fn``: not safe in a process with threads, as the balancer is).
+A replica joins its group once it is ready (``join_group``), with every process it started:
+the process backend starts replicas uncapped so that a start-up never waits on the quota.
 """
 
 from __future__ import annotations
@@ -21,9 +20,11 @@ import os
 import time
 from pathlib import Path
 
+import psutil
+
 from .base import SupervisorError
 
-__all__ = ["CgroupError", "CpuGroups", "PERIOD_US", "launcher"]
+__all__ = ["CgroupError", "CpuGroups", "PERIOD_US", "join_group"]
 
 PERIOD_US = 100_000  # the kernel's default CFS period: 100 ms
 
@@ -96,9 +97,30 @@ class CpuGroups:
         _rmdir_when_empty(self.parent, 5.0)
 
 
-def launcher(procs_file: Path, cmd: list[str]) -> list[str]:
-    """``cmd`` started in the group whose ``cgroup.procs`` is ``procs_file``."""
-    return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs_file), *cmd]
+def join_group(pid: int, procs_file: Path) -> list[int]:
+    """Move process ``pid`` and every process it started into the group whose
+    ``cgroup.procs`` is ``procs_file``; returns the pids moved. A child forked while the tree
+    is walked is caught by the next walk (a child forked after its parent joined is in the
+    group already)."""
+    moved: list[int] = []
+    while True:
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            raise CgroupError(f"process {pid} exited before it could join {procs_file.parent}") from None
+        new = [p.pid for p in tree if p.pid not in moved]
+        if not new:
+            return moved
+        for child in new:
+            try:
+                procs_file.write_text(str(child))
+            except ProcessLookupError:
+                continue  # a child that exited meanwhile
+            except OSError as exc:
+                raise CgroupError(f"cannot move process {child} into {procs_file.parent}: "
+                                  f"{exc.strerror}") from None
+            moved.append(child)
 
 
 def _find_cpu_controller(root: Path) -> tuple[int, Path]:

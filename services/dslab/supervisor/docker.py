@@ -101,7 +101,9 @@ class DockerSupervisor(ReplicaSupervisor):
             raise DockerUnavailable(f"Docker could not look up image {spec.image}: {exc}") from exc
         self.stack = stack
         self.address = address
-        self.start_timeout = start_timeout
+        # A container's start-up costs CPU-seconds of its own; capped at C cores it takes 1/C
+        # times as long, so the deadline for an answer stretches with the quota.
+        self.start_timeout = start_timeout / min(1.0, spec.cpus or 1.0)
         self.stop_timeout = stop_timeout
         self.network = network or f"{stack}-net"
         self._ensure_network()

@@ -6,6 +6,12 @@ to signal), with its name in ``SERVER_ID`` and ``HOSTNAME`` as a container would
 writes the port it bound to the pipe ``N``: that line is the readiness signal. With a CPU
 capacity (``ReplicaSpec.cpus``) each replica runs in a cgroup of its own (``cgroups.py``),
 created before it starts and removed after it stopped.
+
+A capped replica starts uncapped and joins its group once it listens, with everything it
+started (a shard server's engine): its start-up (imports, an engine's recovery) costs a few
+CPU-seconds, which at 0.05 core would be a minute of wall time, six servers at once no
+faster. So the start timeout is a hang detector for an uncapped start, whatever the quota,
+and the quota applies to everything the replica serves.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import subprocess
 import sys
 
 from .base import Replica, ReplicaSpec, ReplicaSupervisor, SpawnError, UnknownReplica
-from .cgroups import CpuGroups, launcher
+from .cgroups import CpuGroups, join_group
 
 __all__ = ["ProcessSupervisor"]
 
@@ -27,7 +33,7 @@ log = logging.getLogger(__name__)
 
 class ProcessSupervisor(ReplicaSupervisor):
     def __init__(self, spec: ReplicaSpec, *, host: str = "127.0.0.1",
-                 start_timeout: float = 20.0, stop_timeout: float = 5.0) -> None:
+                 start_timeout: float = 60.0, stop_timeout: float = 5.0) -> None:
         super().__init__(spec)
         self.host = host
         self.start_timeout = start_timeout
@@ -46,8 +52,6 @@ class ProcessSupervisor(ReplicaSupervisor):
         env = {**os.environ, **self.spec.env, "SERVER_ID": name, "HOSTNAME": name}
         cmd = [sys.executable, "-m", self.spec.module, "--host", self.host, "--port", "0",
                "--ready-fd", str(write_fd)]
-        if procs_file is not None:
-            cmd = launcher(procs_file, cmd)
         try:
             proc = subprocess.Popen(cmd, env=env, pass_fds=(write_fd,), start_new_session=True,
                                     stdin=subprocess.DEVNULL)
@@ -55,6 +59,8 @@ class ProcessSupervisor(ReplicaSupervisor):
             os.close(write_fd)
         try:
             port = await self._read_port(read_fd, name, proc)
+            if procs_file is not None:
+                join_group(proc.pid, procs_file)
         except BaseException:
             self._kill(proc, signal.SIGKILL)
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)
@@ -73,12 +79,16 @@ class ProcessSupervisor(ReplicaSupervisor):
         try:
             line = await asyncio.wait_for(reader.readline(), self.start_timeout)
         except TimeoutError:
-            raise SpawnError(f"replica {name!r} did not listen within {self.start_timeout:g}s") from None
+            raise SpawnError(
+                f"replica {name!r} (pid {proc.pid}) runs but did not listen within "
+                f"{self.start_timeout:g}s of an uncapped start; its log is on this process's "
+                "stderr") from None
         finally:
             transport.close()
         if not line.strip().isdigit():
-            code = proc.poll()
-            raise SpawnError(f"replica {name!r} exited before listening (exit code {code})")
+            code = await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+            raise SpawnError(f"replica {name!r} exited before listening (exit code {code}); "
+                             "its log is on this process's stderr")
         return int(line)
 
     async def remove(self, name: str) -> None:
