@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import seed_init, served_in, status
+from conftest import row, seed_init, served_in, status
 from dslab.lab import capacity
 from dslab.supervisor import ProcessSupervisor, ReplicaSpec
 from dslab.supervisor.cgroups import PERIOD_US, CgroupError, CpuGroups
@@ -90,18 +90,25 @@ def test_a_capped_replica_serves_fewer_requests_alone_than_an_uncapped_one():
 
 
 @needs_cgroups
-def test_part2_servers_and_their_engines_run_capped_and_leave_no_group(start_db):
-    db = start_db("--server-cpus", "0.5")
+def test_six_servers_at_a_twentieth_of_a_core_start_and_run_capped_and_leave_no_group(start_db):
+    """The seed's six servers, each with its engine, started at once at 0.05 core: they start
+    uncapped (no start-up waits on the quota), then run inside it."""
+    db = start_db("--server-cpus", "0.05")
     with httpx.Client(base_url=db.url, timeout=60) as client:
         assert client.post("/init", json=seed_init()).status_code == 200
         servers = status(client)["servers"]
+        assert len(servers) == 6
+        rows = [row(i * 4096 + 7) for i in range(4)]  # a row in each shard: every server writes
+        assert client.post("/write", json={"data": rows}).status_code == 200
+        read = client.post("/read", json={"Stud_id": {"low": 0, "high": 4 * 4096}}).json()
+        assert read["data"] == rows
         processes = db.replica_processes()
         assert sorted(processes) == sorted(servers)
         for name, process in processes.items():
             group = cpu_group_of(process.pid)
             assert group.endswith("/" + name), group
             quota = int((V1 / group.lstrip("/") / "cpu.cfs_quota_us").read_text())
-            assert quota == PERIOD_US // 2
+            assert quota == PERIOD_US // 20
             engines = process.children(recursive=True)
             assert engines and all(cpu_group_of(e.pid) == group for e in engines)
     assert len(dslab_groups(db.pid)) == 1  # one parent group for the balancer
@@ -147,21 +154,19 @@ def test_cgroup_v2_layout_on_a_stand_in_tree(tmp_path):
 
 
 # ---- the capacity edition's arithmetic and text (pure) ----------------------------------------
-def test_the_prediction_is_n_capacities_over_the_busiest_share():
-    from dslab.lab import capacity, lb
-    from dslab.lab.load import random_rids
-    from dslab.ring.analysis import assign, loads
+def test_the_prediction_is_n_capacities_over_the_measured_spread():
+    from dslab.lab import capacity
 
-    mixed = lb.HashConfig("blake2b", "blake2b")
-    names = [f"Server{i}" for i in range(1, 5)]
-    counts = loads(assign(mixed.ring(names), random_rids(20000, 1)), names)
-    ratio = max(counts.values()) / 5000
-    assert capacity.predicted(mixed, 4, 300.0) == pytest.approx(4 * 300 / ratio)
-    skewed = lb.HashConfig("seed", "seed")
-    bounded = lb.HashConfig("seed, c", "seed", balance_factor=1.25)
-    assert capacity.busiest_over_mean(skewed, 4) > 2  # the seed's hash: one hot replica
-    assert capacity.busiest_over_mean(bounded, 4) == 1.25
-    assert capacity.predicted(bounded, 4, 300.0) > 2 * capacity.predicted(skewed, 4, 300.0)
+    before = {"Server1": 10, "Server2": 5}
+    after = {"Server1": 70, "Server2": 25, "Server3": 10}  # Server3 joined: counted from 0
+    # served 60, 20, 10: mean 30, busiest 60
+    assert capacity.spread_of(before, after, ["Server1", "Server2", "Server3"]) == 2.0
+    # a replica that served nothing is in the mean, not left out
+    assert capacity.spread_of({}, {"Server1": 30}, ["Server1", "Server2", "Server3"]) == 3.0
+    with pytest.raises(ValueError, match="no request"):
+        capacity.spread_of(after, after, ["Server1"])
+    assert capacity.predicted(4, 300.0, 2.0) == 600.0
+    assert capacity.predicted(4, 300.0, 1.0) == 1200.0
 
 
 def _runs(world, config, rps, predicted=None):
@@ -171,20 +176,46 @@ def _runs(world, config, rps, predicted=None):
                          for n, r in rps.items()])
 
 
-def test_capacity_observations_state_growth_and_saturation_only_when_shown():
+def test_capacity_observations_say_grew_stayed_or_fell_as_measured():
     import pandas as pd
 
     from dslab.lab import capacity
 
     measured = pd.concat([
         _runs("uncapped", "mixed", {2: 4000, 8: 4100}),
+        _runs("uncapped", "seed", {2: 4000, 8: 3000}),
         _runs("capped at 0.1 core", "mixed", {2: 600, 8: 2300}, {2: 620, 8: 2400}),
         _runs("capped at 0.1 core", "seed", {2: 320, 8: 330}, {2: 330, 8: 340}),
         _runs("capped at 0.1 core", "odd", {2: 320, 8: 330}, {2: 330, 8: 1000}),
     ], ignore_index=True)
     text = capacity.observations(measured, 300.0, 0.1)
-    assert "Throughput grew with N for mixed." in text
-    assert "It hardly grew for mixed: with the replicas uncapped" in text
-    assert "It hardly grew for seed, odd; seed within 25% of the prediction" in text
+    assert "Throughput stayed within 2% for mixed. Throughput fell for seed." in text
+    assert "Throughput grew for mixed. Throughput stayed within 3% for seed, odd." in text
+    assert "At N = 8, mixed, seed came within 25% of N × capacity" in text  # not odd
     assert "wrk counted" not in text
     assert "One replica capped at 0.1 core served 300 requests/s" in text
+    # no cause is named that the runs did not measure
+    assert "share the same cores" not in text and "hardly" not in text
+
+    growing = _runs("uncapped", "mixed", {2: 1000, 8: 1300}).assign(errors=[0, 3])
+    text = capacity.observations(growing, None, None)
+    assert "Throughput grew for mixed." in text and "wrk counted 3 errors." in text
+    assert "came within" not in text and "One replica" not in text
+
+
+def test_throughput_by_n_records_the_spread_the_ring_gives_and_predicts_from_it():
+    """Live (uncapped, wrk): the busiest / mean each run records is the balancer's count of
+    that run, which for a hash is the ring's share of random ids; the prediction uses it."""
+    from dslab.lab import capacity, lb
+    from dslab.lab.load import random_rids
+    from dslab.ring.analysis import assign, loads
+
+    config = lb.HashConfig("seed", "seed")
+    measured = capacity.throughput_by_n([config], [2, 3], None, seconds=1, capacity=100.0)
+    assert list(measured.N) == [2, 3] and (measured.errors == 0).all()
+    for run in measured.itertuples():
+        names = [f"Server{i}" for i in range(1, run.N + 1)]
+        counts = loads(assign(config.ring(names), random_rids(20000, 1)), names)
+        ring_share = max(counts.values()) / (20000 / run.N)
+        assert run.busiest_over_mean == pytest.approx(ring_share, rel=0.15), run
+        assert run.predicted == pytest.approx(run.N * 100.0 / run.busiest_over_mean)

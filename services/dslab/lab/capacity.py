@@ -1,36 +1,39 @@
 """Capacity editions: the experiments with a CPU capacity per server (``--replica-cpus``).
 
-On this machine every replica shares two cores with the balancer and the clients, so a replica
-adds contention, not capacity. With a quota per replica (a cgroup each, or a container's CPU
-limit) a replica is a server with a capacity of its own, as on a real deployment, and the
-experiments can show what the design is for: throughput that grows with N when the hash
-spreads the load, and a hot replica that caps it when the hash does not.
+Uncapped, every replica shares the machine's cores with the balancer and the clients, so a
+replica adds contention, not capacity. With a quota per replica (a cgroup each, or a
+container's CPU limit) a replica is a server with a capacity of its own, as on a real
+deployment, and the experiments can show what the design is for: throughput that grows with N
+when the hash spreads the load, and a hot replica that caps it when the hash does not.
 
     available              None, or why quotas cannot be had here (not root, no cgroups)
     replica_capacity       requests/s one capped replica serves alone behind the balancer (wrk)
-    throughput_by_n        requests/s through the balancer against N, grown by /add (wrk)
-    predicted              N x capacity / (busiest / mean): what the ring's shares allow
+    throughput_by_n        requests/s through the balancer against N, grown by /add (wrk), with
+                           the busiest / mean share of that run, counted by the balancer
+    predicted              N x capacity / (busiest / mean): what that spread allows
     observations           the findings as text, each only when the numbers show it
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pandas as pd
 
-from ..ring.analysis import assign, loads
 from ..supervisor.cgroups import CgroupError, CpuGroups
 from .baseline import wrk
-from .lb import HashConfig, grow_to, lb_stack
-from .load import random_rids
+from .lb import HashConfig, grow_to, lb_stack, replicas, served_by_metrics
 from .progress import RunProgress
 
-__all__ = ["available", "observations", "predicted", "replica_capacity", "throughput_by_n"]
+__all__ = ["available", "observations", "predicted", "replica_capacity", "spread_of",
+           "throughput_by_n"]
+
+# growth from the smallest to the largest N: at least GREW x is "grew", below FELL x "fell"
+GREW, FELL = 1.2, 0.9
 
 
 def available() -> str | None:
@@ -51,26 +54,28 @@ def replica_capacity(cpus: float, seconds: float = 3.0, connections: int = 32) -
         return wrk([url], seconds, connections).rps
 
 
-def busiest_over_mean(config: HashConfig, n: int, n_ids: int = 20000) -> float:
-    """The ring's own busiest / mean share with ``n`` replicas, over many random ids (the
-    bound c for bounded loads, when it is below the hash's)."""
-    names = [f"Server{i}" for i in range(1, n + 1)]
-    counts = loads(assign(config.ring(names), random_rids(n_ids, 1)), names)
-    ratio = max(counts.values()) / (n_ids / n)
-    return min(ratio, config.balance_factor) if config.balance_factor else ratio
-
-
-def predicted(config: HashConfig, n: int, capacity: float) -> float:
+def predicted(n: int, capacity: float, busiest_over_mean: float) -> float:
     """Throughput at which the busiest replica saturates: N x capacity / (busiest / mean)."""
-    return n * capacity / busiest_over_mean(config, n)
+    return n * capacity / busiest_over_mean
+
+
+def spread_of(before: Mapping[str, int], after: Mapping[str, int], names: Sequence[str]) -> float:
+    """busiest / mean of the requests each of ``names`` served between two counts of the
+    balancer's /metrics (a replica that served none counts as 0)."""
+    served = [after.get(name, 0) - before.get(name, 0) for name in names]
+    total = sum(served)
+    if total <= 0:
+        raise ValueError("no request was served between the two counts")
+    return max(served) / (total / len(names))
 
 
 def throughput_by_n(configs: Sequence[HashConfig], ns: Sequence[int], cpus: float | None,
                     seconds: float = 3.0, connections: int = 32,
                     capacity: float | None = None) -> pd.DataFrame:
     """For each configuration, one balancer grown by /add from ns[0] to ns[-1] replicas, each
-    capped at ``cpus`` cores (None: uncapped); at every N, requests/s through it with wrk, and
-    with the one-replica ``capacity`` given, the throughput the ring's shares predict."""
+    capped at ``cpus`` cores (None: uncapped); at every N, requests/s through it with wrk, the
+    busiest replica's share of that run against the mean (the balancer's /metrics), and with
+    the one-replica ``capacity`` given, the throughput that share allows."""
     ns = sorted(ns)
     rows: list[dict[str, Any]] = []
     world = f"capped at {cpus:g} core" if cpus else "uncapped"
@@ -82,51 +87,61 @@ def throughput_by_n(configs: Sequence[HashConfig], ns: Sequence[int], cpus: floa
             wrk([url], 1, connections)  # warm-up
             for n in ns:
                 grow_to(balancer, admin, n)
+                names = replicas(balancer)
+                before = served_by_metrics(balancer)
                 result = wrk([url], seconds, connections)
+                spread = spread_of(before, served_by_metrics(balancer), names)
                 progress.done(result.rps * seconds, seconds, f"{config.label}, N = {n}")
                 rows.append({"world": world, "config": config.label, "N": n, "rps": result.rps,
                              "p99_ms": result.p99_ms, "errors": result.errors,
-                             "predicted": predicted(config, n, capacity) if capacity
+                             "busiest_over_mean": spread,
+                             "predicted": predicted(n, capacity, spread) if capacity
                              else float("nan")})
     return pd.DataFrame(rows)
 
 
+def _growth_phrase(ratio: float) -> str:
+    if ratio >= GREW:
+        return "grew"
+    if ratio < FELL:
+        return "fell"
+    return f"stayed within {max(abs(ratio - 1), 0.005):.0%}"
+
+
 def observations(measured: pd.DataFrame, capacity: float | None, cpus: float | None) -> str:
     """What the runs show, computed: growth from the smallest to the largest N in each world
-    and configuration, and how close the capped runs came to the prediction."""
+    and configuration, and how close the capped runs came to what their spread allows."""
     out = []
     for world, part in measured.groupby("world", sort=False):
-        growth: list[tuple[str, float, float, int, int]] = []
+        growth: list[tuple[str, float, float]] = []
         for label, runs in part.groupby("config", sort=False):
             ordered = runs.sort_values("N")
-            growth.append((str(label), float(ordered.rps.iloc[0]), float(ordered.rps.iloc[-1]),
-                           int(ordered.N.iloc[0]), int(ordered.N.iloc[-1])))
+            growth.append((str(label), float(ordered.rps.iloc[0]), float(ordered.rps.iloc[-1])))
+        n0, n1 = int(part.N.min()), int(part.N.max())
         listing = "; ".join(f"{label} {a:,.0f} → {b:,.0f} requests/s ({b / a:.2f}×)"
-                            for label, a, b, _, _ in growth)
-        n0, n1 = growth[0][3], growth[0][4]
+                            for label, a, b in growth)
         out.append(f"**{str(world).capitalize()}**, N = {n0} → {n1}: {listing}.")
         if n1 == n0:  # one N only: nothing to say about growth
             continue
-        grew = [label for label, a, b, _, _ in growth if b > 1.5 * a]
-        flat = [label for label, a, b, _, _ in growth if b < 1.2 * a]
-        if grew:
-            out.append(f"Throughput grew with N for {', '.join(grew)}.")
-        if flat and world == "uncapped":
-            out.append(f"It hardly grew for {', '.join(flat)}: with the replicas uncapped, "
-                       "they, the balancer and the clients share the same cores.")
-        elif flat:
-            last = part[part.N == n1].set_index("config")
-            saturated = [c for c in flat if abs(last.rps[c] / last.predicted[c] - 1) < 0.25]
-            out.append(f"It hardly grew for {', '.join(flat)}"
-                       + (f"; {', '.join(saturated)} within 25% of the prediction: the busiest "
-                          "replica saturates while the others idle." if saturated else "."))
+        by_phrase: dict[str, list[str]] = {}
+        for label, a, b in growth:
+            by_phrase.setdefault(_growth_phrase(b / a), []).append(label)
+        out.append(" ".join(f"Throughput {phrase} for {', '.join(labels)}."
+                            for phrase, labels in by_phrase.items()))
+        last = part[part.N == n1].set_index("config")
+        if last.predicted.notna().any():
+            near = [str(c) for c in last.index if abs(last.rps[c] / last.predicted[c] - 1) < 0.25]
+            if near:
+                out.append(f"At N = {n1}, {', '.join(near)} came within 25% of N × capacity / "
+                           "(busiest / mean): the throughput at which the busiest replica "
+                           "saturates.")
     capped = measured[measured.predicted.notna()]
     if capacity is not None and cpus is not None and len(capped):
         ratio = (capped.rps / capped.predicted).median()
         out.append(f"One replica capped at {cpus:g} core served {capacity:,.0f} requests/s alone "
-                   f"behind the balancer; "
-                   f"the capped runs reached a median {ratio:.0%} of N × that / (busiest / mean), "
-                   f"the throughput at which the ring's busiest replica saturates.")
+                   f"behind the balancer; the capped runs reached a median {ratio:.0%} of "
+                   "N × that / (busiest / mean), with busiest / mean counted by the balancer "
+                   "in each run.")
     errors = int(measured.errors.sum())
     if errors:
         out.append(f"wrk counted {errors} errors.")

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from ..db.placement import servers_of
 from ..db.seed import SEED_SCHEMA, row, seed_init
@@ -31,6 +31,7 @@ from .cpu import summary as cpu_summary
 from .dbfindings import UNCAPPED, hot_shard
 from .load import run_sync, tour
 from .progress import RunProgress
+from .progress import bar as progress_bar
 
 __all__ = [
     "config_a2",
@@ -177,8 +178,7 @@ def speed(config: dict[str, Any], *, n_writes: int = 10000, n_reads: int = 10000
         for kind, jobs in phases:
             if not jobs:
                 continue
-            bar = tqdm(total=len(jobs), desc=f"{label} {kind}s".strip(), leave=False) \
-                if progress else None
+            bar = progress_bar(len(jobs), f"{label} {kind}s".strip()) if progress else None
             meter = CpuMeter(db)
             try:
                 part = run_sync(_post_all(db.url, jobs, concurrency, bar))

@@ -33,10 +33,12 @@ __all__ = [
     "grow_to",
     "kill_under_load",
     "lb_stack",
+    "reach",
     "replicas",
     "requests_per_server",
-    "served_by_metrics",
+    "retries_by_metrics",
     "ring_layout",
+    "served_by_metrics",
     "scaling",
     "summarize",
 ]
@@ -112,10 +114,18 @@ def requests_per_server(n_requests: int = 10000, n: int = 3, config: HashConfig 
 
 def served_by_metrics(balancer: BalancerProcess) -> dict[str, int]:
     """Requests answered 200, per replica, as the balancer's GET /metrics counts them."""
-    text = httpx.get(f"{balancer.url}/metrics", timeout=10).text
-    return {s.labels["replica"]: int(s.value) for family in text_string_to_metric_families(text)
-            for s in family.samples
+    return {s.labels["replica"]: int(s.value) for s in _samples(balancer)
             if s.name == "dslab_requests_total" and s.labels.get("code") == "200"}
+
+
+def retries_by_metrics(balancer: BalancerProcess) -> int:
+    """Requests the balancer answered from another replica than the ring's first choice."""
+    return sum(int(s.value) for s in _samples(balancer) if s.name == "dslab_retries_total")
+
+
+def _samples(balancer: BalancerProcess) -> list[Any]:
+    text = httpx.get(f"{balancer.url}/metrics", timeout=10).text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -181,7 +191,8 @@ def kill_under_load(n: int = 3, seconds: float = 6.0, kill_at: float = 2.0,
 
     Returns one row per request and the events: which replica died and when, which replica
     replaced it, when /rep first showed it and when it first served a request (seconds since
-    the load started), and how many requests failed.
+    the load started), how many requests the balancer retried on another replica (its
+    /metrics), and how many requests failed, by status (0: no answer).
     """
     with lb_stack(n, config) as balancer:
         names = replicas(balancer)
@@ -215,13 +226,17 @@ def kill_under_load(n: int = 3, seconds: float = 6.0, kill_at: float = 2.0,
                                            kill_and_watch())
             return results[0]
 
+        retries_before = retries_by_metrics(balancer)
         df = run_sync(scenario())
+        events["retries"] = retries_by_metrics(balancer) - retries_before
     newcomer = events.get("replacement")
     served = df[(df.server == newcomer) & (df.status == 200)] if newcomer else df.iloc[0:0]
     events["first_served_at"] = float(served.end.min()) if len(served) else None
     if events.get("killed_at") is not None and events["first_served_at"] is not None:
         events["recovery_s"] = events["first_served_at"] - events["killed_at"]
     events["failed"] = int((df.status != 200).sum())
+    failed = df[df.status != 200].status.value_counts()
+    events["failed_statuses"] = {int(code): int(failed[code]) for code in failed.index}
     events["requests"] = len(df)
     return df, events
 
@@ -233,3 +248,17 @@ def ring_layout(config: HashConfig, names: Sequence[str]) -> pd.DataFrame:
         raise ValueError(f"{config.label}: only the ring (algorithm 'ring') has slots to draw")
     return pd.DataFrame({"slot": range(ring.slots), "node": ring.owners(),
                          "served_by": ring.arc_owners(), "config": config.label})
+
+
+def reach(config: HashConfig, names: Sequence[str], rids: Sequence[int]) -> pd.DataFrame:
+    """A-1: the distinct ring slots ``rids`` hash to, counted by the replica whose arc holds
+    them (every replica listed, those whose arcs no id reached with 0)."""
+    ring = config.ring(names)
+    if not isinstance(ring, ConsistentHashRing):
+        raise ValueError(f"{config.label}: only the ring (algorithm 'ring') has slots")
+    arcs = ring.arc_owners()
+    reached = {ring.slot_of(rid) for rid in rids}
+    counts = pd.Series([arcs[slot] for slot in reached]).value_counts()
+    return pd.DataFrame({"server": list(names),
+                         "slots_reached": [int(counts.get(name, 0)) for name in names]}
+                        ).assign(slots=ring.slots)

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
+
+from .progress import bar as progress_bar
 
 __all__ = ["COLUMNS", "Call", "fire", "load", "random_rids", "run_sync", "tour"]
 
@@ -79,7 +81,7 @@ def fire(url: str, rids: list[int], *, path: str = "/home", concurrency: int = 6
          timeout: float = 30.0, progress: bool = True) -> pd.DataFrame:
     """One GET per request id, ``concurrency`` at a time."""
     pending = iter(rids)
-    bar = tqdm(total=len(rids), desc=f"GET {path}", leave=False) if progress else None
+    bar = progress_bar(len(rids), f"GET {path}") if progress else None
     try:
         return run_sync(load(url, path, lambda: next(pending, None), concurrency, timeout, bar))
     finally:

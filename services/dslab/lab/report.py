@@ -2,9 +2,12 @@
 
 Each notebook in ``notebooks/`` runs with the seed's sizes (or ``--quick`` sizes, for tests),
 its figures go to ``reports/figures/*.png`` (which the README embeds) and the executed notebook
-becomes ``reports/<name>.html``. Progress is printed per experiment (papermill's bar per cell,
-and a line per run from within the long experiments: ``progress.py``), and at the end the
-first sentences of each experiment's observations, its headline figures.
+becomes ``reports/<name>.html``: text, tables and charts, without the code (which is in the
+notebook). Progress goes to the terminal only, never into a report: a line per experiment,
+and from within the long experiments a line per run and a bar per batch of requests
+(``progress.py``; papermill's own bar per cell is off, as it would fight the kernel's bars
+for the same terminal line); at the end the first sentences of each experiment's
+observations.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def headline(notebook: Any, width: int = 320) -> str:
 
 
 def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = False,
-                   progress: bool = True, executed_dir: Path | None = None) -> tuple[Path, str]:
+                   executed_dir: Path | None = None) -> tuple[Path, str]:
     """Execute ``notebooks/<name>.ipynb`` and write ``reports/<name>.html``; returns that path
     and the experiment's headline."""
     import nbformat
@@ -73,14 +76,18 @@ def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = F
     from nbconvert import HTMLExporter
 
     parameters = dict(QUICK.get(name, {})) if quick else {}
-    parameters["figures_dir"] = str(reports / "figures")
+    # Run in the reports folder, figures given relative to it: no path of this machine
+    # reaches the notebook (papermill writes its parameters into it).
+    parameters["figures_dir"] = "figures"
     with tempfile.TemporaryDirectory() as tmp:
         executed = (executed_dir or Path(tmp)) / f"{name}.ipynb"
         papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(executed),
-                                   parameters=parameters, progress_bar=progress,
-                                   kernel_name="python3", cwd=str(notebooks))
+                                   parameters=parameters, progress_bar=False,
+                                   kernel_name="python3", cwd=str(reports))
         executed_notebook = nbformat.read(executed, as_version=4)
-        body, _ = HTMLExporter().from_notebook_node(executed_notebook)
+        # The reader gets the text, tables and charts; the code is in notebooks/.
+        body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                               exclude_output_prompt=True).from_notebook_node(executed_notebook)
     html = reports / f"{name}.html"
     html.write_text(body, encoding="utf-8")
     return html, headline(executed_notebook)
