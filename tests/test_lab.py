@@ -30,11 +30,15 @@ def test_live_distribution_is_exactly_what_the_ring_predicts():
     assert (requests.status == 200).all() and len(requests) == 400
 
 
-def test_balance_table_from_scaling():
-    table = lb.balance_table(lb.scaling([2, 3], 300, lb.HashConfig("seed"), concurrency=16))
-    assert list(table.N) == [2, 3]
-    assert (table["mean"] == [150, 100]).all()
-    assert (table.max_over_mean >= 1).all()
+def test_balance_table_from_scaling_is_the_rings_split_at_every_n():
+    config = lb.HashConfig("seed")
+    table = lb.balance_table(lb.scaling([2, 3], 300, config, concurrency=16))
+    assert list(table.N) == [2, 3] and list(table["mean"]) == [150, 100]
+    for run in table.itertuples():
+        names = [f"Server{i}" for i in range(1, run.N + 1)]
+        counts = loads(assign(config.ring(names), random_rids(300, 0)), names)
+        assert (run.max, run.min) == (max(counts.values()), min(counts.values())), run
+        assert run.max_over_mean == max(counts.values()) / (300 / run.N)
 
 
 def test_kill_under_load_measures_a_recovery_with_no_failures():

@@ -15,8 +15,6 @@ from dslab.lab.cpu import summary
 from dslab.ring import make_ring
 from dslab.ring.analysis import assign
 
-EVEN = lambda holders: {n: 1 / len(holders) for n in holders}  # noqa: E731
-
 
 def status_of(body: dict) -> dict:
     """What /status reads back for an /init body that names its servers."""
@@ -45,14 +43,39 @@ def test_shard_weights_follow_sizes_or_go_all_to_the_hot_shard():
     assert shares.shard_weights(sized, hot="b") == {"a": 0.0, "b": 1.0}
 
 
-@given(st.lists(st.sampled_from([f"S{i}" for i in range(8)]), min_size=1, max_size=8,
-                unique=True))
-def test_read_shares_sum_to_one_and_split_a_shard_by_its_ring(holders):
-    placement = {name: ["sh1"] for name in holders}
-    weights = {"sh1": 1.0}
-    even = shares.read_shares(placement, weights, EVEN)
-    assert sum(even.values()) == pytest.approx(1.0)
-    assert all(v == pytest.approx(1 / len(holders)) for v in even.values())
+def first_takes_half(holders):
+    """An uneven stand-in for a ring: the first holder half of the shard, the rest share the
+    other half (one holder: all of it)."""
+    if len(holders) == 1:
+        return {holders[0]: 1.0}
+    return {name: 0.5 if k == 0 else 0.5 / (len(holders) - 1) for k, name in enumerate(holders)}
+
+
+@given(st.dictionaries(st.sampled_from([f"S{i}" for i in range(6)]),
+                       st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, unique=True),
+                       min_size=1))
+def test_read_shares_weigh_each_shard_by_its_split_among_its_holders(placement):
+    weights = {"a": 0.5, "b": 0.3, "c": 0.2}
+    got = shares.read_shares(placement, weights, first_takes_half)
+    # The same sum computed the other way round: per server, over the shards it holds.
+    for name, held in placement.items():
+        expected = 0.0
+        for shard in held:
+            holders = sorted(n for n, h in placement.items() if shard in h)
+            expected += weights[shard] * first_takes_half(holders)[name]
+        assert got[name] == pytest.approx(expected)
+    held_shards = {shard for h in placement.values() for shard in h}
+    assert sum(got.values()) == pytest.approx(sum(weights[s] for s in held_shards))
+    assert set(got) == set(placement)
+
+
+def test_read_shares_by_hand():
+    got = shares.read_shares({"A": ["a", "b"], "B": ["a"]}, {"a": 0.5, "b": 0.3},
+                             first_takes_half)
+    assert got == pytest.approx({"A": 0.5 * 0.5 + 0.3, "B": 0.5 * 0.5})
+    # Three holders of one shard: the first half, the two others a quarter each.
+    got = shares.read_shares({"X": ["a"], "Y": ["a"], "Z": ["a"]}, {"a": 1.0}, first_takes_half)
+    assert got == pytest.approx({"X": 0.5, "Y": 0.25, "Z": 0.25})
 
 
 def test_ring_shares_are_what_the_balancers_ring_gives_other_random_ids():

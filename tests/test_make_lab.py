@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
 from conftest import REPO, free_port
 
@@ -58,4 +59,18 @@ def test_make_lab_starts_as_root_without_a_display_and_serves_the_notebooks():
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode is not None
+    # Stopped with nothing left: no process of its group (Jupyter, its kernels), the port shut.
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(proc.pid)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/api", timeout=5)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
