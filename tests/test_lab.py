@@ -63,44 +63,78 @@ def test_ring_layout_has_k_nodes_per_server():
     assert layout.served_by.notna().all()
 
 
-def rendered_images(html: Path) -> list[list]:
-    """[complete, naturalWidth] of every image of ``html`` once headless Chromium loaded it: a
-    copy of the page records them into the DOM on load, and Chromium dumps the DOM."""
-    probe = ("<script>window.addEventListener('load', () => document.body.setAttribute("
-             "'data-images', JSON.stringify(Array.from(document.images).map("
-             "i => [i.complete, i.naturalWidth]))));</script></body>")
+def rendered(html: Path) -> tuple[list[list], str]:
+    """What headless Chromium shows of ``html``: [complete, naturalWidth] of every image once
+    loaded, and the page's visible text. A copy of the page records them into the DOM on load,
+    and Chromium dumps the DOM."""
+    probe = ("<script>window.addEventListener('load', () => {"
+             "document.body.setAttribute('data-images', JSON.stringify(Array.from("
+             "document.images).map(i => [i.complete, i.naturalWidth])));"
+             "document.body.setAttribute('data-text', document.body.innerText);});</script></body>")
     page = html.with_suffix(".probe.html")
     page.write_text(html.read_text().replace("</body>", probe))
     done = subprocess.run([shutil.which("chromium") or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
                            "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
                           capture_output=True, text=True, timeout=120)
-    found = re.search(r'data-images="([^"]*)"', done.stdout)
-    assert found, f"Chromium rendered no page: {done.stderr[-500:]}"
-    return json.loads(html_lib.unescape(found.group(1)))
+    images = re.search(r'data-images="([^"]*)"', done.stdout)
+    text = re.search(r'data-text="([^"]*)"', done.stdout)
+    assert images and text, f"Chromium rendered no page: {done.stderr[-500:]}"
+    return json.loads(html_lib.unescape(images.group(1))), html_lib.unescape(text.group(1))
 
 
 README_FIGURES = set(re.findall(r"reports/figures/([\w-]+)\.png",
                                 (Path(REPO) / "README.md").read_text()))
 
+# What a reader must not meet in a report: progress bars (tqdm's "42%|" and "it/s"), a
+# warning, a traceback, or a path of the machine that rendered it.
+MACHINERY = re.compile(r"\d+%\||\d it/s|\ds/it|\w+Warning\b|WARNING|Traceback|"
+                       r"(?<![\w.:/])/(?:work|root|tmp|home|usr|opt|var|srv)/")
+
+
+def assert_clean_report(text: str, *paths: Path) -> None:
+    found = MACHINERY.search(text)
+    assert found is None, text[max(0, found.start() - 200):found.end() + 200]
+    for path in paths:
+        assert str(path) not in text, f"a path of this machine: {path}"
+    # The observations are there, computed: their text holds numbers.
+    observed = text.split("Observations.", 1)
+    assert len(observed) == 2 and re.search(r"\d", observed[1][:400]), text[-800:]
+
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_notebook_runs_and_renders(name, tmp_path):
     """`make report` of one experiment with small sizes (a test each, so that the workers
-    share them): HTML with its charts, loaded by headless Chromium, and the figures the
-    README embeds from it."""
+    share them): HTML with its charts, loaded by headless Chromium, text a reader can read
+    (no progress, warning or path of this machine), and the figures the README embeds."""
     main([name, "--quick", "--reports", str(tmp_path)])
     html = (tmp_path / f"{name}.html").read_text()
-    assert "Observations." in html and "Traceback" not in html
+    assert_clean_report(html, tmp_path, Path(REPO))  # the page's source, scripts and all
     # Each chart is in the report itself, not only in reports/figures/.
     figures = {p.stem for p in (tmp_path / "figures").glob(f"{name}_*.png")}
     assert html.count('src="data:image/png') >= len(figures) > 0, name
-    if shutil.which("chromium"):  # Debian's chromium; make tools installs it
-        images = rendered_images(tmp_path / f"{name}.html")
-        assert images and all(complete and width > 0 for complete, width in images), images
+    images, text = rendered(tmp_path / f"{name}.html")
+    assert images and all(complete and width > 0 for complete, width in images), images
+    assert_clean_report(text, tmp_path, Path(REPO))
+    assert "import " not in text  # the code stays in the notebook
     if name == "lb_a1":  # the intro states this run's sizes, not only the assignment's 10 000
-        assert "this run: <strong>300</strong> requests" in html
+        assert "This run: 300 requests" in text
     embedded = {f for f in README_FIGURES if f.startswith(f"{name}_")}
     assert embedded <= figures, f"the README embeds figures {name} does not make: {embedded - figures}"
+
+
+def test_the_report_check_finds_what_it_looks_for():
+    """The check above, on text that has each kind of machinery in it."""
+    clean = "A-1. Observations. 300 of 300 requests succeeded."
+    assert_clean_report(clean)
+    for dirt in ("GET /home:  42%|####", "12.5 it/s", "TqdmWarning: IProgress not found",
+                 "Traceback (most recent call last)", "saved to /tmp/x/figures",
+                 "[IPKernelApp] WARNING | Kernel"):
+        with pytest.raises(AssertionError):
+            assert_clean_report(clean + " " + dirt)
+    with pytest.raises(AssertionError):
+        assert_clean_report("A-1 with no findings")
+    with pytest.raises(AssertionError):
+        assert_clean_report(clean + " in /srv/lab", Path("/srv/lab"))
 
 
 def test_every_figure_the_readme_embeds_comes_from_an_experiment():
