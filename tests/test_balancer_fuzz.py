@@ -1,7 +1,8 @@
 """Property-based: random JSON thrown at POST /add and DELETE /rm of a running balancer.
 
 Whatever the body: never a 5xx; a rejection is a 4xx in the contract's error shape and leaves
-/rep (and the replica processes) as they were; an acceptance changes N by exactly n.
+/rep (and the replica processes) as they were; an acceptance changes N by exactly n, adds or removes the replicas it names, and /rep reads
+back what it answered.
 """
 
 from __future__ import annotations
@@ -63,12 +64,15 @@ def check(client: httpx.Client, method: str, path: str, body) -> None:
     assert response.status_code < 500, response.text
     if response.status_code == 200:
         after = response.json()["message"]["replicas"]
-        n = body[1]["n"]
+        assert replicas(client) == after  # what was answered is what /rep reads back
+        n, named = body[1]["n"], body[1].get("hostnames", [])
         if path == "/add":
             assert len(after) == len(before) + n and after[:len(before)] == before
+            assert set(named) <= set(after[len(before):])  # the names asked for, added
             client.request("DELETE", "/rm", json={"n": n, "hostnames": after[len(before):]})
         else:
             assert len(after) == len(before) - n and set(after) < set(before)
+            assert set(named) <= set(before) and not set(named) & set(after)  # those removed
             client.post("/add", json={"n": n})  # back to three, under new names
         return
     assert 400 <= response.status_code < 500

@@ -2,11 +2,14 @@
 database, and requests at the size limits.
 
 Never a 5xx; a rejection is a 4xx in the contract's error shape, and the stored rows and
-/status are exactly as before it; no shard server is ever evicted or replaced (the same
-processes serve from first to last).
+/status are exactly as before it; an acceptance stored exactly what was sent and nothing else
+(read back); no shard server is ever evicted or replaced (the same processes serve from first
+to last).
 """
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
@@ -83,11 +86,43 @@ def test_no_request_breaks_the_database(stack, request):
     assert {name: p.pid for name, p in db.replica_processes().items()} == servers
     if response.status_code == 200:
         assert path in ("/write", "/update", "/del", "/read")
+        assert_stored_as_answered(path, body, before[0], snapshot(seeded)[0], response.json())
         return
     payload = response.json()
     assert set(payload) == {"message", "status"} and payload["status"] == "failure"
     assert payload["message"].startswith("<Error> ")
     assert snapshot(seeded) == before
+
+
+def by_id(rows: list[dict]) -> dict:
+    keyed = {r["Stud_id"]: r for r in rows}
+    assert len(keyed) == len(rows), "a Stud_id stored twice"
+    return keyed
+
+
+def assert_stored_as_answered(path: str, body, before: list[dict], after: list[dict],
+                              answer: dict) -> None:
+    """What a 200 did is exactly what was asked: the rows sent stored as sent (every value, to
+    the bit), the row updated or deleted, nothing else touched; a read changes nothing and
+    returns exactly the stored rows in its range."""
+    expected = by_id(before)
+    if path == "/write":
+        for sent in body["data"]:
+            assert sent["Stud_id"] not in expected, "a 200 for a row already stored"
+            expected[sent["Stud_id"]] = sent
+    elif path == "/update":
+        expected.pop(body["Stud_id"])
+        expected[body["data"]["Stud_id"]] = body["data"]
+    elif path == "/del":
+        expected.pop(body["Stud_id"])
+    else:
+        low, high = body["Stud_id"]["low"], body["Stud_id"]["high"]
+        in_range = {k: r for k, r in expected.items() if low <= k <= high}
+        assert by_id(answer["data"]) == in_range
+    assert by_id(after) == expected
+    # Bit for bit: a float keeps its sign and value, a string its every code point.
+    assert json.dumps(sorted(after, key=lambda r: r["Stud_id"]), sort_keys=True) == \
+        json.dumps(sorted(expected.values(), key=lambda r: r["Stud_id"]), sort_keys=True)
 
 
 ALL = {"Stud_id": {"low": 0, "high": INT64_MAX}}
@@ -108,7 +143,7 @@ def test_ten_thousand_rows_are_served_and_more_are_refused(stack, rows, status, 
     assert response.status_code == status, response.text[:300]
     after = client.post("/read", json=ALL).json()["data"]
     if status == 200:
-        assert len(after) == len(before) + len(rows)
+        assert by_id(after) == {**by_id(before), **by_id(rows)}
     else:
         assert fragment in assert_error(response, status)
         assert after == before
