@@ -161,9 +161,9 @@ class HomeLoad(Workers):
 
 
 class DbWriter(Workers):
-    """Writes batches of fresh Stud_ids in a loop. A 503 while a shard is down is expected
-    and recorded with the ids it carried (they may or may not survive: never acknowledged);
-    any other answer, and any exception, is a failure."""
+    """Writes batches of fresh Stud_ids in a loop. A 503 "nothing written" while a shard is
+    down is expected and recorded with the ids it carried (the message promises that none of
+    them survives); any other answer, and any exception, is a failure."""
 
     def __init__(self, url: str, threads: int = 4) -> None:
         super().__init__(url, threads, timeout=120)

@@ -269,7 +269,7 @@ def test_every_shard_server_container_of_a_shard_killed_under_writes(docker, sta
             held = [r["Stud_id"] for r in client.post(
                 "/read", json={"Stud_id": {"low": 0, "high": 16383}}).json()["data"]]
             assert set(writer.acked) <= set(held), "an acknowledged row was lost"
-            assert set(held) <= set(writer.acked) | set(writer.refused)
+            assert set(held) <= set(writer.acked)  # no row of a write answered "nothing written"
             # Servers in sync at the last acknowledged write came back in place; one that had
             # missed it (evicted earlier) is replaced under a new name: wait for those too.
             def all_running():
