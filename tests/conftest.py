@@ -22,6 +22,7 @@ from hypothesis import settings
 from dslab.db.seed import SEED_SCHEMA, SEED_SERVERS, SEED_SHARDS, row, seed_init, shard_of  # noqa: F401
 from dslab.engine import LocalEngine
 from dslab.stack import BalancerProcess
+from dslab.supervisor import ProcessSupervisor, ReplicaSpec
 
 # CI replays the same examples every run (a red CI must be reproducible); locally hypothesis
 # explores anew each time and remembers failures in .hypothesis/.
@@ -294,3 +295,25 @@ def docker():
     if any(not client.images.list(name=image) for image in DOCKER_IMAGES):
         subprocess.run(["make", "images"], cwd=REPO, check=True)
     return client
+
+
+class ShardServer:
+    """One shard server started by the process backend, as the balancer starts it."""
+
+    def __init__(self, data_root, name: str = "Server0") -> None:
+        self.name = name
+        self.supervisor = ProcessSupervisor(ReplicaSpec(
+            module="dslab.shard", env={"SHARD_DATA_ROOT": str(data_root)}))
+
+    def __enter__(self) -> httpx.Client:
+        replica = asyncio.run(self.supervisor.spawn(self.name))
+        self.proc = psutil.Process(self.supervisor.pid(self.name))
+        self.tree = [self.proc, *self.proc.children(recursive=True)]
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{replica.port}", timeout=30)
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        if self.proc.is_running():
+            self.proc.terminate()
+        assert_all_gone(self.tree, timeout=20)

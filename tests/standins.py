@@ -97,30 +97,48 @@ class SteppedShardServers:
             await self.call(name, method, path, payload)  # applied ...
             self.before = before
             raise UpstreamClosed(f"{name} closed the connection")  # ... but never answered
+        return self.answer(name, method, path, payload)
+
+    def answer(self, name: str, method: str, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """What the real shard server answers a valid call (``test_standins`` sends the same
+        calls to both and compares), from the rows in ``supervisor.data``."""
         held = self.supervisor.data[name]
         if path == "/config":
             for shard in payload["shards"]:
                 held.setdefault(shard, {})
-            return {"message": "configured", "status": "success"}
+            configured = ", ".join(f"{name}:{shard}" for shard in payload["shards"])
+            return {"message": f"{configured} configured", "status": "success"}
         if path == "/copy":
-            return {s: [held[s][k] for k in sorted(held[s])] for s in payload["shards"]}
+            return {**{s: [held[s][k] for k in sorted(held[s])] for s in payload["shards"]},
+                    "status": "success"}
         rows = held[payload["shard"]]
-        if path == "/write":
+        if path == "/write":  # an id held already is overwritten (a retried write)
             rows.update({r["Stud_id"]: r for r in payload["data"]})
-            return {"message": "Data entries added", "current_idx": len(rows)}
+            return {"message": "Data entries added",
+                    "current_idx": payload["curr_idx"] + len(payload["data"]), "status": "success"}
         if path == "/insert":  # new rows only; the others are named
             existing = sorted(r["Stud_id"] for r in payload["data"] if r["Stud_id"] in rows)
             rows.update({r["Stud_id"]: r for r in payload["data"] if r["Stud_id"] not in rows})
-            return {"message": "Data entries added", "existing": existing}
+            return {"message": "Data entries added", "existing": existing,
+                    "current_idx": payload["curr_idx"] + len(payload["data"]) - len(existing),
+                    "status": "success"}
         if path == "/erase":
             for stud_id in payload["Stud_ids"]:
                 rows.pop(stud_id, None)
-            return {"message": "erased"}
-        if path == "/exists":
-            return {"Stud_ids": [i for i in payload["Stud_ids"] if i in rows]}
+            return {"message": f"{len(payload['Stud_ids'])} Stud_ids erased", "status": "success"}
         if path == "/read":
             low, high = payload["Stud_id"]["low"], payload["Stud_id"]["high"]
-            return {"data": [rows[k] for k in sorted(rows) if low <= k <= high]}
+            return {"data": [rows[k] for k in sorted(rows) if low <= k <= high],
+                    "status": "success"}
+        stud_id = payload["Stud_id"]
+        if stud_id not in rows:
+            raise ServerRefused(name, 404, f"<Error> No data entry with Stud_id:{stud_id}")
+        if path == "/update":
+            rows[stud_id] = payload["data"]
+            return {"message": f"Data entry for Stud_id:{stud_id} updated", "status": "success"}
+        if path == "/del":
+            del rows[stud_id]
+            return {"message": f"Data entry with Stud_id:{stud_id} removed", "status": "success"}
         raise AssertionError(f"unexpected call {method} {path}")
 
 
@@ -145,10 +163,9 @@ class Part2:
         self.servers = SteppedShardServers(self.sup)
         self.client: pymongo.AsyncMongoClient[Any] = pymongo.AsyncMongoClient(uri)
         self.meta_db = self.client[f"keeper{next(_databases)}"]
-        self.cluster = ShardCluster(self.sup, Metadata(self.meta_db), rng=random.Random(3))
-        self.cluster.servers.call = self.servers.call  # type: ignore[method-assign]
         self.clock = Clock()
-        self.cluster.keeper.clock = self.clock
+        self.cluster = ShardCluster(self.sup, Metadata(self.meta_db), rng=random.Random(3),
+                                    call_server=self.servers.call, clock=self.clock)
 
     async def __aenter__(self) -> Part2:
         await self.cluster.start(heartbeats=False)

@@ -143,8 +143,24 @@ def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_pat
         client: pymongo.AsyncMongoClient[dict[str, object]] = pymongo.AsyncMongoClient(meta_uri)
         supervisor = ProcessSupervisor(ReplicaSpec(
             module="dslab.shard", env={"SHARD_DATA_ROOT": str(tmp_path / "servers")}))
+        stepping = False
+        a_written = asyncio.Event()
+
+        async def stepped(name, method, path, payload):
+            """The real call; while stepping, b's insert waits for a's on both its servers,
+            then b's servers are SIGKILLed before it goes out."""
+            if stepping and path == "/insert" and payload["shard"] == "b":
+                await a_written.wait()
+                for victim in ("S3", "S4"):
+                    os.kill(supervisor.pid(victim), signal.SIGKILL)
+            answer = await cluster.servers.call_over_pool(name, method, path, payload)
+            if stepping and path == "/insert" and payload["shard"] == "a" and name == "S2":
+                a_written.set()
+            return answer
+
         cluster = ShardCluster(supervisor, Metadata(client["meta"]), data_root=tmp_path / "servers",
-                               heartbeat_interval=60)  # no heartbeat round interferes
+                               heartbeat_interval=60,  # no heartbeat round interferes
+                               call_server=stepped)
         try:
             await cluster.start()
             await cluster.init(InitRequest.model_validate(seed_init(
@@ -152,25 +168,12 @@ def test_a_write_whose_second_shard_dies_after_the_first_wrote_is_undone(tmp_pat
                              {"Stud_id_low": 100, "Shard_id": "b", "Shard_size": 100}],
                 servers={"S1": ["a"], "S2": ["a"], "S3": ["b"], "S4": ["b"]})))
             await cluster.write([row(1), row(101)])
-            real_call = cluster.servers.call
-            a_written = asyncio.Event()
-
-            async def stepped(name, method, path, payload):
-                if path == "/insert" and payload["shard"] == "b":
-                    await a_written.wait()
-                    for victim in ("S3", "S4"):
-                        os.kill(supervisor.pid(victim), signal.SIGKILL)
-                answer = await real_call(name, method, path, payload)
-                if path == "/insert" and payload["shard"] == "a" and name == "S2":
-                    a_written.set()
-                return answer
-
-            cluster.servers.call = stepped  # type: ignore[method-assign]
+            stepping = True
             with pytest.raises(Unavailable):
                 await cluster.write([row(2), row(102)])
-            cluster.servers.call = real_call  # type: ignore[method-assign]
+            stepping = False
             for name in ("S1", "S2"):
-                rows = await real_call(name, "GET", "/copy", {"shards": ["a"]})
+                rows = await cluster.servers.call(name, "GET", "/copy", {"shards": ["a"]})
                 assert [r["Stud_id"] for r in rows["a"]] == [1], name
             assert cluster.valid_idx == {"a": 1, "b": 1}
             assert sorted(cluster.in_sync["a"]) == ["S1", "S2"]

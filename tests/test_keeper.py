@@ -31,9 +31,8 @@ def run(coro):
 
 def replica_set() -> tuple[ReplicaSet, SteppedSupervisor, Clock]:
     sup = SteppedSupervisor()
-    rs = ReplicaSet(sup, ConsistentHashRing(hashes="blake2b"), rng=random.Random(7))
     clock = Clock()
-    rs.keeper.clock = clock
+    rs = ReplicaSet(sup, ConsistentHashRing(hashes="blake2b"), rng=random.Random(7), clock=clock)
     return rs, sup, clock
 
 

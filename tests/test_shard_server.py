@@ -7,39 +7,15 @@ import os
 import signal
 
 import httpx
-import psutil
 import pymongo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SEED_SCHEMA, assert_all_gone, assert_error, row
+from conftest import SEED_SCHEMA, ShardServer, assert_all_gone, assert_error, row
 from dslab.engine import LocalEngine
 from dslab.shard.store import LAYOUT
-from dslab.supervisor import ProcessSupervisor, ReplicaSpec
 from extremes import EDGE_INTS, as_json, floats, ints, scalars, strings, values
-
-
-class ShardServer:
-    """One shard server started by the process backend, as the balancer starts it."""
-
-    def __init__(self, data_root, name: str = "Server0") -> None:
-        self.name = name
-        self.supervisor = ProcessSupervisor(ReplicaSpec(
-            module="dslab.shard", env={"SHARD_DATA_ROOT": str(data_root)}))
-
-    def __enter__(self) -> httpx.Client:
-        replica = asyncio.run(self.supervisor.spawn(self.name))
-        self.proc = psutil.Process(self.supervisor.pid(self.name))
-        self.tree = [self.proc, *self.proc.children(recursive=True)]
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{replica.port}", timeout=30)
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-        if self.proc.is_running():
-            self.proc.terminate()
-        assert_all_gone(self.tree, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +58,6 @@ def test_a_retried_write_does_not_duplicate(tmp_path):
         assert client.post("/write", json=body).status_code == 200  # the balancer retried
         copy = client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"]
         assert copy == [row(1), row(2)]
-        assert client.post("/exists", json={"shard": "sh1", "Stud_ids": [2, 3, 1]}).json()[
-            "Stud_ids"] == [1, 2]
         assert client.post("/erase", json={"shard": "sh1", "Stud_ids": [1, 7]}).status_code == 200
         assert client.request("GET", "/copy", json={"shards": ["sh1"]}).json()["sh1"] == [row(2)]
 
@@ -211,8 +185,6 @@ SHARD_ENDPOINTS = {
     ("DELETE", "/del"): st.fixed_dictionaries({"shard": shard_ids, "Stud_id": st.one_of(ints, scalars)}),
     ("POST", "/read"): st.fixed_dictionaries({"shard": shard_ids, "Stud_id": st.one_of(id_ranges, values)}),
     ("GET", "/copy"): st.fixed_dictionaries({"shards": st.one_of(st.lists(shard_ids, max_size=3), values)}),
-    ("POST", "/exists"): st.fixed_dictionaries({"shard": shard_ids, "Stud_ids": st.one_of(
-        st.lists(ints, max_size=4), values)}),
     ("POST", "/erase"): st.fixed_dictionaries({"shard": shard_ids, "Stud_ids": st.one_of(
         st.lists(st.sampled_from(EDGE_INTS), max_size=3), values)}),
     ("POST", "/config"): st.fixed_dictionaries({}, optional={"schema": values, "shards": values}),

@@ -7,12 +7,10 @@ Compose configures it. SIGINT or SIGTERM stops the balancer and every replica it
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 
-from ..common.front import Front, start_front
-from ..common.runtime import bind_socket, serve_forever
+from ..common.front import Front, serve
 from ..keeper.cli import (
     add_backend_options,
     add_capacity_option,
@@ -85,27 +83,21 @@ async def run(args: argparse.Namespace) -> None:
                           **heartbeat_settings(args))
     proxy = Proxy(replicas, balance_factor=args.balance_factor)
     front = Front(proxy.route, make_admin_app(replicas), max_body=MAX_ADMIN_BODY)
-    servers: list[asyncio.Server] = []
 
-    async def start() -> int:
+    async def start() -> None:
         await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])
-        sock = bind_socket(args.host, args.port)
-        servers.append(await start_front(front, sock))
-        port = int(sock.getsockname()[1])
+
+    def listening(port: int) -> None:
         log.info("balancer on port %d: %d replicas, %s, hash=%s, slots=%d, K=%d, %s probing, "
                  "balance factor %s", port, args.replicas, args.algorithm, args.hash, args.slots,
                  args.vnodes, args.probing, args.balance_factor or "off")
-        return port
 
     async def stop() -> None:
-        for server in servers:
-            server.close()
-        for conn in list(front.connections):
-            conn.close()
         await replicas.close()
         log.info("stopped; every replica removed")
 
-    await serve_forever(start, stop, args.ready_fd)
+    await serve(front, args.host, args.port, args.ready_fd, start=start, stop=stop,
+                listening=listening)
 
 
 def main(argv: list[str] | None = None) -> None:

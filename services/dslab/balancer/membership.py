@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..common.errors import BadRequest
@@ -38,12 +39,13 @@ class ReplicaSet(Tenant):
     heartbeat_misses: int = 2
     name_prefix: str = "Server"
     rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic  # the keeper's backoffs; a test may step it
 
     def __post_init__(self) -> None:
         self.keeper = ReplicaKeeper(
             self.supervisor, self, noun="replicas", request_timeout=self.request_timeout,
             heartbeat_interval=self.heartbeat_interval, heartbeat_timeout=self.heartbeat_timeout,
-            heartbeat_misses=self.heartbeat_misses)
+            heartbeat_misses=self.heartbeat_misses, clock=self.clock)
 
     # ---- read side --------------------------------------------------------------------------
     def names(self) -> list[str]:

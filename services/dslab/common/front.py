@@ -35,8 +35,9 @@ from tornado import httputil
 from tornado.concurrent import Future
 
 from .errors import error_body
+from .runtime import bind_socket, serve_forever
 
-__all__ = ["Answer", "Front", "FrontRequest", "Handler", "Route", "start_front"]
+__all__ = ["Answer", "Front", "FrontRequest", "Handler", "Route", "serve", "start_front"]
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +300,30 @@ async def _run_tornado(app: tornado.web.Application, request: FrontRequest,
 async def start_front(front: Front, sock: Any) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     return await loop.create_server(front.protocol, sock=sock)
+
+
+async def serve(front: Front, host: str, port: int, ready_fd: int | None, *,
+                start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
+                listening: Callable[[int], None]) -> None:
+    """The lifecycle every service shares: ``start`` what it serves from (replicas, a store),
+    listen on ``host:port`` with ``front``, tell ``listening`` and the supervisor (``ready_fd``)
+    the port; on SIGINT or SIGTERM stop listening, drop the open connections, then ``stop``.
+    A start that fails is stopped too, so nothing it began is left running."""
+    servers: list[asyncio.Server] = []
+
+    async def start_then_listen() -> int:
+        await start()
+        sock = bind_socket(host, port)
+        servers.append(await start_front(front, sock))
+        bound = int(sock.getsockname()[1])
+        listening(bound)
+        return bound
+
+    async def close_then_stop() -> None:
+        for server in servers:
+            server.close()
+        for conn in list(front.connections):
+            conn.close()
+        await stop()
+
+    await serve_forever(start_then_listen, close_then_stop, ready_fd)

@@ -13,6 +13,8 @@ lock (``ShardLocks``), and so do refills of it.
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from .locks import ShardLocks
 from .membership import ShardMembership
 from .metadata import Metadata
 from .metrics import DbMetrics
-from .servers import ShardServers
+from .servers import Call, ShardServers
 from .state import ClusterState
 
 __all__ = ["ServerRefused", "ShardCluster"]
@@ -37,19 +39,23 @@ class ShardCluster:
                  data_root: Path | None = None, hashes: str = "blake2b", algorithm: str = "ring",
                  request_timeout: float = 30.0, heartbeat_interval: float = 0.25,
                  heartbeat_timeout: float = 1.0, heartbeat_misses: int = 3,
-                 lock_timeout: float = 60.0, rng: random.Random | None = None) -> None:
+                 lock_timeout: float = 60.0, rng: random.Random | None = None,
+                 call_server: Call | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``call_server`` and ``clock`` are the two boundaries a test may step: the shard
+        servers' answers and the keeper's clock (its backoffs); real ones by default."""
         rng = rng or random.Random()
         self.state = ClusterState(hashes, algorithm)
         self.locks = ShardLocks(lock_timeout,
                                 on_wait=lambda shard, s: self.metrics.lock_wait.labels(shard).observe(s))
         self.membership = ShardMembership(self.state, metadata, ShardServers(
-            lambda name: self.keeper.pool(name), lambda: self.keeper.wake(), rng),
+            lambda name: self.keeper.pool(name), lambda: self.keeper.wake(), rng, call_server),
             self.locks, rng)
         self.servers = self.membership.servers
         self.keeper = ReplicaKeeper(
             supervisor, self.membership, noun="shard servers", request_timeout=request_timeout,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
-            heartbeat_misses=heartbeat_misses, data_root=data_root)
+            heartbeat_misses=heartbeat_misses, data_root=data_root, clock=clock)
         self.membership.keeper = self.keeper
         self.metrics = DbMetrics(self.keeper)
         self.data = DataPath(self.state, metadata, self.servers, self.locks, self.keeper.evict,

@@ -9,7 +9,6 @@ A restarted balancer finds its configuration and starts the same servers on the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import shutil
@@ -18,9 +17,8 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from ..common.front import Front, start_front
+from ..common.front import Front, serve
 from ..common.limits import MAX_BODY
-from ..common.runtime import bind_socket, serve_forever
 from ..engine import LocalEngine
 from ..keeper.cli import (
     add_backend_options,
@@ -101,21 +99,11 @@ async def run(args: argparse.Namespace) -> None:
                            algorithm=args.algorithm,
                            request_timeout=args.request_timeout, **heartbeat_settings(args))
     front = Front(DataEndpoints(cluster).route, make_app(cluster), max_body=MAX_BODY)
-    servers: list[asyncio.Server] = []
 
-    async def start() -> int:
-        await cluster.start()
-        sock = bind_socket(args.host, args.port)
-        servers.append(await start_front(front, sock))
-        port = int(sock.getsockname()[1])
+    def listening(port: int) -> None:
         log.info("database balancer on port %d, metadata at %s, state in %s", port, meta_uri, state)
-        return port
 
     async def stop() -> None:
-        for server in servers:
-            server.close()
-        for conn in list(front.connections):
-            conn.close()
         # No client is served any more. The metadata client goes first (closing it later would
         # wait for an engine that is gone), then the engine's two-second shutdown runs while
         # the shard servers stop. A write still in flight cannot be acknowledged without the
@@ -128,7 +116,8 @@ async def run(args: argparse.Namespace) -> None:
             engine.stop()
         log.info("stopped; every shard server removed")
 
-    await serve_forever(start, stop, args.ready_fd)
+    await serve(front, args.host, args.port, args.ready_fd, start=cluster.start, stop=stop,
+                listening=listening)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ The connections are the keeper's (one pool per started server).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,22 +22,32 @@ from ..keeper.upstream import UpstreamError, UpstreamPool, format_json_request
 from ..ring import HashRing
 from .fanout import ServerRefused
 
-__all__ = ["ServerTrouble", "ShardServers"]
+__all__ = ["Call", "ServerTrouble", "ShardServers"]
 
 
 class ServerTrouble(UpstreamError):
     """A shard server answered 5xx to a read: for the router, try the next replica."""
 
 
+# (server, method, path, JSON body) -> the server's JSON answer
+Call = Callable[[str, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 class ShardServers:
+    """``call`` goes over the keeper's connection pools, unless a test gives its own (a
+    stand-in that answers from memory, to step failure orders)."""
+
     def __init__(self, pool_of: Callable[[str], UpstreamPool | None],
-                 on_failure: Callable[[], None], rng: random.Random) -> None:
+                 on_failure: Callable[[], None], rng: random.Random,
+                 call: Call | None = None) -> None:
         self.pool_of = pool_of
         self.on_failure = on_failure  # a replica failed a read: check heartbeats now
         self.rng = rng
+        self.call: Call = call or self.call_over_pool
 
-    async def call(self, name: str, method: str, path: str,
-                   payload: dict[str, Any]) -> dict[str, Any]:
+    async def call_over_pool(self, name: str, method: str, path: str,
+                             payload: dict[str, Any]) -> dict[str, Any]:
+        """The real call: over the server's pooled connections."""
         pool = self.pool_of(name)
         if pool is None:
             raise ServerTrouble(f"{name} is not a live server")

@@ -2,10 +2,9 @@
 for /config.
 
 Contract endpoints: POST /config, GET /heartbeat, GET /copy, POST /read, POST /write,
-PUT /update, DELETE /del. Three more serve the balancer's write path: POST /insert (store the
-rows that are new, name the Stud_ids that were here: group commit's write), POST /exists (which
-of these Stud_ids are here) and POST /erase (delete these Stud_ids: undoing a batch that could
-not be written everywhere).
+PUT /update, DELETE /del. Two more serve the balancer's write path: POST /insert (store the
+rows that are new, name the Stud_ids that were here: group commit's write) and POST /erase
+(delete these Stud_ids: undoing a batch that could not be written everywhere).
 
 It takes a MongoDB URI (``--mongo-uri`` / ``MONGO_URI``); without one it starts its own engine
 (``dslab.engine.LocalEngine``) in ``<data root>/<server name>``, as a container would have its
@@ -26,9 +25,9 @@ from pymongo import AsyncMongoClient
 
 from ..common.endpoints import json_endpoint
 from ..common.errors import BadRequest, NotFound
-from ..common.front import Answer, Front, FrontRequest, Handler, start_front
+from ..common.front import Answer, Front, FrontRequest, Handler, serve
 from ..common.limits import MAX_BODY
-from ..common.runtime import bind_socket, die_with_parent, install_uvloop, serve_forever
+from ..common.runtime import die_with_parent, install_uvloop
 from ..common.web import FrontOnlyHandler, JsonHandler
 from ..contract.studdb import (
     ConfigRequest,
@@ -63,7 +62,6 @@ class ShardEndpoints:
             (b"POST", "/insert"): json_endpoint(ShardWriteRequest, self.insert),
             (b"PUT", "/update"): json_endpoint(ShardUpdateRequest, self.update),
             (b"DELETE", "/del"): json_endpoint(ShardDelRequest, self.delete),
-            (b"POST", "/exists"): json_endpoint(ShardIdsRequest, self.exists),
             (b"POST", "/erase"): json_endpoint(ShardIdsRequest, self.erase),
         }
 
@@ -123,10 +121,6 @@ class ShardEndpoints:
         return {"message": f"Data entry with Stud_id:{request.Stud_id} removed",
                 "status": "success"}
 
-    async def exists(self, request: ShardIdsRequest) -> dict[str, Any]:
-        found = await self.store.existing(self.shard(request.shard), request.Stud_ids)
-        return {"Stud_ids": found, "status": "success"}
-
     async def erase(self, request: ShardIdsRequest) -> dict[str, Any]:
         await self.store.delete_many(self.shard(request.shard), request.Stud_ids)
         return {"message": f"{len(request.Stud_ids)} Stud_ids erased", "status": "success"}
@@ -146,8 +140,7 @@ class ConfigHandler(JsonHandler):
 
 def make_app(store: ShardStore, name: str) -> tornado.web.Application:
     """/config, and 405 for the front end's paths with another method."""
-    paths = ["/heartbeat", "/copy", "/read", "/write", "/insert", "/update", "/del", "/exists",
-             "/erase"]
+    paths = ["/heartbeat", "/copy", "/read", "/write", "/insert", "/update", "/del", "/erase"]
     return tornado.web.Application(
         [(r"/config", ConfigHandler, {"store": store, "name": name}),
          *[(path, FrontOnlyHandler) for path in paths]],
@@ -169,26 +162,18 @@ async def _run(args: argparse.Namespace) -> None:
                                                      retryWrites=False)
     store = ShardStore(client[args.db_name])
     front = Front(ShardEndpoints(store, name).route, make_app(store, name), max_body=MAX_BODY)
-    servers: list[asyncio.Server] = []
 
-    async def start() -> int:
-        await store.load()
-        sock = bind_socket(args.host, args.port)
-        servers.append(await start_front(front, sock))
-        log.info("%s on port %d, database %s, shards %s", name, sock.getsockname()[1], uri,
+    def listening(port: int) -> None:
+        log.info("%s on port %d, database %s, shards %s", name, port, uri,
                  store.shards or "none yet")
-        return int(sock.getsockname()[1])
 
     async def stop() -> None:
-        for server in servers:
-            server.close()
-        for conn in list(front.connections):
-            conn.close()
         await client.close()
         if engine is not None:
             engine.stop()
 
-    await serve_forever(start, stop, args.ready_fd)
+    await serve(front, args.host, args.port, args.ready_fd, start=store.load, stop=stop,
+                listening=listening)
 
 
 def main(argv: list[str] | None = None) -> None:

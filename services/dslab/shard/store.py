@@ -151,8 +151,3 @@ class ShardStore:
         if stud_ids:
             with engine_errors(f"Erasing from {shard}"):
                 await self.db[shard].delete_many({"_id": {"$in": stud_ids}})
-
-    async def existing(self, shard: str, stud_ids: list[int]) -> list[int]:
-        with engine_errors(f"Reading {shard}"):
-            cursor = self.db[shard].find({"_id": {"$in": stud_ids}}, {"_id": 0, "Stud_id": 1})
-            return sorted(doc["Stud_id"] for doc in await cursor.to_list())
