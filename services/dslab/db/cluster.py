@@ -2,7 +2,8 @@
 
     state.py       what is known in memory: configuration, placement, rings, counts (pure)
     servers.py     the client of the shard servers
-    membership.py  /init /status /add /rm, a restart, replacing and refilling servers
+    membership.py  /init /status /add /rm, a restart, replacing servers
+    recovery.py    refilling a server, and a shard whose servers all died
     datapath.py    /read /write /update /del
     keeper/        (shared with Part 1) start, watch, evict, replace: the servers' lifecycle
 
@@ -56,7 +57,7 @@ class ShardCluster:
             supervisor, self.membership, noun="shard servers", request_timeout=request_timeout,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             heartbeat_misses=heartbeat_misses, data_root=data_root, clock=clock)
-        self.membership.keeper = self.keeper
+        self.membership.bind(self.keeper)
         self.metrics = DbMetrics(self.keeper)
         self.data = DataPath(self.state, metadata, self.servers, self.locks, self.keeper.evict,
                              self.metrics)

@@ -5,15 +5,9 @@ Configuration changes are saved in the metadata before they are adopted: a failu
 memory, /status and the metadata as they were, and the servers it started are retired.
 
 A dead server (found by heartbeats, or evicted by a write) is replaced by a server with a
-random name that gets the same shards (``hand_over``): for each shard, under that shard's
-lock, its rows are copied (GET /copy) from a live replica and written to the newcomer, and
-only then does it join the shard's ring, so no write can slip between the copy and the join.
-
-Every shard keeps its *in-sync* servers: those that applied every acknowledged write. When
-every server of a shard has died, nothing is left to copy from: the dead in-sync servers are
-started again in place, on their own data (``upkeep``); the first becomes the source and the
-others are made equal to it before the shard takes reads and writes again. A server evicted
-earlier, which missed later writes, is never the source.
+random name that gets the same shards (``hand_over``), each refilled from a live replica
+before it joins the shard's ring (``recovery.py``, which also brings back a shard whose
+servers all died).
 """
 
 from __future__ import annotations
@@ -25,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
-from ..common.limits import MAX_ROWS, chunks
 from ..contract.studdb import (
     ADD_N_TOO_SMALL,
     RM_TOO_MANY,
@@ -37,10 +30,11 @@ from ..contract.studdb import (
     is_template,
 )
 from ..keeper.keeper import ReplicaKeeper, Tenant
-from ..supervisor import Replica, SupervisorError
+from ..supervisor import Replica
 from .locks import ShardLocks
 from .metadata import ClusterConfig, Metadata
 from .placement import least_replicated, place_randomly, servers_of
+from .recovery import ShardRecovery
 from .servers import ShardServers
 from .shardmap import Shard, ShardMap, ShardOverlap
 from .state import ClusterState
@@ -58,9 +52,13 @@ class ShardMembership(Tenant):
         self.servers = servers
         self.locks = locks
         self.rng = rng
-        self.keeper: ReplicaKeeper  # set by the cluster, which makes both
+        self.recovery = ShardRecovery(state, metadata, servers, locks)
+        self.keeper: ReplicaKeeper  # set by ``bind``: the cluster makes the keeper after us
         # newcomers' configuration (/config), from their start until they are adopted
         self._starting: dict[str, tuple[Schema, list[str]]] = {}
+
+    def bind(self, keeper: ReplicaKeeper) -> None:
+        self.keeper = self.recovery.keeper = keeper
 
     # ---- a restart of the balancer --------------------------------------------------------------
     async def load(self) -> None:
@@ -76,7 +74,7 @@ class ShardMembership(Tenant):
                 for shard in shard_ids:
                     if name in self.state.in_sync[shard]:
                         self.state.rings[shard].add(name)
-            await self._catch_up()
+            await self.recovery.catch_up()
         log.info("configuration found: %d shards on %s", len(config.shards),
                  ", ".join(config.placement))
 
@@ -187,7 +185,7 @@ class ShardMembership(Tenant):
                     for shard in shard_ids:
                         if shard not in new_ids:
                             async with self.locks.hold([shard]):
-                                await self.refill(name, shard, fresh=True)
+                                await self.recovery.refill(name, shard, fresh=True)
                 await self.metadata.add(new_shards, placement)
             except BaseException:
                 await self.keeper.retire(list(placement))
@@ -271,7 +269,7 @@ class ShardMembership(Tenant):
         shards = state.placement[dead]
         for shard in shards:
             async with self.locks.hold([shard]):
-                await self.refill(newcomer.name, shard, fresh=True)
+                await self.recovery.refill(newcomer.name, shard, fresh=True)
         await self.metadata.replace_server(dead, newcomer.name, shards)
         del state.placement[dead]
         state.placement[newcomer.name] = list(shards)
@@ -281,108 +279,4 @@ class ShardMembership(Tenant):
         self._starting.pop(newcomer.name, None)
 
     async def upkeep(self) -> None:
-        await self._revive_dead_shards()
-
-    # ---- shards whose servers all died ------------------------------------------------------------
-    async def _revive_dead_shards(self) -> list[str]:
-        """For every shard with no live replica: start its dead in-sync servers again in place,
-        on their own data. The first to come back joins the ring (it is the source); the other
-        revived servers are made equal to the ring, on every shard they hold. Returns the names
-        that serve again."""
-        state = self.state
-        revived: list[str] = []
-        for shard, ring in state.rings.items():
-            if len(ring):
-                continue
-            candidates = sorted(n for n in state.in_sync[shard] if n in state.placement)
-            if not candidates:
-                self.keeper.log_once(shard, f"shard {shard} has no in-sync server left: "
-                                            "its data is lost")
-                continue
-            for name in candidates:
-                if name in revived:
-                    continue
-                try:
-                    await self.keeper.restart_in_place(name)
-                except (ApiError, SupervisorError) as exc:
-                    self.keeper.log_once(name, f"restarting {name} in place failed, "
-                                               f"will retry: {exc}")
-                    continue
-                revived.append(name)
-                log.warning("server %s started again in place for %s", name, shard)
-        for name in revived:  # sources first: each dead shard's first in-sync server
-            for shard in state.placement[name]:
-                ring = state.rings[shard]
-                if not len(ring) and name in state.in_sync[shard]:
-                    async with self.locks.hold([shard]):
-                        ring.add(name)
-                        await self._recount(shard)
-        if revived:
-            await self._catch_up()
-        return revived
-
-    async def _catch_up(self) -> None:
-        """Every live server that holds a shard but is off its ring (started again, or back
-        from a restart of the balancer) is made equal to the ring's replicas and joins it."""
-        state = self.state
-        for name, shard_ids in list(state.placement.items()):
-            if self.keeper.pool(name) is None or self.keeper.is_evicted(name):
-                continue
-            for shard in shard_ids:
-                ring = state.rings[shard]
-                if name not in ring and len(ring):
-                    async with self.locks.hold([shard]):
-                        await self.refill(name, shard, fresh=False)
-                    await self._save_in_sync(shard)
-
-    async def _recount(self, shard: str) -> None:
-        """valid_idx of a shard started again: the rows its source holds, once the writes that
-        were sent to it unanswered and never acknowledged (``in_doubt``) are erased from it. (A
-        write in flight when the balancer itself died may still be there: ``in_doubt`` lives
-        in memory.)"""
-        state = self.state
-        doubt = sorted(state.in_doubt.pop(shard, set()))
-        for source in state.rings[shard].servers:  # writes it may have applied unanswered
-            await self._erase(source, shard, doubt)
-        rows = (await self.servers.ask_one(shard, state.rings[shard], "GET", "/copy",
-                                           {"shards": [shard]}))[shard]
-        if len(rows) != state.valid_idx[shard]:
-            log.warning("%s: %d rows after the restart, %d acknowledged", shard, len(rows),
-                        state.valid_idx[shard])
-        state.valid_idx[shard] = len(rows)
-        state.in_sync[shard] = set(state.rings[shard].servers)
-        await self.metadata.set_shard_state(shard, valid_idx=len(rows),
-                                            in_sync=list(state.in_sync[shard]))
-
-    async def _save_in_sync(self, shard: str) -> None:
-        """After a server joined the shard's ring in step (a refill): it is in sync too."""
-        members = set(self.state.rings[shard].servers)
-        if members and members != self.state.in_sync[shard]:
-            await self.metadata.set_shard_state(shard, in_sync=list(members))
-            self.state.in_sync[shard] = members
-
-    async def refill(self, target: str, shard: str, *, fresh: bool) -> None:
-        """Make ``target``'s copy of ``shard`` equal to a live replica's (GET /copy), then let
-        it join the shard's ring. ``fresh``: the target holds nothing yet. The caller holds the
-        shard's lock."""
-        ring = self.state.rings[shard]
-        rows = (await self.servers.ask_one(shard, ring, "GET", "/copy",
-                                           {"shards": [shard]}))[shard]
-        if not fresh:
-            held = (await self.servers.call(target, "GET", "/copy", {"shards": [shard]}))[shard]
-            keep = {r["Stud_id"] for r in rows}
-            extra = [r["Stud_id"] for r in held if r["Stud_id"] not in keep]
-            await self._erase(target, shard, extra)
-        copied = 0
-        for chunk in chunks(rows):  # each within a shard server's body limit
-            await self.servers.call(target, "POST", "/write",  # rows it held are replaced
-                                    {"shard": shard, "curr_idx": copied, "data": chunk})
-            copied += len(chunk)
-        ring.add(target)
-        log.info("%s holds %s: %d rows copied", target, shard, len(rows))
-
-    async def _erase(self, name: str, shard: str, stud_ids: list[int]) -> None:
-        """Erase ``stud_ids`` from ``name``'s copy of ``shard``, a request's worth at a time."""
-        for k in range(0, len(stud_ids), MAX_ROWS):
-            await self.servers.call(name, "POST", "/erase",
-                                    {"shard": shard, "Stud_ids": stud_ids[k:k + MAX_ROWS]})
+        await self.recovery.revive_dead_shards()

@@ -258,48 +258,59 @@ def _listing(values: pd.Series, fmt: str) -> str:
 
 def observations(balance: pd.DataFrame, moves: pd.DataFrame, costs: pd.DataFrame,
                  speed: pd.DataFrame, side_by_side: pd.DataFrame) -> str:
-    """The findings as Markdown, each sentence written only when the numbers show it.
+    """The findings as Markdown, a paragraph per measurement, each sentence written only when
+    the numbers show it.
 
     ``balance`` is ``lb.balance_table`` of ``grow``'s requests per replica; the others are
     what ``grow``, ``lookup_costs``, ``throughput`` and ``haproxy_side_by_side`` return."""
-    out = []
+    worst = balance.groupby("config", sort=False).max_over_mean.max()
+    return "\n\n".join([balance_paragraph(balance), disruption_paragraph(moves),
+                         cost_paragraph(costs), throughput_paragraph(speed, worst),
+                         haproxy_paragraph(side_by_side)])
+
+
+SEED, K9, K100 = "ring seed", "ring K9", "ring K100"
+
+
+def balance_paragraph(balance: pd.DataFrame) -> str:
     top = balance.N.max()
     at_top = balance[balance.N == top].set_index("config").max_over_mean.sort_values()
     worst = balance.groupby("config", sort=False).max_over_mean.max()
-    out.append(f"**Balance.** At N = {top} the busiest replica carried, against the mean: "
-               f"{_listing(at_top, '{:.2f}×')}.")
-    seed, k9, k100 = "ring seed", "ring K9", "ring K100"
-    bounded = [c for c in worst.index if "bounded" in c]
-    if seed in worst and k9 in worst and worst[seed] > 1.5 * worst[k9]:
+    out = [f"**Balance.** At N = {top} the busiest replica carried, against the mean: "
+           f"{_listing(at_top, '{:.2f}×')}."]
+    if SEED in worst and K9 in worst and worst[SEED] > 1.5 * worst[K9]:
         out.append(f"The seed's hash, not the ring, makes the skew: the same ring with BLAKE2b "
-                   f"is at worst {worst[k9]:.2f}× over N = {balance.N.min()}..{top}, the seed's "
-                   f"hash {worst[seed]:.2f}×.")
-    if k9 in worst and k100 in worst:
-        mean9 = balance[balance.config == k9].max_over_mean.mean()
-        mean100 = balance[balance.config == k100].max_over_mean.mean()
+                   f"is at worst {worst[K9]:.2f}× over N = {balance.N.min()}..{top}, the seed's "
+                   f"hash {worst[SEED]:.2f}×.")
+    if K9 in worst and K100 in worst:
+        mean9 = balance[balance.config == K9].max_over_mean.mean()
+        mean100 = balance[balance.config == K100].max_over_mean.mean()
         if mean100 < 0.9 * mean9:
             out.append(f"A hundred virtual servers per replica bring the ring from {mean9:.2f}× "
                        f"(K = 9, mean over N) to {mean100:.2f}×.")
         else:
             out.append(f"A hundred virtual servers did no better than nine here ({mean100:.2f}× "
                        f"against {mean9:.2f}×, mean over N).")
-    for label in bounded:
-        if seed in worst and worst[label] < worst[seed]:
-            out.append(f"Bounded loads cut the seed hash's worst from {worst[seed]:.2f}× to "
+    for label in [c for c in worst.index if "bounded" in c]:
+        if SEED in worst and worst[label] < worst[SEED]:
+            out.append(f"Bounded loads cut the seed hash's worst from {worst[SEED]:.2f}× to "
                        f"{worst[label]:.2f}×.")
             if worst[label] > 1.25:
                 out.append("The bound is on requests in flight, not on requests served, so a "
                            "replica can still serve more than c times the mean over a run.")
+    return " ".join(out)
 
+
+def disruption_paragraph(moves: pd.DataFrame) -> str:
     joins = moves[moves.event == "join"].assign(ratio=lambda d: d.moved / d.ideal)
     join_ratio = joins.groupby("config", sort=False).ratio.mean()
     near = join_ratio[(join_ratio >= 0.75) & (join_ratio <= 1.25)]
     classes = [(near, "about the newcomer's fair share of ids moved"),
                (join_ratio[join_ratio < 0.75], "less than that"),
                (join_ratio[join_ratio > 1.25], "more")]
-    out.append("**Disruption.** When a replica joined, " + "; ".join(
+    out = ["**Disruption.** When a replica joined, " + "; ".join(
         f"{what}: {_listing(part, '{:.2f}×')}"
-        for part, what in classes if len(part)) + " (moved / fair share, mean over the joins).")
+        for part, what in classes if len(part)) + " (moved / fair share, mean over the joins)."]
     leaves = moves[moves.event == "leave"].set_index("config")
     if len(leaves):
         n = int(leaves.N.iloc[0])
@@ -310,15 +321,22 @@ def observations(balance: pd.DataFrame, moves: pd.DataFrame, costs: pd.DataFrame
             out.append(f"Jump moved {ratio['jump']:.1f}× that: it can drop only its last bucket, "
                        "so the last replica takes over the leaver's bucket and its own ids move "
                        "as well.")
+    return " ".join(out)
 
+
+def cost_paragraph(costs: pd.DataFrame) -> str:
     by_speed = costs.sort_values("lookup_us")
     fastest, slowest = by_speed.iloc[0], by_speed.iloc[-1]
     biggest = costs.sort_values("memory_kib").iloc[-1]
-    out.append(f"**Cost.** A lookup took {fastest.lookup_us:.1f} µs ({fastest.config}) to "
-               f"{slowest.lookup_us:.1f} µs ({slowest.config}) in Python; {biggest.config} "
-               f"holds the most, {biggest.memory_kib:,.0f} KiB, and took "
-               f"{biggest.rebuild_ms:.3g} ms to rebuild when a replica joined.")
+    return (f"**Cost.** A lookup took {fastest.lookup_us:.1f} µs ({fastest.config}) to "
+            f"{slowest.lookup_us:.1f} µs ({slowest.config}) in Python; {biggest.config} "
+            f"holds the most, {biggest.memory_kib:,.0f} KiB, and took "
+            f"{biggest.rebuild_ms:.3g} ms to rebuild when a replica joined.")
 
+
+def throughput_paragraph(speed: pd.DataFrame, worst: pd.Series) -> str:
+    """``worst``: each configuration's worst busiest / mean, to say whether the slowest is
+    also the most skewed."""
     rps = speed.groupby("config", sort=False).rps
     median = rps.median()
     ours = median.drop("HAProxy (ring)", errors="ignore")
@@ -343,14 +361,16 @@ def observations(balance: pd.DataFrame, moves: pd.DataFrame, costs: pd.DataFrame
     errors = int(speed.errors.sum())
     if errors:
         sentence += f" wrk counted {errors} errors."
-    out.append(sentence)
+    return sentence
 
+
+def haproxy_paragraph(side_by_side: pd.DataFrame) -> str:
     grouped = side_by_side.groupby(["workload", "target"], sort=False).requests
     share = grouped.max() / grouped.mean()
     parts = [f"{workload}: {_listing(share[workload], '{:.2f}×')}"
              for workload in side_by_side.workload.unique()]
-    out.append("**Against HAProxy**, same replicas and request ids, busiest / mean: "
-               + "; ".join(parts) + ".")
+    out = ["**Against HAProxy**, same replicas and request ids, busiest / mean: "
+           + "; ".join(parts) + "."]
     for workload in side_by_side.workload.unique():
         pairs = []
         for balancer in ("ours", "HAProxy"):
@@ -365,4 +385,4 @@ def observations(balance: pd.DataFrame, moves: pd.DataFrame, costs: pd.DataFrame
         if pairs:
             out.append(f"With {workload}, the bound cut the busiest replica's share: "
                        f"{' and '.join(pairs)}.")
-    return "\n\n".join(out)
+    return " ".join(out)
