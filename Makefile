@@ -9,7 +9,7 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images up down swarm-up swarm-down run-lb run-db bench-lb bench-db bench-failover clean
+.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images build-images up down swarm-up swarm-down run-lb run-db bench-lb bench-db bench-failover clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
@@ -83,10 +83,18 @@ wheelhouse: venv
 base-image:
 	@if [ "$(BASE)" = "dslab-base:bookworm" ]; then docker/build-base.sh $(BASE); fi
 
-images: wheelhouse base-image
-	for target in replica shard balancer; do \
-	  docker build -q --build-arg BASE=$(BASE) --target $$target -t dslab-$$target:latest -f docker/Dockerfile . ; \
+images: wheelhouse base-image build-images
+
+# Every build must pass (set -e: a loop's status is otherwise its last build's). A rebuild
+# leaves the previous images untagged: the ones labelled as ours are pruned, nobody else's.
+IMAGE_TARGETS ?= replica shard balancer
+build-images:
+	@set -e; for target in $(IMAGE_TARGETS); do \
+	  echo "building dslab-$$target"; \
+	  docker build -q --label dslab.image=$$target --build-arg BASE=$(BASE) --target $$target \
+	    -t dslab-$$target:latest -f docker/Dockerfile . ; \
 	done
+	@docker image prune -f --filter label=dslab.image >/dev/null
 
 compose-check:
 	@test -n "$(COMPOSE)" || { echo "error: make up and make down need Docker Compose: neither 'docker compose' (the plugin) nor 'docker-compose' was found; install one (https://docs.docker.com/compose/install/)" >&2; exit 1; }

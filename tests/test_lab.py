@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import html as html_lib
 import json
 import re
@@ -120,6 +121,27 @@ def test_notebook_runs_and_renders(name, tmp_path):
         assert "This run: 300 requests" in text
     embedded = {f for f in README_FIGURES if f.startswith(f"{name}_")}
     assert embedded <= figures, f"the README embeds figures {name} does not make: {embedded - figures}"
+    # The findings the docs link to: this run's charts and its computed observations.
+    found = (tmp_path / "findings" / f"{name}.md").read_text()
+    linked = set(re.findall(r"\(\.\./figures/([\w-]+)\.png\)", found))
+    assert linked == figures
+    assert_clean_report(found, tmp_path, Path(REPO))
+
+
+def test_findings_hold_the_observations_and_what_follows_them_only():
+    from dslab.lab.report import observations
+
+    def markdown(text):
+        return {"output_type": "display_data", "data": {"text/markdown": text}}
+
+    notebook = argparse.Namespace(cells=[
+        {"cell_type": "code", "outputs": [markdown("Machine: 2 cores")]},
+        {"cell_type": "code", "outputs": [{"output_type": "stream", "text": "x"}]},
+        {"cell_type": "code", "outputs": [markdown("**Observations.** It grew 2x."),
+                                          markdown("**Capped**: 300 requests/s.")]},
+    ])
+    assert observations(notebook) == "**Observations.** It grew 2x.\n\n**Capped**: 300 requests/s."
+    assert observations(argparse.Namespace(cells=notebook.cells[:2])) == ""
 
 
 def test_the_report_check_finds_what_it_looks_for():

@@ -3,7 +3,8 @@
 Each notebook in ``notebooks/`` runs with the seed's sizes (or ``--quick`` sizes, for tests),
 its figures go to ``reports/figures/*.png`` (which the README embeds) and the executed notebook
 becomes ``reports/<name>.html``: text, tables and charts, without the code (which is in the
-notebook). Progress goes to the terminal only, never into a report: a line per experiment,
+notebook). Its observations and charts also go to ``reports/findings/<name>.md``, which the
+docs link to. Progress goes to the terminal only, never into a report: a line per experiment,
 and from within the long experiments a line per run and a bar per batch of requests
 (``progress.py``; papermill's own bar per cell is off, as it would fight the kernel's bars
 for the same terminal line); at the end the first sentences of each experiment's
@@ -13,6 +14,7 @@ observations.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -20,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPERIMENTS", "QUICK", "headline", "main", "run_experiment"]
+__all__ = ["EXPERIMENTS", "QUICK", "findings", "headline", "main", "observations",
+           "run_experiment"]
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -52,6 +55,27 @@ QUICK: dict[str, dict[str, Any]] = {
     "db_a3": DB_QUICK,
     "db_a4": {"n_rows": 200},
 }
+
+
+def observations(notebook: Any) -> str:
+    """The Markdown a notebook displayed from its observations cell on: the paragraph that
+    begins with "Observations." and any Markdown shown after it (computed, every word)."""
+    shown = [output.get("data", {}).get("text/markdown", "")
+             for cell in notebook.cells for output in cell.get("outputs", [])]
+    shown = [text for text in shown if text]
+    start = next((k for k, text in enumerate(shown) if "Observations." in text), None)
+    return "" if start is None else "\n\n".join(shown[start:])
+
+
+def findings(name: str, notebook: Any, figures: list[str], quick: bool) -> str:
+    """``reports/findings/<name>.md``: what the run showed, for the docs to link to. Only the
+    notebook's computed text and the run's charts; nothing written by hand."""
+    sizes = "small (--quick) sizes" if quick else "the experiment's full sizes"
+    charts = "\n".join(f"![{figure}](../figures/{figure}.png)" for figure in figures)
+    return (f"# {EXPERIMENTS[name]}\n\n"
+            f"What the last `make report` of `{name}` showed ({sizes}, on a machine with "
+            f"{os.cpu_count()} cores); the whole report is [`reports/{name}.html`](../{name}.html)."
+            f"\n\n{charts}\n\n{observations(notebook)}\n")
 
 
 def headline(notebook: Any, width: int = 320) -> str:
@@ -90,6 +114,10 @@ def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = F
                                exclude_output_prompt=True).from_notebook_node(executed_notebook)
     html = reports / f"{name}.html"
     html.write_text(body, encoding="utf-8")
+    figures = sorted(p.stem for p in (reports / "figures").glob(f"{name}_*.png"))
+    (reports / "findings").mkdir(exist_ok=True)
+    (reports / "findings" / f"{name}.md").write_text(
+        findings(name, executed_notebook, figures, quick), encoding="utf-8")
     return html, headline(executed_notebook)
 
 
