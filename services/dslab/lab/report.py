@@ -107,7 +107,10 @@ def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = F
         executed = (executed_dir or Path(tmp)) / f"{name}.ipynb"
         papermill.execute_notebook(str(notebooks / f"{name}.ipynb"), str(executed),
                                    parameters=parameters, progress_bar=False,
-                                   kernel_name="python3", cwd=str(reports))
+                                   kernel_name="python3", cwd=str(reports),
+                                   # the kernel's warning about its loopback TCP transport
+                                   # is noise on make report's terminal
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
         executed_notebook = nbformat.read(executed, as_version=4)
         # The reader gets the text, tables and charts; the code is in notebooks/.
         body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
