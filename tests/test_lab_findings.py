@@ -204,3 +204,46 @@ def test_observations_name_the_ring_skew_only_where_there_is_one():
         said.append("the shards' rings, not the servers, limit" in text)
         assert (share > 1.2 * even) == said[-1]
     assert said[0]  # seven servers on rings of 9 virtual nodes each: a skew to speak of
+
+
+# --- A-4: the tour and a kill and refill ------------------------------------------------------
+
+ERROR = '{"message": "<Error> nope", "status": "failure"}'
+
+
+def refill_result(new_rows=(500, 510), replacement_shards=("sh1", "sh2"), other=500):
+    counts = [("Server0", "sh1", 500), ("Server0", "sh2", 510), ("Server3", "sh1", 500),
+              ("Server1", "sh2", 510)]
+    after = [("Server9", "sh1", new_rows[0]), ("Server9", "sh2", new_rows[1]),
+             ("Server3", "sh1", other), ("Server1", "sh2", 510)]
+    frame = lambda rows: pd.DataFrame(rows, columns=["server", "shard", "rows"])  # noqa: E731
+    return {"victim": "Server0", "victim_shards": ["sh1", "sh2"], "replacement": "Server9",
+            "replacement_shards": list(replacement_shards), "seconds": 1.23,
+            "before": frame(counts), "after": frame(after)}
+
+
+def tour(*answers):
+    return pd.DataFrame(answers, columns=["status", "response"])
+
+
+def test_a4_text_states_a_clean_refill_as_such():
+    text = dbfindings.refill(tour((200, "{}"), (400, ERROR), (404, ERROR)), refill_result())
+    assert "The tour made 3 requests: 1 succeeded and 2 were refused (400, 404)." in text
+    assert "Every refusal is in the contract's error shape." in text
+    assert "1.2 s after its SIGKILL, /status listed **Server9** with the same shards." in text
+    assert "Server9 holds 500 rows of sh1 (Server0 had 500), 510 rows of sh2 (Server0 had 510)." in text
+    assert "Every replica of every shard holds the same number of rows." in text
+    assert "**" not in text.replace("**Server9**", "")  # nothing flagged
+
+
+def test_a4_text_flags_what_went_wrong_and_claims_nothing_it_did_not_see():
+    text = dbfindings.refill(tour((200, "{}"), (400, "oops"), (409, ERROR)),
+                             refill_result(new_rows=(499, 510), replacement_shards=("sh1",),
+                                           other=499))
+    assert "**1 refusal(s) are not in the contract's error shape**: oops" in text
+    assert "Every refusal" not in text
+    assert "with sh1: **not the same shards**." in text
+    assert "**The rows of sh1 differ from what Server0 held.**" in text
+    text = dbfindings.refill(tour((200, "{}")), refill_result(other=480))
+    assert "0 were refused." in text and "error shape" not in text
+    assert "**The replicas of sh1 hold different numbers of rows.**" in text

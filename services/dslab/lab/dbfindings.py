@@ -5,6 +5,7 @@
     observations   the findings: rates per world, variant against base with what the model
                    predicts where servers have a capacity, where the CPU went; a sentence that
                    states an effect only when the numbers show it
+    refill         A-4: the endpoint tour and a shard server killed and refilled
 
 Tables are ``db.speed_table`` (world, config, repeat, kind, per_s, ..., failed) and
 ``db.cpu_table`` (world, config, repeat, kind, balancer, metadata engine, client, servers,
@@ -13,6 +14,7 @@ busiest server, busiest of cap).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +22,7 @@ import pandas as pd
 
 from .shares import busiest, read_shares, shard_weights, write_shares
 
-__all__ = ["KINDS", "UNCAPPED", "busiest_share", "describe", "observations"]
+__all__ = ["KINDS", "UNCAPPED", "busiest_share", "describe", "observations", "refill"]
 
 UNCAPPED = "uncapped"
 
@@ -161,3 +163,49 @@ def observations(table: pd.DataFrame, cpu: pd.DataFrame,
     out.append(f"Runs of one configuration differ by up to {_spread(table):.0%}. "
                f"Failed requests: {int(table.failed.sum())}.")
     return " ".join(sentence for sentence in out if sentence)
+
+
+def _is_error_shape(text: str) -> bool:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    return (isinstance(body, dict) and set(body) == {"message", "status"}
+            and body["status"] == "failure" and str(body["message"]).startswith("<Error> "))
+
+
+def refill(tour: pd.DataFrame, result: Mapping[str, Any]) -> str:
+    """A-4: the endpoint tour (``db.db_tour``: status, response) and a kill and refill
+    (``db.kill_and_refill``), in sentences that state only what the numbers show."""
+    refused = tour[tour.status >= 400]
+    out = [f"The tour made {len(tour)} requests: {int((tour.status == 200).sum())} succeeded and "
+           f"{len(refused)} were refused"
+           + (f" ({', '.join(map(str, sorted(set(refused.status))))})" if len(refused) else "")
+           + "."]
+    misshapen = [r for r in refused.response if not _is_error_shape(r)]
+    if len(refused) and not misshapen:
+        out.append("Every refusal is in the contract's error shape.")
+    elif misshapen:
+        out.append(f"**{len(misshapen)} refusal(s) are not in the contract's error shape**: "
+                   f"{misshapen[0][:120]}")
+    victim, newcomer = result["victim"], result["replacement"]
+    same = sorted(result["replacement_shards"]) == sorted(result["victim_shards"])
+    out.append(f"{victim} held {', '.join(result['victim_shards'])}; {result['seconds']:.1f} s "
+               f"after its SIGKILL, /status listed **{newcomer}** "
+               + ("with the same shards." if same else
+                  f"with {', '.join(result['replacement_shards'])}: **not the same shards**."))
+    before, after = result["before"], result["after"]
+    old = before[before.server == victim].set_index("shard").rows
+    new = after[after.server == newcomer].set_index("shard").rows
+    held = [s for s in result["victim_shards"] if s in new.index]
+    out.append(f"{newcomer} holds " + ", ".join(
+        f"{int(new[s])} rows of {s} ({victim} had {int(old[s])})" for s in held) + ".")
+    short = [s for s in held if new[s] != old[s]]
+    if short:
+        out.append(f"**The rows of {', '.join(short)} differ from what {victim} held.**")
+    apart = sorted(s for s, rows in after.groupby("shard").rows if rows.nunique() > 1)
+    if apart:
+        out.append(f"**The replicas of {', '.join(apart)} hold different numbers of rows.**")
+    else:
+        out.append("Every replica of every shard holds the same number of rows.")
+    return " ".join(out)
