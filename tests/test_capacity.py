@@ -204,8 +204,8 @@ def test_capacity_observations_say_grew_stayed_or_fell_as_measured():
     ], ignore_index=True)
     text = capacity.observations(measured, 300.0, 0.1)
     assert "Throughput stayed within 2% for mixed. Throughput fell for seed." in text
-    assert "Throughput grew for mixed. Throughput stayed within 3% for seed, odd." in text
-    assert "At N = 8, mixed, seed came within 25% of N × capacity" in text  # not odd
+    assert "Throughput grew for mixed. Throughput stayed within 3% for seed and odd." in text
+    assert "At N = 8, mixed and seed came within 25% of N × capacity" in text  # not odd
     assert "wrk counted" not in text
     assert "One replica capped at 0.1 core served 300 requests/s" in text
     # no cause is named that the runs did not measure
@@ -233,3 +233,14 @@ def test_throughput_by_n_records_the_spread_the_ring_gives_and_predicts_from_it(
         ring_share = max(counts.values()) / (20000 / run.N)
         assert run.busiest_over_mean == pytest.approx(ring_share, rel=0.15), run
         assert run.predicted == pytest.approx(run.N * 100.0 / run.busiest_over_mean)
+
+
+def test_configurations_whose_labels_hold_commas_are_listed_apart():
+    import pandas as pd
+
+    from dslab.lab import capacity
+
+    measured = pd.concat([_runs("uncapped", label, {2: 1000, 8: 700}) for label in
+                          ("seed hash", "blake2b", "seed hash, bounded 1.25")], ignore_index=True)
+    assert ("Throughput fell for seed hash; blake2b and seed hash, bounded 1.25."
+            in capacity.observations(measured, None, None))

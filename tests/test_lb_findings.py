@@ -37,6 +37,7 @@ def test_a1_explains_a_skew_by_the_ring_only_when_there_is_one():
 
 def test_a1_says_how_many_failed_only_when_some_did():
     assert "**12 failed.**" in a1(served=258, succeeded=288)
+    assert "288 of 300 requests" in a1(served=258, succeeded=288)
     assert "failed" not in a1(served=258)
 
 
@@ -50,7 +51,9 @@ def test_a2_says_whether_the_spread_falls_grows_or_stays():
         "average at N = 2 and 1.20× at N = 6" in lbfindings.spread(table({2: 2.0, 4: 1.5, 6: 1.2}))
     grows = lbfindings.spread(table({2: 1.1, 4: 2.6, 6: 2.0}))
     assert "The spread grows as replicas are added" in grows
-    assert "(worst 2.60× at N = 4, best 1.10× at N = 2)" in grows
+    assert "at N = 6 (worst 2.60× at N = 4)." in grows  # the best is N = 2's, said already
+    middle = lbfindings.spread(table({2: 1.5, 3: 1.1, 4: 2.6, 6: 2.0}))
+    assert "(worst 2.60× at N = 4; best 1.10× at N = 3)" in middle
     same = lbfindings.spread(table({2: 1.8, 6: 1.85}))
     assert "stays about the same" in same and "falls" not in same and "grows" not in same
     one = lbfindings.spread(table({3: 1.5}))

@@ -100,6 +100,13 @@ def throughput_by_n(configs: Sequence[HashConfig], ns: Sequence[int], cpus: floa
     return pd.DataFrame(rows)
 
 
+def _names(labels: Sequence[str]) -> str:
+    """Configurations in a sentence (their labels may hold commas): "a", "a and b",
+    "a; b and c"."""
+    labels = list(labels)
+    return labels[0] if len(labels) == 1 else "; ".join(labels[:-1]) + " and " + labels[-1]
+
+
 def _growth_phrase(ratio: float) -> str:
     if ratio >= GREW:
         return "grew"
@@ -126,13 +133,13 @@ def observations(measured: pd.DataFrame, capacity: float | None, cpus: float | N
         by_phrase: dict[str, list[str]] = {}
         for label, a, b in growth:
             by_phrase.setdefault(_growth_phrase(b / a), []).append(label)
-        out.append(" ".join(f"Throughput {phrase} for {', '.join(labels)}."
+        out.append(" ".join(f"Throughput {phrase} for {_names(labels)}."
                             for phrase, labels in by_phrase.items()))
         last = part[part.N == n1].set_index("config")
         if last.predicted.notna().any():
             near = [str(c) for c in last.index if abs(last.rps[c] / last.predicted[c] - 1) < 0.25]
             if near:
-                out.append(f"At N = {n1}, {', '.join(near)} came within 25% of N × capacity / "
+                out.append(f"At N = {n1}, {_names(near)} came within 25% of N × capacity / "
                            "(busiest / mean): the throughput at which the busiest replica "
                            "saturates.")
     capped = measured[measured.predicted.notna()]

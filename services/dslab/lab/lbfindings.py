@@ -38,10 +38,10 @@ def requests(*, succeeded: int, total: int, rate: float, p50_ms: float, p99_ms: 
              busiest_reached: int) -> str:
     """A-1. ``slots_reached``: distinct ring slots the run's request ids hash to;
     ``busiest_reached``: how many of those fall in the busiest replica's arcs."""
-    out = [f"{succeeded} of {total} requests succeeded at {rate:,.0f} requests/s "
+    out = [f"{succeeded:,} of {total:,} requests succeeded at {rate:,.0f} requests/s "
            f"(p50 {p50_ms:.1f} ms, p99 {p99_ms:.1f} ms)."]
     if succeeded < total:
-        out.append(f"**{total - succeeded} failed.**")
+        out.append(f"**{total - succeeded:,} failed.**")
     ratio = served / (total / n) if total else float("nan")
     out.append(f"{busiest} served {served / total:.0%} of them, where an even split is "
                f"{1 / n:.0%} (busiest / mean {ratio:.2f}).")
@@ -73,19 +73,22 @@ def spread(table: pd.DataFrame) -> str:
             trend = "grows as replicas are added"
         else:
             trend = "stays about the same as replicas are added"
+        extremes = [(what, row) for what, row in (("worst", worst), ("best", best))
+                    if int(row.N) not in (int(first.N), int(last.N))]  # else said already
+        aside = "; ".join(f"{what} {float(row.max_over_mean):.2f}× at N = {int(row.N)}"
+                          for what, row in extremes)
         out.append(f"The spread {trend}: the busiest replica carries {m0:.2f}× the average at "
-                   f"N = {int(first.N)} and {m1:.2f}× at N = {int(last.N)} (worst "
-                   f"{float(worst.max_over_mean):.2f}× at N = {int(worst.N)}, best "
-                   f"{float(best.max_over_mean):.2f}× at N = {int(best.N)}).")
-    out.append(f"At N = {int(last.N)} the idlest replica got {int(last['min'])} requests and "
-               f"the busiest {int(last['max'])}.")
+                   f"N = {int(first.N)} and {m1:.2f}× at N = {int(last.N)}"
+                   + (f" ({aside})" if aside else "") + ".")
+    out.append(f"At N = {int(last.N)} the idlest replica got {int(last['min']):,} requests and "
+               f"the busiest {int(last['max']):,}.")
     return " ".join(out)
 
 
 def kill(events: Mapping[str, Any], seconds: float) -> str:
     """A-3, from ``lb.kill_under_load``'s events."""
     failed, total = int(events["failed"]), int(events["requests"])
-    out = [f"{total} requests in {seconds:g} s; **{failed} failed**."]
+    out = [f"{total:,} requests in {seconds:g} s; **{failed:,} failed**."]
     victim, killed_at = events["victim"], float(events["killed_at"])
     out.append(f"{victim} was killed at {killed_at:.2f} s.")
     replacement = events.get("replacement")
