@@ -154,6 +154,25 @@ def test_where_the_group_cannot_be_made_the_error_says_why_and_names_docker(tmp_
         CpuGroups(0.5, "dslab-x", root=tmp_path)
 
 
+def test_a_quota_is_lifted_for_a_stop_in_both_layouts(tmp_path):
+    """Stand-in trees (v1 and v2 files): uncap writes "no limit" where the quota was; a group
+    that is gone already is no error."""
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    v1 = CpuGroups(0.1, "dslab-x", root=tmp_path / "v1")
+    v1.create("S1")
+    assert v1.quota("S1") == pytest.approx(0.1)
+    v1.uncap("S1")
+    assert v1.quota("S1") == float("inf")
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cgroup.controllers").write_text("cpu\n")
+    v2 = CpuGroups(0.1, "dslab-x", root=tmp_path / "v2")
+    v2.create("S1")
+    v2.uncap("S1")
+    assert v2.quota("S1") == float("inf")
+    v2.uncap("gone")  # no group: nothing to lift
+
+
 def test_cgroup_v2_layout_on_a_stand_in_tree(tmp_path):
     """cgroup v2 (a stand-in directory: this machine's CPU controller is v1): the parent
     enables the cpu controller for its children; each replica's cpu.max is "quota period"."""

@@ -11,7 +11,8 @@ A capped replica starts uncapped and joins its group once it listens, with every
 started (a shard server's engine): its start-up (imports, an engine's recovery) costs a few
 CPU-seconds, which at 0.05 core would be a minute of wall time, six servers at once no
 faster. So the start timeout is a hang detector for an uncapped start, whatever the quota,
-and the quota applies to everything the replica serves.
+and the quota applies to everything the replica serves. The quota is lifted again when the
+replica is removed, so that its clean shutdown does not wait on it either.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class ProcessSupervisor(ReplicaSupervisor):
             replica, proc = self._procs.pop(name)
         except KeyError:
             raise UnknownReplica(f"no replica {name!r}") from None
+        if self.cpu_groups is not None:
+            self.cpu_groups.uncap(name)  # its shutdown does not wait on its quota
         self._kill(proc, signal.SIGTERM)
         self._kill(proc, signal.SIGCONT)  # a stopped (hung) replica must run to see SIGTERM
         loop = asyncio.get_running_loop()
