@@ -63,6 +63,9 @@ class OpenApiHandler(JsonHandler):
 class NotAllowedHandler(JsonHandler):
     """Anything that is neither an admin endpoint nor a GET to proxy."""
 
+    def allowed_methods(self) -> list[str]:
+        return ["GET"]  # what the proxy serves on any path that is not an admin endpoint
+
     def prepare(self) -> None:
         path, method = self.request.path, self.request.method
         if path in ADMIN_PATHS:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 
+from ..common.edge import add_edge_options, edge_limits
 from ..common.front import Front, serve
 from ..keeper.cli import (
     add_backend_options,
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float,
                    default=float(_env("REQUEST_TIMEOUT", "5")), help="seconds per upstream try")
     add_backend_options(p, "--replica-image", "REPLICA_IMAGE", "dslab-replica:latest")
+    add_edge_options(p)
     return p
 
 
@@ -82,7 +84,8 @@ async def run(args: argparse.Namespace) -> None:
     replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
                           **heartbeat_settings(args))
     proxy = Proxy(replicas, balance_factor=args.balance_factor)
-    front = Front(proxy.route, make_admin_app(replicas), max_body=MAX_ADMIN_BODY)
+    front = Front(proxy.route, make_admin_app(replicas), max_body=MAX_ADMIN_BODY,
+                  limits=edge_limits(args))
 
     async def start() -> None:
         await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])

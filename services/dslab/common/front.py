@@ -18,6 +18,15 @@ must read ``request.body``: nothing is streamed to them).
 A body over ``max_body`` is read and dropped, then answered 413 in the error shape (answering
 before it is read would reset the connection under a client still sending it). Requests on one
 connection are answered in order (HTTP/1.1 pipelining), one at a time.
+
+The edge (``EdgeLimits``, defaults after nginx and Envoy): a request line over its limit is
+answered 414, a header block over its size or count 431, before anything is routed or
+forwarded; a client that has begun a request and takes too long to send its headers or its
+body gets 408; a connection with no request begun (new, or between keep-alive requests) is
+closed silently after the idle timeout; past ``max_connections`` a new connection gets 503.
+Each of these closes the connection: its answer is written, the sending side shut, and what
+the client still sends read and dropped for a moment (closing at once, with unread data,
+would reset the connection and lose the answer).
 """
 
 from __future__ import annotations
@@ -34,16 +43,19 @@ import tornado.web
 from tornado import httputil
 from tornado.concurrent import Future
 
+from .edge import EdgeLimits
 from .errors import error_body
-from .runtime import bind_socket, serve_forever
+from .runtime import bind_socket, raise_fd_limit, serve_forever
 
-__all__ = ["Answer", "Front", "FrontRequest", "Handler", "Route", "serve", "start_front"]
+__all__ = ["Answer", "EdgeLimits", "Front", "FrontRequest", "Handler", "Route", "serve",
+           "start_front"]
 
 log = logging.getLogger(__name__)
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _MAX_QUEUED = 32  # pipelined requests buffered per connection before we stop reading
 _JSON = b"application/json"
+_LINGER = 1.0  # seconds a refused connection's unread input is drained before it is closed
 
 
 class Answer:
@@ -60,8 +72,8 @@ class Answer:
 
 
 class FrontRequest:
-    __slots__ = ("body", "body_size", "headers", "keep_alive", "method", "request_id", "url",
-                 "version")
+    __slots__ = ("body", "body_size", "header_bytes", "headers", "keep_alive", "method",
+                 "request_id", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
@@ -72,6 +84,7 @@ class FrontRequest:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_size = 0
+        self.header_bytes = 0
 
     @property
     def uri(self) -> str:
@@ -89,11 +102,13 @@ class Front:
     """What a connection needs: ``route`` for the hot path, a Tornado app for the rest."""
 
     def __init__(self, route: Route, fallback: tornado.web.Application, *,
-                 max_body: int) -> None:
+                 max_body: int, limits: EdgeLimits | None = None) -> None:
         self.route = route
         self.fallback = fallback
         self.max_body = max_body
+        self.limits = limits or EdgeLimits()
         self.connections: set[_FrontProtocol] = set()
+        self.refused = 0  # connections answered 503 past max_connections
 
     def protocol(self) -> _FrontProtocol:
         return _FrontProtocol(self)
@@ -108,35 +123,64 @@ class _FrontProtocol(asyncio.Protocol):
         self._queue: deque[FrontRequest] = deque()
         self._busy = False
         self._paused = False
+        self._receiving = False  # a request has begun and is not complete yet
+        self._refused = False  # answered with an error and closing: input is dropped
+        self._timer: asyncio.TimerHandle | None = None
+        self._limits = front.limits
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if len(self._front.connections) >= self._limits.max_connections:
+            self._front.refused += 1
+            self._reject(503, f"<Error> Too many connections: this process holds "
+                              f"{self._limits.max_connections}, the most it takes")
+            return
         self._front.connections.add(self)
+        # Nothing sent yet is idle, not slow: closed without a word when it lasts (a 408 on a
+        # connection a pool keeps open would be read as the answer to its next request).
+        self._arm(self._limits.idle_timeout, self.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._front.connections.discard(self)
+        self._disarm()
         self._transport = None
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # drained: the answer is out, the connection closes after the linger
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(400, "<Error> Protocol upgrades are not supported")
+        except httptools.HttpParserCallbackError:
+            pass  # a callback refused the request (a limit): it answered already
         except httptools.HttpParserError as exc:
             self._reject(400, f"<Error> Malformed HTTP request: {exc}")
 
     # ---- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._current = FrontRequest()
+        self._receiving = True
+        self._arm(self._limits.header_timeout, self._too_slow, "headers")
 
     def on_url(self, url: bytes) -> None:
-        self._current.url += url
+        request = self._current
+        request.url += url
+        if len(request.url) > self._limits.max_request_line:
+            self._refuse(414, f"<Error> Request target over {self._limits.max_request_line} "
+                              "bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self._current
         request.headers.append((name, value))
+        request.header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        limits = self._limits
+        if len(request.headers) > limits.max_headers:
+            self._refuse(431, f"<Error> More than {limits.max_headers} header fields")
+        if request.header_bytes > limits.max_header_bytes:
+            self._refuse(431, f"<Error> Header fields over {limits.max_header_bytes} bytes")
         if len(name) == 12 and name.lower() == b"x-request-id":
             request.request_id = value
 
@@ -145,6 +189,7 @@ class _FrontProtocol(asyncio.Protocol):
         request.method = self._parser.get_method()
         request.version = self._parser.get_http_version()
         request.keep_alive = self._parser.should_keep_alive()
+        self._arm(self._limits.body_timeout, self._too_slow, "body")
 
     def on_body(self, body: bytes) -> None:
         request = self._current
@@ -155,6 +200,8 @@ class _FrontProtocol(asyncio.Protocol):
             request.body.clear()
 
     def on_message_complete(self) -> None:
+        self._receiving = False
+        self._disarm()  # the client sent it all: nothing of its own to time while it is served
         self._queue.append(self._current)
         if len(self._queue) > _MAX_QUEUED and self._transport is not None:
             self._transport.pause_reading()
@@ -187,13 +234,15 @@ class _FrontProtocol(asyncio.Protocol):
             self._write(502, error_body("<Error> Service failure: see its log"), _JSON, "",
                         request)
         self._busy = False
-        if self._transport is None:
+        if self._transport is None or self._refused:
             return
         if self._paused and len(self._queue) <= _MAX_QUEUED // 2:
             self._transport.resume_reading()
             self._paused = False
         if self._queue:
             self._serve_next()
+        elif not self._receiving:
+            self._arm(self._limits.idle_timeout, self.close)
 
     def _write(self, status: int, body: bytes, content_type: bytes | None, served_by: str,
                request: FrontRequest) -> None:
@@ -213,8 +262,8 @@ class _FrontProtocol(asyncio.Protocol):
         self._finish_write(head, body, request)
 
     def _finish_write(self, head: list[bytes], body: bytes, request: FrontRequest) -> None:
-        if self._transport is None:
-            return
+        if self._transport is None or self._refused:
+            return  # closed, or refused at the edge meanwhile: its answer went out already
         if not request.keep_alive:
             head.append(b"Connection: close\r\n")
         elif request.version == "1.0":
@@ -225,19 +274,57 @@ class _FrontProtocol(asyncio.Protocol):
         if not request.keep_alive:
             self._transport.close()
 
+    # ---- the edge ---------------------------------------------------------------------------
+    def _arm(self, seconds: float, then: Callable[..., None], *args: Any) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._timer = asyncio.get_running_loop().call_later(seconds, then, *args)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _too_slow(self, part: str) -> None:
+        """The client did not send a request's ``part`` in time: 408, unless an earlier
+        request of this connection is being answered (then the answer would interleave)."""
+        seconds = self._limits.header_timeout if part == "headers" else self._limits.body_timeout
+        if self._busy:
+            self.close()
+        else:
+            self._reject(408, f"<Error> The request's {part} did not arrive within "
+                              f"{seconds:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """From a parser callback: answer, close, and stop the parser (it raises)."""
+        self._reject(status, message)
+        raise _Refused(message)
+
     def _reject(self, status: int, message: str) -> None:
-        if self._transport is None:
+        """Answer ``status`` in the error shape and close: the answer goes out, the sending
+        side is shut, and the client's input is drained for ``_LINGER`` before the close."""
+        transport = self._transport
+        if transport is None or self._refused:
             return
+        self._refused = True
+        self._disarm()
+        self._front.connections.discard(self)
         body = error_body(message)
-        self._transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                              % (status, _REASONS[status], len(body), body))
-        self._transport.close()
-        self._transport = None
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (status, _REASONS[status], len(body), body))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_LINGER, self.close)
 
     def close(self) -> None:
+        self._disarm()
         if self._transport is not None:
             self._transport.close()
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing a request that was refused at the edge."""
 
 
 # ---- Tornado's HTTPConnection interface, buffered ---------------------------------------------
@@ -309,6 +396,7 @@ async def serve(front: Front, host: str, port: int, ready_fd: int | None, *,
     listen on ``host:port`` with ``front``, tell ``listening`` and the supervisor (``ready_fd``)
     the port; on SIGINT or SIGTERM stop listening, drop the open connections, then ``stop``.
     A start that fails is stopped too, so nothing it began is left running."""
+    raise_fd_limit()  # every connection is a descriptor: take what the system allows
     servers: list[asyncio.Server] = []
 
     async def start_then_listen() -> int:

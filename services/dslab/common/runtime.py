@@ -12,11 +12,13 @@ import asyncio
 import ctypes
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Awaitable, Callable
 
-__all__ = ["announce_port", "bind_socket", "die_with_parent", "install_uvloop", "serve_forever"]
+__all__ = ["announce_port", "bind_socket", "die_with_parent", "install_uvloop", "raise_fd_limit",
+           "serve_forever"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,19 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     except OSError:
         return
     libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to the hard limit the system allows (each
+    connection is a descriptor); returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    return soft
 
 
 def install_uvloop() -> None:

@@ -42,8 +42,16 @@ class JsonHandler(tornado.web.RequestHandler):
             message = exc.log_message or self._reason
         else:
             message = "Internal error: see the service's log"
+        if self.get_status() == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json")
         self.finish(error_body(message))
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this path serves (a 405's ``Allow``): those the handler defines."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler,
+                                                                 m.lower())]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, ApiError):
@@ -62,7 +70,14 @@ class JsonHandler(tornado.web.RequestHandler):
 
 class FrontOnlyHandler(JsonHandler):
     """A path the lean front end (``front.py``) serves, reached with another method: it defines
-    no method, so Tornado answers 405 in the error shape."""
+    no method, so Tornado answers 405 in the error shape, with the methods the front end serves
+    there (``allow``) in ``Allow``. Other arguments (an app's shared ones) are ignored."""
+
+    def initialize(self, allow: tuple[str, ...] = (), **_: Any) -> None:
+        self.allow = list(allow)
+
+    def allowed_methods(self) -> list[str]:
+        return self.allow
 
 
 @tornado.web.stream_request_body

@@ -129,12 +129,13 @@ class NotFoundHandler(JsonHandler):
 
 def make_app(cluster: ShardCluster) -> tornado.web.Application:
     args = {"cluster": cluster}
+    front_only = [(f"/{path}", FrontOnlyHandler, {"allow": (method,)}) for path, method in
+                  [("read", "POST"), ("write", "POST"), ("update", "PUT"), ("del", "DELETE"),
+                   ("metrics", "GET")]]
     return tornado.web.Application(
-        [(rf"/{path}", handler, args) for path, handler in [
+        [*[(rf"/{path}", handler, args) for path, handler in [
             ("init", InitHandler), ("status", StatusHandler), ("add", AddHandler),
-            ("rm", RmHandler), ("read", FrontOnlyHandler), ("write", FrontOnlyHandler),
-            ("update", FrontOnlyHandler), ("del", FrontOnlyHandler), ("metrics", FrontOnlyHandler),
-            (r"openapi\.json", OpenApiHandler)]],
+            ("rm", RmHandler), (r"openapi\.json", OpenApiHandler)]], *front_only],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
     )

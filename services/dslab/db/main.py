@@ -17,6 +17,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from ..common.edge import add_edge_options, edge_limits
 from ..common.front import Front, serve
 from ..common.limits import MAX_BODY
 from ..engine import LocalEngine
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_capacity_option(p, "--server-cpus", "SERVER_CPUS", "shard server (with its engine)")
     add_heartbeat_options(p, interval=0.25, timeout=1.0, misses=3)
     add_backend_options(p, "--shard-image", "SHARD_IMAGE", "dslab-shard:latest")
+    add_edge_options(p)
     return p
 
 
@@ -98,7 +100,8 @@ async def run(args: argparse.Namespace) -> None:
     cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash,
                            algorithm=args.algorithm,
                            request_timeout=args.request_timeout, **heartbeat_settings(args))
-    front = Front(DataEndpoints(cluster).route, make_app(cluster), max_body=MAX_BODY)
+    front = Front(DataEndpoints(cluster).route, make_app(cluster), max_body=MAX_BODY,
+                  limits=edge_limits(args))
 
     def listening(port: int) -> None:
         log.info("database balancer on port %d, metadata at %s, state in %s", port, meta_uri, state)

@@ -68,6 +68,13 @@ class ShardEndpoints:
     def route(self, method: bytes, path: str) -> Handler | None:
         return self._routes.get((method, path))
 
+    def methods(self) -> dict[str, tuple[str, ...]]:
+        """Each path the front end serves, with its methods (for a 405's ``Allow``)."""
+        out: dict[str, tuple[str, ...]] = {}
+        for method, path in self._routes:
+            out[path] = (*out.get(path, ()), method.decode())
+        return out
+
     def shard(self, shard: str) -> str:
         if shard not in self.store.shards:
             raise BadRequest(f"<Error> Shard {shard} is not configured on {self.name}")
@@ -138,12 +145,13 @@ class ConfigHandler(JsonHandler):
         self.send({"message": f"{configured} configured", "status": "success"})
 
 
-def make_app(store: ShardStore, name: str) -> tornado.web.Application:
-    """/config, and 405 for the front end's paths with another method."""
-    paths = ["/heartbeat", "/copy", "/read", "/write", "/insert", "/update", "/del", "/erase"]
+def make_app(store: ShardStore, name: str,
+             front_methods: dict[str, tuple[str, ...]]) -> tornado.web.Application:
+    """/config, and 405 (with ``Allow``) for the front end's paths with another method."""
     return tornado.web.Application(
         [(r"/config", ConfigHandler, {"store": store, "name": name}),
-         *[(path, FrontOnlyHandler) for path in paths]],
+         *[(path, FrontOnlyHandler, {"allow": methods})
+           for path, methods in front_methods.items()]],
         log_function=lambda handler: None,
     )
 
@@ -161,7 +169,8 @@ async def _run(args: argparse.Namespace) -> None:
     client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=10000,
                                                      retryWrites=False)
     store = ShardStore(client[args.db_name])
-    front = Front(ShardEndpoints(store, name).route, make_app(store, name), max_body=MAX_BODY)
+    endpoints = ShardEndpoints(store, name)
+    front = Front(endpoints.route, make_app(store, name, endpoints.methods()), max_body=MAX_BODY)
 
     def listening(port: int) -> None:
         log.info("%s on port %d, database %s, shards %s", name, port, uri,

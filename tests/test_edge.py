@@ -1,0 +1,221 @@
+"""The edge of both balancers, with raw sockets: limits answered before anything is forwarded
+(414, 431), timeouts (408, an idle connection closed), a bound on open connections (503), and
+405 with ``Allow`` wherever a method is not served. A client's bad request never counts
+against a replica: /rep and the balancer's own counters of failed tries, evictions and
+replacements are what they were.
+
+Timeouts and limits are configured short here; deadlines derive from them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ShardServer, assert_error, seed_init
+from dslab.stack import BalancerProcess
+
+EDGE = ["--max-request-line", "1024", "--max-header-bytes", "4096", "--max-headers", "20",
+        "--header-timeout", "0.5", "--body-timeout", "0.5", "--idle-timeout", "0.5"]
+SHORT = 0.5  # the timeouts above
+
+
+def answer_of(sock: socket.socket, deadline: float) -> tuple[int | None, dict, bytes]:
+    """Read until the server closes (or ``deadline`` passes): status, headers, body."""
+    sock.settimeout(max(0.05, deadline - time.monotonic()))
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    if not data:
+        return None, {}, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def send(balancer: BalancerProcess, raw: bytes, wait: float = 5.0) -> tuple[int | None, dict, bytes]:
+    with socket.create_connection(("127.0.0.1", balancer.port)) as sock:
+        sock.sendall(raw)
+        return answer_of(sock, time.monotonic() + wait)
+
+
+def error_message(body: bytes) -> str:
+    payload = json.loads(body)
+    assert set(payload) == {"message", "status"} and payload["status"] == "failure", payload
+    assert payload["message"].startswith("<Error> ")
+    return payload["message"]
+
+
+def counters(balancer: BalancerProcess) -> dict[str, float]:
+    """What would count against a replica: failed tries, retries, evictions, replacements."""
+    text = httpx.get(f"{balancer.url}/metrics", timeout=10).text
+    wanted = ("dslab_upstream_failures_total", "dslab_retries_total", "dslab_evictions_total",
+              "dslab_replacements_total")
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[sample.name] = out.get(sample.name, 0) + sample.value
+    return out
+
+
+@pytest.fixture(scope="module")
+def lb():
+    balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", *EDGE]).start()
+    try:
+        yield balancer
+    finally:
+        balancer.stop()
+
+
+@pytest.fixture
+def untouched(lb):
+    """The replicas and what counts against them, the same after the test as before."""
+    before = (httpx.get(f"{lb.url}/rep", timeout=10).json(), counters(lb))
+    yield
+    assert (httpx.get(f"{lb.url}/rep", timeout=10).json(), counters(lb)) == before
+
+
+@pytest.mark.parametrize("raw, status, fragment", [
+    (b"GET /home?rid=" + b"7" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "over 1024 bytes"),
+    (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "over 1024 bytes"),
+    (b"GET /home HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n", 431, "over 4096 bytes"),
+    (b"GET /home HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % k for k in range(30))
+     + b"\r\n", 431, "More than 20 header fields"),
+    (b"GET /home HTTP/1.1\r\nHost: x\r\n" + b"X-Many: 1\r\n" * 20_000 + b"\r\n", 431, "More than 20"),
+], ids=["long-query", "100KB-line", "big-header", "many-headers", "20000-headers"])
+def test_over_a_limit_is_refused_at_the_edge_and_counts_against_no_replica(
+        lb, untouched, raw, status, fragment):
+    code, headers, body = send(lb, raw)
+    assert code == status and headers.get("connection") == "close"
+    assert fragment in error_message(body)
+
+
+def test_within_the_limits_is_served(lb, untouched):
+    code, _, body = send(lb, b"GET /home?rid=" + b"7" * 900 + b" HTTP/1.1\r\nHost: x\r\n"
+                         + b"X-Pad: " + b"p" * 3000 + b"\r\nConnection: close\r\n\r\n")
+    assert code == 200 and b"Hello from Server" in body
+
+
+@pytest.mark.parametrize("raw, part", [
+    (b"GET /home HTTP/1.1\r\nHost: x\r\n", "headers"),  # headers never finished
+    (b"G", "headers"),  # one byte: a request has begun
+    (b"POST /add HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"n\"", "body"),
+])
+def test_a_request_that_stops_half_way_gets_408_in_time(lb, untouched, raw, part):
+    started = time.monotonic()
+    code, _, body = send(lb, raw, wait=SHORT + 5)
+    waited = time.monotonic() - started
+    assert code == 408 and f"request's {part} did not arrive within 0.5 s" in error_message(body)
+    assert SHORT * 0.9 <= waited < SHORT + 3
+
+
+def test_a_connection_that_sends_nothing_is_closed_silently(lb, untouched):
+    """Idle, not slow: no 408, which a client's pool would read as its next answer."""
+    with socket.create_connection(("127.0.0.1", lb.port)) as sock:
+        started = time.monotonic()
+        sock.settimeout(SHORT + 5)
+        assert sock.recv(65536) == b""
+        assert SHORT * 0.9 <= time.monotonic() - started < SHORT + 3
+
+
+def test_an_idle_keep_alive_connection_is_closed(lb):
+    with socket.create_connection(("127.0.0.1", lb.port)) as sock:
+        sock.sendall(b"GET /home HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        sock.settimeout(SHORT + 5)
+        assert sock.recv(65536) == b""  # closed by the server, with nothing more said
+        assert SHORT * 0.9 <= time.monotonic() - started < SHORT + 3
+
+
+def test_thousands_of_half_sent_requests_are_closed_while_a_client_is_served(lb, untouched):
+    """1 500 connections that never finish their headers (slowloris): each is answered 408 and
+    closed within the header timeout, and a normal client is served meanwhile."""
+    socks = []
+    try:
+        for _ in range(1500):
+            sock = socket.create_connection(("127.0.0.1", lb.port))
+            sock.sendall(b"GET /home HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            socks.append(sock)
+        with httpx.Client(base_url=lb.url, timeout=10) as client:
+            assert client.get("/home").status_code == 200
+        deadline = time.monotonic() + SHORT + 10
+        answers = [answer_of(sock, deadline)[0] for sock in socks]
+        assert answers == [408] * len(socks)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_past_max_connections_a_new_connection_gets_503():
+    balancer = BalancerProcess(args=["-n", "1", "--max-connections", "5",
+                                     "--idle-timeout", "30", "--header-timeout", "30"]).start()
+    held = []
+    try:
+        for _ in range(5):
+            held.append(socket.create_connection(("127.0.0.1", balancer.port)))
+        code, _, body = send(balancer, b"GET /home HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert code == 503 and "Too many connections" in error_message(body)
+        for sock in held[:2]:  # room again: served
+            sock.close()
+        deadline = time.monotonic() + 5
+        while True:
+            code, _, _ = send(balancer, b"GET /home HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if code == 200 or time.monotonic() > deadline:
+                break
+        assert code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        balancer.stop()
+
+
+# ---- 405 with Allow, on every path of both balancers and the shard server ----------------------
+PART1 = {"/rep": ["GET"], "/add": ["POST"], "/rm": ["DELETE"], "/openapi.json": ["GET"],
+         "/metrics": ["GET"], "/home": ["GET"], "/anything": ["GET"]}
+PART2 = {"/init": ["POST"], "/status": ["GET"], "/add": ["POST"], "/rm": ["DELETE"],
+         "/read": ["POST"], "/write": ["POST"], "/update": ["PUT"], "/del": ["DELETE"],
+         "/metrics": ["GET"], "/openapi.json": ["GET"]}
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+def assert_405s(url: str, paths: dict[str, list[str]]) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for path, allowed in paths.items():
+            for method in METHODS:
+                if method in allowed:
+                    continue
+                response = client.request(method, path, content=b"{}")
+                assert_error(response, 405)
+                assert response.headers["Allow"] == ", ".join(allowed), (method, path)
+
+
+def test_every_method_a_part1_path_does_not_serve_is_405_with_allow(lb, untouched):
+    assert_405s(lb.url, PART1)
+
+
+def test_every_method_a_part2_path_does_not_serve_is_405_with_allow(start_db):
+    db = start_db()
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+    assert_405s(db.url, PART2)  # GET /read was a 502 (a handler built with the wrong arguments)
+
+
+def test_every_method_a_shard_server_path_does_not_serve_is_405_with_allow(tmp_path):
+    shard = {"/config": ["POST"], "/heartbeat": ["GET"], "/copy": ["GET"], "/read": ["POST"],
+             "/write": ["POST"], "/insert": ["POST"], "/update": ["PUT"], "/del": ["DELETE"],
+             "/erase": ["POST"]}
+    with ShardServer(tmp_path) as client:
+        assert_405s(str(client.base_url), shard)
