@@ -10,7 +10,7 @@ from conftest import SEED_SCHEMA, ShardServer, row
 from dslab.db.fanout import ServerRefused
 from standins import SteppedShardServers, SteppedSupervisor
 
-CALLS = [
+CALLS: list[tuple[str, str, dict]] = [
     ("POST", "/config", {"schema": SEED_SCHEMA, "shards": ["sh1", "sh2"]}),
     ("POST", "/write", {"shard": "sh1", "curr_idx": 0, "data": [row(1), row(3)]}),
     ("POST", "/write", {"shard": "sh1", "curr_idx": 2, "data": [row(3, marks=80)]}),  # a retry
