@@ -12,7 +12,7 @@ from typing import Any
 import tornado.web
 
 from ..common.errors import ApiError
-from ..common.web import JsonHandler
+from ..common.web import AdminHandler, JsonHandler
 from ..openapi import document_json
 from .membership import ReplicaSet
 from .validation import parse_add, parse_rm
@@ -41,13 +41,13 @@ class RepHandler(_ReplicaHandler):
         self.send_replicas(self.replicas.names())
 
 
-class AddHandler(_ReplicaHandler):
+class AddHandler(_ReplicaHandler, AdminHandler):
     async def post(self) -> None:
         request = parse_add(self.body())
         self.send_replicas(await self.replicas.add(request.n, request.hostnames))
 
 
-class RmHandler(_ReplicaHandler):
+class RmHandler(_ReplicaHandler, AdminHandler):
     async def delete(self) -> None:
         request = parse_rm(self.body())
         _, names = await self.replicas.remove(request.n, request.hostnames)
@@ -82,11 +82,13 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
             1000 * handler.request.request_time())
 
 
-def make_admin_app(replicas: ReplicaSet) -> tornado.web.Application:
+def make_admin_app(replicas: ReplicaSet, admin_token: str | None = None) -> tornado.web.Application:
+    """``admin_token``: required by /add and /rm when set (``common/auth.py``)."""
     args = {"replicas": replicas}
     return tornado.web.Application(
         [(r"/rep", RepHandler, args), (r"/add", AddHandler, args), (r"/rm", RmHandler, args),
          (r"/openapi\.json", OpenApiHandler)],
         default_handler_class=NotAllowedHandler,
         log_function=_log_request,
+        admin_token=admin_token,
     )

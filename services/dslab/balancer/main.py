@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 
+from ..common.auth import add_admin_token_options, admin_token
 from ..common.edge import add_edge_options, edge_limits
 from ..common.front import Front, serve
 from ..keeper.cli import (
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=float(_env("REQUEST_TIMEOUT", "5")), help="seconds per upstream try")
     add_backend_options(p, "--replica-image", "REPLICA_IMAGE", "dslab-replica:latest")
     add_edge_options(p)
+    add_admin_token_options(p)
     return p
 
 
@@ -84,7 +86,7 @@ async def run(args: argparse.Namespace) -> None:
     replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
                           **heartbeat_settings(args))
     proxy = Proxy(replicas, balance_factor=args.balance_factor)
-    front = Front(proxy.route, make_admin_app(replicas), max_body=MAX_ADMIN_BODY,
+    front = Front(proxy.route, make_admin_app(replicas, args.token), max_body=MAX_ADMIN_BODY,
                   limits=edge_limits(args))
 
     async def start() -> None:
@@ -104,4 +106,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_main(run, build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.token = admin_token(args, parser)  # the file's read once, here; never logged
+    run_main(run, args)

@@ -9,11 +9,13 @@ import orjson
 import tornado.web
 from pydantic import BaseModel
 
+from .auth import authorized
 from .errors import ApiError, error_body
 from .limits import MAX_BODY
 from .payload import parse_model
 
-__all__ = ["HARD_BODY_LIMIT", "FrontOnlyHandler", "JsonHandler", "StreamedJsonHandler"]
+__all__ = ["HARD_BODY_LIMIT", "AdminHandler", "FrontOnlyHandler", "JsonHandler",
+           "StreamedJsonHandler"]
 
 HARD_BODY_LIMIT = 1 << 30  # Tornado drops the connection past this; below it, JsonHandler's 413
 
@@ -44,6 +46,8 @@ class JsonHandler(tornado.web.RequestHandler):
             message = "Internal error: see the service's log"
         if self.get_status() == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if self.get_status() == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="dslab admin"')
         self.set_header("Content-Type", "application/json")
         self.finish(error_body(message))
 
@@ -66,6 +70,18 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def parse(self, model: type[M]) -> M:
         return parse_model(model, self.body())
+
+
+class AdminHandler(JsonHandler):
+    """An endpoint that changes membership or configuration: with the application's
+    ``admin_token`` set, it answers only a request that carries it (``common/auth.py``); the
+    check comes before the body is read."""
+
+    def prepare(self) -> None:
+        token = self.settings.get("admin_token")
+        if token and not authorized(self.request.headers.get("Authorization"), token):
+            raise ApiError("<Error> This endpoint needs the admin token: "
+                           "'Authorization: Bearer <token>'", 401)
 
 
 class FrontOnlyHandler(JsonHandler):

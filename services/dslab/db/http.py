@@ -13,7 +13,7 @@ from ..common.endpoints import json_endpoint
 from ..common.errors import ApiError
 from ..common.front import Answer, FrontRequest, Handler
 from ..common.metrics import metrics_handler
-from ..common.web import FrontOnlyHandler, JsonHandler
+from ..common.web import AdminHandler, FrontOnlyHandler, JsonHandler
 from ..contract.studdb import (
     AddRequest,
     DelRequest,
@@ -44,7 +44,7 @@ class _Handler(JsonHandler):
         self.cluster = cluster
 
 
-class InitHandler(_Handler):
+class InitHandler(_Handler, AdminHandler):
     async def post(self) -> None:
         await self.cluster.init(self.parse(InitRequest))
         self.send({"message": "Configured Database", "status": "success"})
@@ -55,13 +55,13 @@ class StatusHandler(_Handler):
         self.send(self.cluster.status())
 
 
-class AddHandler(_Handler):
+class AddHandler(_Handler, AdminHandler):
     async def post(self) -> None:
         n, names = await self.cluster.add(self.parse(AddRequest))
         self.send({"N": n, "message": add_message(names), "status": "successful"})
 
 
-class RmHandler(_Handler):
+class RmHandler(_Handler, AdminHandler):
     async def delete(self) -> None:
         n, removed = await self.cluster.rm(self.parse(RmRequest))
         self.send({"message": {"N": n, "servers": removed}, "status": "successful"})
@@ -127,7 +127,8 @@ class NotFoundHandler(JsonHandler):
         raise ApiError(f"<Error> '{self.request.path}' endpoint does not exist", 404)
 
 
-def make_app(cluster: ShardCluster) -> tornado.web.Application:
+def make_app(cluster: ShardCluster, admin_token: str | None = None) -> tornado.web.Application:
+    """``admin_token``: required by /init, /add and /rm when set (``common/auth.py``)."""
     args = {"cluster": cluster}
     front_only = [(f"/{path}", FrontOnlyHandler, {"allow": (method,)}) for path, method in
                   [("read", "POST"), ("write", "POST"), ("update", "PUT"), ("del", "DELETE"),
@@ -138,4 +139,5 @@ def make_app(cluster: ShardCluster) -> tornado.web.Application:
             ("rm", RmHandler), (r"openapi\.json", OpenApiHandler)]], *front_only],
         default_handler_class=NotFoundHandler,
         log_function=lambda handler: None,
+        admin_token=admin_token,
     )

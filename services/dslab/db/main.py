@@ -17,6 +17,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from ..common.auth import add_admin_token_options, admin_token
 from ..common.edge import add_edge_options, edge_limits
 from ..common.front import Front, serve
 from ..common.limits import MAX_BODY
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_heartbeat_options(p, interval=0.25, timeout=1.0, misses=3)
     add_backend_options(p, "--shard-image", "SHARD_IMAGE", "dslab-shard:latest")
     add_edge_options(p)
+    add_admin_token_options(p)
     return p
 
 
@@ -100,7 +102,7 @@ async def run(args: argparse.Namespace) -> None:
     cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash,
                            algorithm=args.algorithm,
                            request_timeout=args.request_timeout, **heartbeat_settings(args))
-    front = Front(DataEndpoints(cluster).route, make_app(cluster), max_body=MAX_BODY,
+    front = Front(DataEndpoints(cluster).route, make_app(cluster, args.token), max_body=MAX_BODY,
                   limits=edge_limits(args))
 
     def listening(port: int) -> None:
@@ -124,4 +126,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_main(run, build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.token = admin_token(args, parser)  # the file's read once, here; never logged
+    run_main(run, args)
