@@ -10,7 +10,10 @@ Timeouts and limits are configured short here; deadlines derive from them.
 from __future__ import annotations
 
 import json
+import resource
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -18,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ShardServer, assert_error, seed_init
+from dslab.openapi import document_json
 from dslab.stack import BalancerProcess
 
 EDGE = ["--max-request-line", "1024", "--max-header-bytes", "4096", "--max-headers", "20",
@@ -182,12 +186,48 @@ def test_past_max_connections_a_new_connection_gets_503():
         balancer.stop()
 
 
+def test_part2_refuses_at_the_edge_and_its_servers_and_status_stay_as_they_were(start_db):
+    db = start_db(*EDGE)
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        before = (client.get("/status").json(), {n: p.pid for n, p in db.replica_processes().items()})
+        for raw, status in [
+                (b"POST /read HTTP/1.1\r\nHost: x\r\n" + b"X-A: 1\r\n" * 50 + b"\r\n", 431),
+                (b"POST /read?" + b"q" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+                (b"POST /write HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{", 408)]:
+            assert send(db, raw, wait=SHORT + 5)[0] == status
+        assert (client.get("/status").json(),
+                {n: p.pid for n, p in db.replica_processes().items()}) == before
+
+
+def test_a_process_under_a_low_open_file_limit_raises_it_to_the_hard_one():
+    """Started with its soft limit at 256 (below the hard one), ``raise_fd_limit`` (which every
+    service's ``serve`` calls first) lifts it to the hard limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit here is {hard}: nothing to raise")
+    code = ("import resource; from dslab.common.runtime import raise_fd_limit; "
+            "before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]; raise_fd_limit(); "
+            "print(before, *resource.getrlimit(resource.RLIMIT_NOFILE))")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    before, soft, after_hard = map(int, done.stdout.split())
+    assert before == 256 and soft == after_hard == hard
+
+
 # ---- 405 with Allow, on every path of both balancers and the shard server ----------------------
-PART1 = {"/rep": ["GET"], "/add": ["POST"], "/rm": ["DELETE"], "/openapi.json": ["GET"],
-         "/metrics": ["GET"], "/home": ["GET"], "/anything": ["GET"]}
-PART2 = {"/init": ["POST"], "/status": ["GET"], "/add": ["POST"], "/rm": ["DELETE"],
-         "/read": ["POST"], "/write": ["POST"], "/update": ["PUT"], "/del": ["DELETE"],
-         "/metrics": ["GET"], "/openapi.json": ["GET"]}
+def openapi_paths(name: str) -> dict[str, list[str]]:
+    """Each path of a balancer's OpenAPI document with the methods it serves; a templated path
+    ({path}: anything proxied) stands for one example."""
+    document = json.loads(document_json(name))
+    return {path.replace("{path}", "anything"):
+            [m.upper() for m in ("get", "post", "put", "delete") if m in methods]
+            for path, methods in document["paths"].items()}
+
+
+PART1 = openapi_paths("balancer")
+PART2 = openapi_paths("db")
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
