@@ -109,8 +109,12 @@ def run_experiment(name: str, *, notebooks: Path, reports: Path, quick: bool = F
                                    parameters=parameters, progress_bar=False,
                                    kernel_name="python3", cwd=str(reports),
                                    # the kernel's warning about its loopback TCP transport
-                                   # is noise on make report's terminal
-                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                   # is noise on make report's terminal; and the kernel must
+                                   # not capture its file descriptor 2 into the notebook:
+                                   # progress (sys.__stderr__) and the logs of the stacks it
+                                   # starts belong on the terminal, not in a report
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR",
+                                                    "--IPKernelApp.capture_fd_output=False"])
         executed_notebook = nbformat.read(executed, as_version=4)
         # The reader gets the text, tables and charts; the code is in notebooks/.
         body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
