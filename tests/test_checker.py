@@ -13,7 +13,7 @@ from dslab.faults.history import History, Kind, Outcome, outcome_of
 from dslab.faults.linearizable import Linearizable, NotLinearizable, Undecided, check_register
 
 OK, FAIL, UNKNOWN = Outcome.OK, Outcome.FAIL, Outcome.UNKNOWN
-W, R, I = Kind.WRITE, Kind.READ, Kind.INSERT
+W, R, INS = Kind.WRITE, Kind.READ, Kind.INSERT
 
 
 def history(*ops: tuple) -> History:
@@ -111,7 +111,7 @@ def test_histories_of_an_atomic_register_are_linearizable(seed, clients, n):
         events.append((rng.uniform(start, end), start, end, k % clients,
                        W if rng.random() < 0.4 else R))
     value, h, version = None, History(), 0
-    for at, start, end, client, kind in sorted(events):
+    for _at, start, end, client, kind in sorted(events):
         if kind is W:
             version += 1
             value = version
@@ -136,8 +136,8 @@ def test_a_stale_read_after_the_fact_is_always_found(seed):
 
 
 def test_the_run_check_finds_lost_phantom_and_altered_rows():
-    h = history((0, I, 10, 1, 0, 1, OK), (0, I, 11, 1, 0, 1, OK), (0, I, 12, 1, 0, 1, UNKNOWN),
-                (0, I, 13, 1, 0, 1, FAIL), (1, W, 20, 1, 0, 1, OK), (1, W, 20, 2, 2, 3, OK))
+    h = history((0, INS, 10, 1, 0, 1, OK), (0, INS, 11, 1, 0, 1, OK), (0, INS, 12, 1, 0, 1, UNKNOWN),
+                (0, INS, 13, 1, 0, 1, FAIL), (1, W, 20, 1, 0, 1, OK), (1, W, 20, 2, 2, 3, OK))
     assert check(h, {10: 1, 11: 1, 20: 2}).valid
     assert check(h, {10: 1, 11: 1, 12: 1, 20: 2}).valid  # an unknown insert may have happened
     report = check(h, {10: 1, 20: 2, 99: 1, 11: 5})
@@ -152,6 +152,6 @@ def test_the_run_check_finds_lost_phantom_and_altered_rows():
 def test_outcomes_and_the_timeline():
     assert outcome_of(200) is OK and outcome_of(409) is FAIL and outcome_of(503) is UNKNOWN
     assert outcome_of(None) is UNKNOWN and outcome_of(None, read=True) is FAIL
-    h = history((0, I, 1, 1, 0.1, 0.5, OK), (0, I, 2, 1, 0.6, 1.2, UNKNOWN),
-                (0, I, 3, 1, 1.3, 1.4, FAIL))
+    h = history((0, INS, 1, 1, 0.1, 0.5, OK), (0, INS, 2, 1, 0.6, 1.2, UNKNOWN),
+                (0, INS, 3, 1, 1.3, 1.4, FAIL))
     assert per_second(h) == {0: {"ok": 1}, 1: {"unknown": 1, "fail": 1}}

@@ -218,13 +218,58 @@ def test_locks_taken_in_sorted_order_do_not_deadlock():
     assert asyncio.run(scenario())
 
 
+async def shared_read(locks, shard):
+    async with locks.share(shard):
+        pass
+
+
+def test_reads_share_a_shard_and_never_overlap_a_change_of_it():
+    """Linearizable reads: many at once, none while a change of the shard is applied; a
+    change waiting goes before the reads that came after it."""
+    async def scenario():
+        locks, order = ShardLocks(timeout=5), []
+
+        async def read(name, hold=0.02):
+            async with locks.share("sh1"):
+                order.append(f"{name}+")
+                await asyncio.sleep(hold)
+                order.append(f"{name}-")
+
+        async def change(name):
+            async with locks.hold(["sh1"]):
+                order.append(f"{name}+")
+                async with locks.share("sh1"):  # its owner may read what it changes
+                    await asyncio.sleep(0.02)
+                order.append(f"{name}-")
+
+        first = [asyncio.create_task(read(f"r{k}")) for k in range(3)]
+        await asyncio.sleep(0.005)
+        writer = asyncio.create_task(change("w"))
+        await asyncio.sleep(0.005)
+        late = asyncio.create_task(read("late"))
+        await asyncio.gather(*first, writer, late)
+        return order
+
+    order = asyncio.run(scenario())
+    assert order[:3] == ["r0+", "r1+", "r2+"]  # shared
+    assert order.index("w+") > max(order.index(f"r{k}-") for k in range(3))
+    assert order.index("w-") == order.index("w+") + 1  # nothing read while it was applied
+    assert order.index("late+") > order.index("w-")  # the waiting change went first
+
+
 def test_a_lock_held_too_long_is_a_named_503():
     async def scenario():
         locks = ShardLocks(timeout=0.1)
+
+        async def other_task():
+            async with locks.hold(["sh2", "sh1"]):
+                pass
+
         async with locks.hold(["sh1"]):
             with pytest.raises(LockTimeout) as err:
-                async with locks.hold(["sh2", "sh1"]):
-                    pass
+                await asyncio.create_task(other_task())
+            with pytest.raises(LockTimeout):  # a linearizable read waits for the change too
+                await asyncio.create_task(shared_read(locks, "sh1"))
         assert not locks.locked("sh2")  # the lock it did take was given back
         return err.value
 

@@ -40,7 +40,8 @@ class ShardCluster:
                  data_root: Path | None = None, hashes: str = "blake2b", algorithm: str = "ring",
                  request_timeout: float = 30.0, heartbeat_interval: float = 0.25,
                  heartbeat_timeout: float = 1.0, heartbeat_misses: int = 3,
-                 lock_timeout: float = 60.0, rng: random.Random | None = None,
+                 lock_timeout: float = 60.0, read_consistency: str = "linearizable",
+                 rng: random.Random | None = None,
                  call_server: Call | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``call_server`` and ``clock`` are the two boundaries a test may step: the shard
@@ -59,8 +60,9 @@ class ShardCluster:
             heartbeat_misses=heartbeat_misses, data_root=data_root, clock=clock)
         self.membership.bind(self.keeper)
         self.metrics = DbMetrics(self.keeper)
+        self.membership.recovery.observe = lambda phase, s: self.metrics.revival.labels(phase).observe(s)
         self.data = DataPath(self.state, metadata, self.servers, self.locks, self.keeper.evict,
-                             self.metrics)
+                             self.metrics, read_consistency)
 
     # What tests and tools read.
     @property

@@ -1,6 +1,10 @@
 """The data path: POST /read, POST /write, PUT /update, DELETE /del.
 
-Reads ask one live replica of each shard they touch. Writes, updates and deletes of a shard
+Reads ask one live replica of each shard they touch. With ``linearizable`` reads (the
+default) a read of a shard holds the shard's lock shared, so it never overlaps a change being
+applied or undone: no read returns a value older than one acknowledged or read before it
+began, nor a change that is then undone. With ``any``, reads skip the lock: fastest, and a
+read may see a change on one replica that the next read, on another, does not. Writes, updates and deletes of a shard
 run under that shard's lock (``ShardLocks``) and go to every server on the shard's ring; a
 server that fails one is *evicted* at once: it leaves every ring before the write is
 acknowledged, so replicas that answer never disagree. Acknowledged means every live replica
@@ -34,7 +38,9 @@ from .metrics import DbMetrics
 from .servers import ShardServers
 from .state import ClusterState
 
-__all__ = ["DataPath"]
+__all__ = ["READ_CONSISTENCIES", "DataPath"]
+
+READ_CONSISTENCIES = ("linearizable", "any")
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,11 @@ _UNREACHABLE = (UpstreamError, OSError)
 class DataPath:
     def __init__(self, state: ClusterState, metadata: Metadata, servers: ShardServers,
                  locks: ShardLocks, evict: Callable[[str, str], None],
-                 metrics: DbMetrics | None = None) -> None:
+                 metrics: DbMetrics | None = None,
+                 read_consistency: str = "linearizable") -> None:
+        if read_consistency not in READ_CONSISTENCIES:
+            raise ValueError(f"read consistency {read_consistency!r}: one of {READ_CONSISTENCIES}")
+        self.linearizable_reads = read_consistency == "linearizable"
         self.state = state
         self.metadata = metadata
         self.servers = servers
@@ -65,6 +75,12 @@ class DataPath:
         return [s.shard_id for s in shards], rows
 
     async def _read_shard(self, shard: str, low: int, high: int) -> list[dict[str, Any]]:
+        if not self.linearizable_reads:
+            return await self._ask_shard(shard, low, high)
+        async with self.locks.share(shard):
+            return await self._ask_shard(shard, low, high)
+
+    async def _ask_shard(self, shard: str, low: int, high: int) -> list[dict[str, Any]]:
         answer = await self.servers.ask_one(shard, self.state.rings[shard], "POST", "/read",
                                             {"shard": shard, "Stud_id": {"low": low, "high": high}})
         return list(answer["data"])

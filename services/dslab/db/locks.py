@@ -1,9 +1,16 @@
-"""Per-shard write locks that fail loudly.
+"""Per-shard locks that fail loudly: exclusive for changes, shared for linearizable reads.
 
-Writes, updates and deletes of one shard are serialized by that shard's lock; different
-shards proceed in parallel. ``hold`` takes several shards' locks in one fixed (sorted) order,
-so two batches that share shards cannot deadlock, and gives up with ``LockTimeout`` (a 503)
-instead of queueing forever behind a stuck writer. Only ``async with`` is offered.
+Writes, updates and deletes of one shard, and refills of it, are serialized by that shard's
+lock held exclusively (``hold``); different shards proceed in parallel. ``hold`` takes several
+shards' locks in one fixed (sorted) order, so two batches that share shards cannot deadlock.
+
+With linearizable reads, a read of a shard holds its lock shared (``share``): reads run
+together, but never while a change is being applied to some replicas and not yet to others,
+or undone: a read sees a change on every replica or on none. A waiting change goes before
+reads that come after it (aiorwlock prefers writers), so reads cannot starve writes.
+
+Both give up with ``LockTimeout`` (a 503) instead of queueing forever behind a stuck writer.
+A task that holds a shard exclusively may read it (the lock is re-entrant for its owner task).
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+
+from aiorwlock import RWLock
 
 from ..common.errors import Unavailable
 
@@ -26,27 +35,45 @@ class ShardLocks:
     def __init__(self, timeout: float = 30.0,
                  on_wait: Callable[[str, float], None] | None = None) -> None:
         self.timeout = timeout
-        self.on_wait = on_wait  # (shard, seconds waited): for the metrics
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.on_wait = on_wait  # (shard, seconds an exclusive hold waited): for the metrics
+        self._locks: dict[str, RWLock] = {}
 
-    def _lock(self, shard_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(shard_id, asyncio.Lock())
+    def _lock(self, shard_id: str) -> RWLock:
+        lock = self._locks.get(shard_id)
+        if lock is None:
+            lock = self._locks[shard_id] = RWLock(fast=True)
+        return lock
 
     def locked(self, shard_id: str) -> bool:
-        return self._lock(shard_id).locked()
+        return self._lock(shard_id).writer_lock.locked
 
     @asynccontextmanager
     async def hold(self, shard_ids: Iterable[str]) -> AsyncIterator[None]:
+        """Every shard of ``shard_ids`` exclusively."""
         async with AsyncExitStack() as stack:
             for shard_id in sorted(set(shard_ids)):
-                lock = self._lock(shard_id)
+                writer = self._lock(shard_id).writer_lock
                 started = time.perf_counter()
-                try:
-                    await asyncio.wait_for(lock.acquire(), self.timeout)
-                except TimeoutError:
-                    raise LockTimeout(f"<Error> Shard {shard_id} stayed locked for "
-                                      f"{self.timeout:g}s: try again") from None
-                stack.callback(lock.release)
+                await self._acquire(shard_id, writer.acquire)
+                stack.callback(writer.release)
                 if self.on_wait is not None:
                     self.on_wait(shard_id, time.perf_counter() - started)
             yield
+
+    @asynccontextmanager
+    async def share(self, shard_id: str) -> AsyncIterator[None]:
+        """One shard, shared with other readers: no change of it runs meanwhile."""
+        reader = self._lock(shard_id).reader_lock
+        await self._acquire(shard_id, reader.acquire)
+        try:
+            yield
+        finally:
+            reader.release()
+
+    async def _acquire(self, shard_id: str, acquire: Callable[[], object]) -> None:
+        try:  # asyncio.timeout, not wait_for: the lock is owned by the task that acquires it
+            async with asyncio.timeout(self.timeout):
+                await acquire()  # type: ignore[misc]
+        except TimeoutError:
+            raise LockTimeout(f"<Error> Shard {shard_id} stayed locked for "
+                              f"{self.timeout:g}s: try again") from None

@@ -32,6 +32,7 @@ from ..keeper.cli import (
 from ..ring import ALGORITHMS, HASH_PAIRS
 from ..supervisor import ReplicaSpec, make_supervisor
 from .cluster import ShardCluster
+from .datapath import READ_CONSISTENCIES
 from .http import DataEndpoints, make_app
 from .metadata import Metadata
 
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="consistent hashing algorithm of the per-shard rings (env ALGORITHM)")
     p.add_argument("--request-timeout", type=float, default=float(env("REQUEST_TIMEOUT", "30")),
                    help="seconds a shard server may take to answer (env REQUEST_TIMEOUT)")
+    p.add_argument("--read-consistency", choices=READ_CONSISTENCIES,
+                   default=env("READ_CONSISTENCY", "linearizable"),
+                   help="linearizable: a read never overlaps a change of its shard, so it never "
+                        "goes back in time; any: any replica at once, faster, and a read may "
+                        "see a change the next read does not (env READ_CONSISTENCY)")
     add_capacity_option(p, "--server-cpus", "SERVER_CPUS", "shard server (with its engine)")
     add_heartbeat_options(p, interval=0.25, timeout=1.0, misses=3)
     add_backend_options(p, "--shard-image", "SHARD_IMAGE", "dslab-shard:latest")
@@ -101,7 +107,8 @@ async def run(args: argparse.Namespace) -> None:
         await metadata.reset()
     cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash,
                            algorithm=args.algorithm,
-                           request_timeout=args.request_timeout, **heartbeat_settings(args))
+                           request_timeout=args.request_timeout,
+                           read_consistency=args.read_consistency, **heartbeat_settings(args))
     front = Front(DataEndpoints(cluster).route, make_app(cluster, args.token), max_body=MAX_BODY,
                   limits=edge_limits(args))
 

@@ -28,6 +28,11 @@ class DbMetrics:
                                ["shard"], registry=r)
         self.lock_wait = Histogram("dslab_db_lock_wait_seconds", "Time waiting for a shard's "
                                    "lock", ["shard"], buckets=LATENCY_BUCKETS, registry=r)
+        self.revival = Histogram("dslab_db_shard_revival_seconds", "A shard whose servers all "
+                                 "died: from the restart in place until its first server is "
+                                 "back (restart) and until the shard serves (serving)",
+                                 ["phase"], buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 20, 30),
+                                 registry=r)
         r.register(KeeperCollector(keeper))
 
     def acknowledged(self, shard: str, writes: int, rows: int, batch: bool) -> None:

@@ -15,7 +15,10 @@ again. A server evicted earlier, which missed later writes, is never the source.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 from ..common.errors import ApiError
 from ..common.limits import MAX_ROWS, chunks
@@ -39,6 +42,9 @@ class ShardRecovery:
         self.servers = servers
         self.locks = locks
         self.keeper: ReplicaKeeper  # bound with the membership's (``ShardMembership.bind``)
+        # (phase, seconds) of a revival: "restart" until the first server is back, "serving"
+        # until a dead shard serves again; the metrics' (``ShardCluster``)
+        self.observe: Callable[[str, float], None] = lambda phase, seconds: None
 
     async def revive_dead_shards(self) -> list[str]:
         """For every shard with no live replica: start its dead in-sync servers again in place,
@@ -46,7 +52,7 @@ class ShardRecovery:
         revived servers are made equal to the ring, on every shard they hold. Returns the names
         that serve again."""
         state = self.state
-        revived: list[str] = []
+        wanted: list[str] = []
         for shard, ring in state.rings.items():
             if len(ring):
                 continue
@@ -55,27 +61,42 @@ class ShardRecovery:
                 self.keeper.log_once(shard, f"shard {shard} has no in-sync server left: "
                                             "its data is lost")
                 continue
-            for name in candidates:
-                if name in revived:
-                    continue
-                try:
-                    await self.keeper.restart_in_place(name)
-                except (ApiError, SupervisorError) as exc:
-                    self.keeper.log_once(name, f"restarting {name} in place failed, "
-                                               f"will retry: {exc}")
-                    continue
-                revived.append(name)
-                log.warning("server %s started again in place for %s", name, shard)
-        for name in revived:  # sources first: each dead shard's first in-sync server
+            wanted += [name for name in candidates if name not in wanted]
+        if not wanted:
+            return []
+        # All at once: a start is mostly waiting (imports, an engine's recovery), so three in
+        # parallel take about as long as one; each dead shard serves again as soon as its
+        # first in-sync server is back (the source), the others catch up after.
+        started = time.monotonic()
+        revived: list[str] = []
+        for outcome in asyncio.as_completed([self._restart(name) for name in wanted]):
+            name = await outcome
+            if name is None:
+                continue
+            if not revived:
+                self.observe("restart", time.monotonic() - started)
+            revived.append(name)
             for shard in state.placement[name]:
                 ring = state.rings[shard]
                 if not len(ring) and name in state.in_sync[shard]:
                     async with self.locks.hold([shard]):
                         ring.add(name)
                         await self._recount(shard)
+                    self.observe("serving", time.monotonic() - started)
+                    log.warning("%s serves again from %s, %.1fs after its restart began",
+                                shard, name, time.monotonic() - started)
         if revived:
             await self.catch_up()
         return revived
+
+    async def _restart(self, name: str) -> str | None:
+        try:
+            await self.keeper.restart_in_place(name)
+        except (ApiError, SupervisorError) as exc:
+            self.keeper.log_once(name, f"restarting {name} in place failed, will retry: {exc}")
+            return None
+        log.warning("server %s started again in place", name)
+        return name
 
     async def catch_up(self) -> None:
         """Every live server that holds a shard but is off its ring (started again, or back

@@ -11,18 +11,18 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["History", "Kind", "Op", "Outcome", "outcome_of"]
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     OK = "ok"
     FAIL = "fail"
     UNKNOWN = "unknown"
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     INSERT = "insert"  # a row written once (POST /write); checked as a set
     WRITE = "write"    # a register's new version (POST /write for the first, PUT /update after)
     READ = "read"      # a register read (POST /read of one id); value None: no such row

@@ -78,7 +78,7 @@ def check_register(key: int, ops: Sequence[Op], initial: int | None = None,
     total = bin(must).count("1")
     seen: set[tuple[int, int | None]] = set()
     stack: list[tuple[int, int | None, int | None]] = [(0, initial, None)]  # mask, value, by
-    best = (-1, 0, initial, None)
+    best: tuple[int, int, int | None, int | None] = (-1, 0, initial, None)
     while stack:
         mask, value, by = stack.pop()
         if (mask, value) in seen:

@@ -228,6 +228,7 @@ class ReplicaKeeper:
         if not self._evicted:
             return
         async with self.lock:
+            await self._settle()
             await self.tenant.upkeep()
             for name, waiting in list(self._evicted.items()):
                 if name not in self._evicted:  # the upkeep started it again in place
@@ -249,6 +250,20 @@ class ReplicaKeeper:
                 self._logged.pop(name, None)
                 self.replacements += 1
                 log.warning("%s (%s) replaced by %s", name, waiting.why, newcomer.name)
+
+    async def _settle(self) -> None:
+        """A replica found dead is rarely alone: a shard or a host lost takes several at once,
+        and their deaths are seen milliseconds apart. Replacing one (copied from a live
+        replica) while the rest of its shard is dying wastes a start and then fails; starting
+        the shard's servers again in place on their data (the tenant's upkeep) is what brings
+        it back. So before choosing, wait one heartbeat interval and take every replica whose
+        process or container is gone by then out as well."""
+        if not any(self.clock() >= w.next_try for w in self._evicted.values()):
+            return
+        await asyncio.sleep(self.backoff)  # the heartbeat interval
+        for name in list(self._members):
+            if name not in self._evicted and not self.supervisor.alive(name):
+                self.evict(name, "process or container is gone")
 
     async def _replace(self, dead: str) -> Replica:
         await self.stop(dead)  # its data stays until the newcomer has taken over

@@ -1,0 +1,117 @@
+"""Loopback packet rules owned by one process: a chain of its own, removed on exit.
+
+Every rule a nemesis adds lives in the chain ``DSLAB-NEM-<pid>``, jumped to from INPUT for
+packets on ``lo`` only: a fault touches the stack's own loopback ports and nothing else.
+Closing removes the jump and the chain; a chain whose owner died without closing (SIGKILL)
+is swept by the next nemesis to start, and ``leftovers`` lists what is there for a test.
+
+A partition is a DROP of the server's port both ways (requests in, answers out), a lossy link
+the same with iptables' ``statistic`` match dropping a share of the packets at random. (No
+added delay: this machine's kernel has no netem.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+__all__ = ["LoopbackRules", "NoIptables", "leftovers", "sweep"]
+
+PREFIX = "DSLAB-NEM-"
+
+
+class NoIptables(RuntimeError):
+    pass
+
+
+def _iptables(*args: str, check: bool = True) -> str:
+    exe = shutil.which("iptables")
+    if exe is None:
+        raise NoIptables("iptables not found: partitions and lossy links need it (and root)")
+    done = subprocess.run([exe, "-w", *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise NoIptables(f"iptables {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def leftovers() -> list[str]:
+    """Every rule or chain of any nemesis now in the filter table."""
+    return [line for line in _iptables("-S").splitlines() if PREFIX in line]
+
+
+def sweep() -> list[str]:
+    """Remove the chains of nemeses whose process is gone; returns their names."""
+    swept = []
+    for chain in sorted(set(re.findall(rf"{PREFIX}(\d+)", "\n".join(leftovers())))):
+        if not _alive(int(chain)):
+            _remove_chain(PREFIX + chain)
+            swept.append(PREFIX + chain)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_chain(chain: str) -> None:
+    jump = ["INPUT", "-i", "lo", "-j", chain]
+    while _ok("-C", *jump):
+        _iptables("-D", *jump)
+    if _ok("-L", chain, "-n"):
+        _iptables("-F", chain)
+        _iptables("-X", chain)
+
+
+def _ok(*args: str) -> bool:
+    exe = shutil.which("iptables") or "iptables"
+    return subprocess.run([exe, "-w", *args], capture_output=True).returncode == 0
+
+
+class LoopbackRules:
+    def __init__(self) -> None:
+        self.chain = f"{PREFIX}{os.getpid()}"
+        self._open = False
+
+    def open(self) -> None:
+        if self._open:
+            return
+        sweep()
+        _remove_chain(self.chain)  # a chain of ours, from an earlier nemesis of this process
+        _iptables("-N", self.chain)
+        _iptables("-I", "INPUT", "-i", "lo", "-j", self.chain)
+        self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            _remove_chain(self.chain)
+            self._open = False
+
+    def add(self, rule: list[str]) -> list[str]:
+        self.open()
+        _iptables("-A", self.chain, *rule)
+        return rule
+
+    def delete(self, rule: list[str]) -> None:
+        if self._open:
+            _iptables("-D", self.chain, *rule, check=False)
+
+    @staticmethod
+    def cut(port: int) -> list[list[str]]:
+        """A server's port cut off both ways."""
+        return [["-p", "tcp", "--dport", str(port), "-j", "DROP"],
+                ["-p", "tcp", "--sport", str(port), "-j", "DROP"]]
+
+    @staticmethod
+    def lossy(port: int, share: float) -> list[list[str]]:
+        """A share of the packets to and from a server's port dropped at random."""
+        chance = ["-m", "statistic", "--mode", "random", "--probability", f"{share:.4f}"]
+        return [["-p", "tcp", "--dport", str(port), *chance, "-j", "DROP"],
+                ["-p", "tcp", "--sport", str(port), *chance, "-j", "DROP"]]
