@@ -69,9 +69,11 @@ def registers(ops: Iterable[Op], final: Mapping[int, int | None] | None = None,
 
 
 def check(history: History, held: Mapping[int, int] | None = None,
-          after: float = math.inf, budget: int = 500_000) -> Report:
+          after: float = math.inf, budget: int = 500_000,
+          before: Mapping[int, int] | None = None) -> Report:
     """The checks of a run. ``held``: every row the database held after it, Stud_id -> value
-    (None: not read back, so only linearizability is checked)."""
+    (None: not read back, so only linearizability is checked); ``before``: the rows it held
+    when the run began (none of the run's keys: the client picks keys not held)."""
     report = Report()
     register_keys = {op.key for op in history if op.kind is Kind.WRITE}
     final = None if held is None else {k: held.get(k) for k in register_keys}
@@ -86,6 +88,8 @@ def check(history: History, held: Mapping[int, int] | None = None,
     if held is None:
         return report
     written: dict[int, set[int | None]] = defaultdict(set)
+    for key, value in (before or {}).items():
+        written[key].add(value)
     for op in history:
         if op.kind in (Kind.INSERT, Kind.WRITE):
             written[op.key].add(op.value)

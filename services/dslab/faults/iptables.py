@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 
 __all__ = ["LoopbackRules", "NoIptables", "leftovers", "sweep"]
 
@@ -76,32 +77,42 @@ def _ok(*args: str) -> bool:
 
 
 class LoopbackRules:
+    """The rules of one nemesis; safe to use from several threads (a schedule's faults begin
+    and end from worker threads)."""
+
     def __init__(self) -> None:
         self.chain = f"{PREFIX}{os.getpid()}"
         self._open = False
+        self._lock = threading.Lock()
+
+    def _open_locked(self) -> None:
+        if not self._open:
+            sweep()
+            _remove_chain(self.chain)  # of an earlier nemesis of this process
+            _iptables("-N", self.chain)
+            _iptables("-I", "INPUT", "-i", "lo", "-j", self.chain)
+            self._open = True
 
     def open(self) -> None:
-        if self._open:
-            return
-        sweep()
-        _remove_chain(self.chain)  # a chain of ours, from an earlier nemesis of this process
-        _iptables("-N", self.chain)
-        _iptables("-I", "INPUT", "-i", "lo", "-j", self.chain)
-        self._open = True
+        with self._lock:
+            self._open_locked()
 
     def close(self) -> None:
-        if self._open:
-            _remove_chain(self.chain)
-            self._open = False
+        with self._lock:
+            if self._open:
+                _remove_chain(self.chain)
+                self._open = False
 
     def add(self, rule: list[str]) -> list[str]:
-        self.open()
-        _iptables("-A", self.chain, *rule)
+        with self._lock:
+            self._open_locked()
+            _iptables("-A", self.chain, *rule)
         return rule
 
     def delete(self, rule: list[str]) -> None:
-        if self._open:
-            _iptables("-D", self.chain, *rule, check=False)
+        with self._lock:
+            if self._open:
+                _iptables("-D", self.chain, *rule, check=False)
 
     @staticmethod
     def cut(port: int) -> list[list[str]]:

@@ -34,10 +34,11 @@ class Workload:
     ids: range = range(16384)  # the seed's four shards
     timeout: float = 10.0  # a client's patience: beyond it, an unknown outcome
     seed: int = 0
+    taken: frozenset[int] = frozenset()  # ids held already (an earlier run's): left alone
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
-        ids = list(self.ids)
+        ids = [i for i in self.ids if i not in self.taken]
         rng.shuffle(ids)
         n = self.updaters * self.registers_per_updater
         self.register_keys = sorted(ids[:n])

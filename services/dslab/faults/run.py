@@ -1,0 +1,105 @@
+"""One A-5 run: a Part 2 stack, the client workload, a nemesis schedule at the same time, the
+rows read back and checked; then, optionally, a power loss and the rows checked again.
+Tests and the A-5 notebook both call ``run_faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ..db.seed import seed_init
+from ..stack import BalancerProcess
+from .checks import Report, check
+from .history import History
+from .nemesis import FaultEvent, Nemesis, ProcessTarget, Step, run_schedule
+from .workload import Workload, read_back
+
+__all__ = ["FaultRun", "fault_stack", "revival_seconds", "run_faults"]
+
+
+@dataclass
+class FaultRun:
+    read_consistency: str
+    seconds: float
+    history: History
+    events: list[FaultEvent]
+    held: dict[int, int]
+    report: Report
+    after_power_loss: Report | None = None
+    held_after_power_loss: dict[int, int] = field(default_factory=dict)
+    revival: dict[str, tuple[int, float]] = field(default_factory=dict)  # phase: (count, sum s)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fault_stack(read_consistency: str = "linearizable", *args: str,
+                config: dict[str, Any] | None = None) -> Iterator[BalancerProcess]:
+    """A configured Part 2 stack on the process backend, on a fixed loopback port (a power
+    loss brings it back there), its state in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="dslab-a5-") as state:
+        stack = BalancerProcess("dslab.db", ["--state-dir", state, "--read-consistency",
+                                             read_consistency, *args], port=_free_port())
+        stack.start()
+        try:
+            httpx.post(f"{stack.url}/init", json=config or seed_init(),
+                       timeout=300).raise_for_status()
+            yield stack
+        finally:
+            stack.stop()
+
+
+def revival_seconds(url: str) -> dict[str, tuple[int, float]]:
+    """From /metrics: per phase of the shard revivals, (how many, seconds in all)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    found: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for part in ("count", "sum"):
+            prefix = f"dslab_db_shard_revival_seconds_{part}{{phase=\""
+            if line.startswith(prefix):
+                phase = line[len(prefix):line.index('"', len(prefix))]
+                found.setdefault(phase, [0, 0.0])[part == "sum"] = float(line.rsplit(" ", 1)[1])
+    return {phase: (int(c), s) for phase, (c, s) in found.items()}
+
+
+async def _run(stack: BalancerProcess, steps: Sequence[Step], seconds: float,
+               workload: Workload, power_loss: bool, read_consistency: str) -> FaultRun:
+    history = History()
+    before = await read_back(stack.url, workload.ids)
+    workload = dataclasses.replace(workload, taken=frozenset(before))
+    with Nemesis(ProcessTarget(stack)) as nemesis:
+        await asyncio.gather(workload.run(seconds, history, nemesis.t0),
+                             run_schedule(nemesis, steps))
+        held = await read_back(stack.url, workload.ids)
+        run = FaultRun(read_consistency, seconds, history, nemesis.events, held,
+                       check(history, held, nemesis.now(), before=before), revival=revival_seconds(stack.url))
+        if power_loss:
+            event = await asyncio.to_thread(nemesis.power_loss)
+            await asyncio.to_thread(nemesis.end, event)
+            run.held_after_power_loss = await read_back(stack.url, workload.ids)
+            run.after_power_loss = check(history, run.held_after_power_loss,
+                                         nemesis.now(), before=before)
+    return run
+
+
+def run_faults(stack: BalancerProcess, steps: Sequence[Step], seconds: float, *,
+               power_loss: bool = False, read_consistency: str = "linearizable",
+               **workload: Any) -> FaultRun:
+    """The workload against ``stack`` for ``seconds`` while the nemesis runs ``steps``; the
+    rows read back and checked, then (``power_loss``) the stack killed whole, started again
+    on its state, and checked again."""
+    return asyncio.run(_run(stack, steps, seconds, Workload(stack.url, **workload), power_loss,
+                            read_consistency))
