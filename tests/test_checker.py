@@ -48,6 +48,8 @@ def test_a_read_that_goes_back_in_time_is_found_and_shown():
     assert v.value == 89 and v.written_by is not None and v.written_by.value == 89
     assert [op.value for op in v.stuck if op.kind is R] == [88]
     assert "returned 88" in v.explain() and "held 89" in v.explain()
+    assert v.short() == ("key 1: client 2 read 88 at 5.00-6.00 s, when the register already "
+                         "held 89")
 
 
 def test_two_overlapping_reads_may_disagree_while_a_write_is_in_flight():

@@ -303,3 +303,30 @@ def test_a_broken_event_stream_is_followed_again(docker, stack, caplog):
     with caplog.at_level("WARNING", logger="dslab.supervisor.docker"):
         assert asyncio.run(scenario()), "the killed container was not seen dead"
     assert "Docker's event stream stopped" in caplog.text
+
+
+def test_a_container_left_by_a_dead_balancer_gives_way_and_a_foreign_one_is_refused(docker, stack):
+    """A balancer SIGKILLed with its containers (a power loss) leaves them under their names:
+    the next one removes this stack's leftover and starts the replica; a container of another
+    stack under the same name is refused with a clear error and left alone."""
+    spec = ReplicaSpec(module="dslab.replica", image="dslab-replica:latest")
+
+    async def scenario():
+        first = DockerSupervisor(spec, stack=stack, address="loopback")
+        await first.spawn("L1")
+        docker.containers.get(f"{stack}-L1").kill()  # the balancer dies without removing it
+        first._closing = True  # never closed: its network stays, as a dead balancer's does
+        first._events.close()
+        docker.containers.run("dslab-replica:latest", name=f"{stack}-L2", detach=True,
+                              labels={"dslab.stack": "someone-else"})
+        async with DockerSupervisor(spec, stack=stack, address="loopback") as second:
+            replica = await second.spawn("L1")
+            assert second.alive("L1") and replica.port > 0
+            with pytest.raises(Exception, match="not this stack's"):
+                await second.spawn("L2")
+        foreign = docker.containers.get(f"{stack}-L2")
+        assert foreign.labels["dslab.stack"] == "someone-else"
+        foreign.remove(force=True)
+        docker.networks.get(f"{stack}-net").remove()  # the dead first balancer's
+
+    asyncio.run(scenario())

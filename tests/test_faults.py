@@ -129,3 +129,25 @@ def test_the_schedule_records_when_each_fault_began_and_ended(stack):
     assert by_kind["partition"].start >= 0.2 and by_kind["partition"].end >= 0.7
     assert by_kind["lossy"].start >= 0.3 and "10% of packets" in by_kind["lossy"].note
     assert iptables.leftovers() == []
+
+
+def test_on_docker_every_fault_and_a_power_loss_lose_nothing(docker):
+    """The same nemesis against shard servers as containers (ports published on loopback): a
+    kill, a pause and a partition each long enough to be found, a shard lost, then a power
+    loss, after which the balancer must start its servers again although their dead
+    containers still hold their names. Nothing of the stack is left afterwards."""
+    lasts = 2 * DETECTION
+    steps = [Step(1.0, "kill"), Step(3.0, "pause", lasts), Step(5.0 + lasts, "partition", lasts),
+             Step(7.0 + 2 * lasts, "shard_loss", target="sh2")]
+    with fault_stack("linearizable", *HEARTBEATS, backend="docker") as db:
+        name = db.args[db.args.index("--stack") + 1]
+        run = run_faults(db, steps, 12.0 + 2 * lasts, power_loss=True, **SMALL)
+    assert [e.kind for e in run.events] == ["kill", "pause", "partition", "shard_loss",
+                                            "power_loss"]
+    assert_valid(run)
+    assert run.after_power_loss is not None and run.after_power_loss.valid, \
+        run.after_power_loss.explain()
+    label = {"label": f"dslab.stack={name}"}
+    assert docker.containers.list(all=True, filters=label) == []
+    assert docker.volumes.list(filters=label) == []
+    assert iptables.leftovers() == []

@@ -43,6 +43,7 @@ def imports_of(package: str) -> set[str]:
     ("common", {"balancer", "db", "shard", "lab", "keeper", "ring", "supervisor"}),
     ("contract", {"balancer", "db", "shard", "keeper", "lab"}),
     ("ring", {"balancer", "db", "shard", "keeper", "supervisor", "lab", "contract"}),
+    ("faults", {"balancer", "shard", "lab", "keeper"}),
 ])
 def test_layers_do_not_lean_on_each_other(package, forbidden):
     assert imports_of(package) & forbidden == set()
@@ -53,6 +54,16 @@ def test_the_router_is_pure():
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert "upstream" not in modules and "httptools" not in modules, modules
+
+
+def test_the_history_checker_is_pure():
+    """history, linearizable and checks: the standard library and each other, no I/O."""
+    for name in ("history", "linearizable", "checks"):
+        tree = ast.parse((PACKAGE / "faults" / f"{name}.py").read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
+        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert modules <= {"__future__", "collections", "collections.abc", "dataclasses", "enum",
+                           "itertools", "math"}, (name, modules)
 
 
 def test_the_checker_sees_an_import_across_layers():

@@ -39,6 +39,17 @@ class NotLinearizable:
     stuck: tuple[Op, ...]  # acknowledged operations, one of which had to come next: none could
     states: int
 
+    def short(self) -> str:
+        """One line: the first operation that could not come next, against what was held."""
+        held = "nothing" if self.value is None else self.value
+        op = min(self.stuck, key=lambda o: o.end) if self.stuck else None
+        if op is None:
+            return f"key {self.key}: no legal order"
+        seen = "nothing" if op.value is None else op.value
+        verb = "read" if op.kind is Kind.READ else "wrote"
+        return (f"key {self.key}: client {op.process} {verb} {seen} at {op.start:.2f}-"
+                f"{op.end:.2f} s, when the register already held {held}")
+
     def explain(self) -> str:
         by = f" (written by {self.written_by.describe()})" if self.written_by else " (initial)"
         held = "nothing" if self.value is None else self.value

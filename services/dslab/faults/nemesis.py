@@ -10,7 +10,7 @@ its start and end, every one undone on exit (Ctrl-C included).
                 another die first), then started again on its state
 
 Faults touch only the stack's own processes and its servers' loopback ports. The stack is a
-``Target``: ``ProcessTarget`` is the process backend's (a ``BalancerProcess``).
+``Target``: ``ProcessTarget`` for the process backend, ``DockerTarget`` for containers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import psutil
@@ -31,40 +31,45 @@ import psutil
 from ..stack import BalancerProcess, StackError
 from .iptables import LoopbackRules
 
-__all__ = ["FaultEvent", "Nemesis", "ProcessTarget", "Step", "Target", "run_schedule"]
+__all__ = ["DockerTarget", "FaultEvent", "Nemesis", "ProcessTarget", "Step", "Target",
+           "run_schedule"]
 
 
 class Target(Protocol):
-    def servers(self) -> dict[str, tuple[int, int]]: ...  # name -> (pid, port)
+    """A stack the nemesis can fault: its shard servers by name, on loopback ports."""
+
+    def servers(self) -> dict[str, int]: ...  # name -> the loopback port the balancer uses
     def shard_servers(self, shard: str) -> list[str]: ...
+    def kill(self, names: Sequence[str]) -> None: ...  # all at once
+    def pause(self, name: str) -> Callable[[], None]: ...  # returns the resume
     def power_off(self) -> None: ...
     def power_on(self) -> None: ...
 
 
-class ProcessTarget:
-    """A Part 2 stack on the process backend; its balancer must listen on a fixed port, so
-    that it comes back where its clients look for it."""
+class _StackTarget:
+    """What both backends share: the balancer is a ``BalancerProcess`` on a fixed port (so a
+    power loss brings it back where its clients look for it)."""
 
     def __init__(self, stack: BalancerProcess) -> None:
         if not stack.requested_port:
             raise ValueError("a power loss needs the balancer on a fixed port (port=...)")
         self.stack = stack
 
-    def servers(self) -> dict[str, tuple[int, int]]:
-        ports = self.stack.replica_ports()
-        return {name: (proc.pid, ports[name])
-                for name, proc in self.stack.replica_processes().items() if name in ports}
-
     def shard_servers(self, shard: str) -> list[str]:
         servers = httpx.get(f"{self.stack.url}/status", timeout=30).json()["servers"]
         return sorted(name for name, shards in servers.items() if shard in shards)
 
-    def power_off(self) -> None:
-        procs = [psutil.Process(self.stack.pid), *self.stack.descendants()]
+    def _balancer_tree(self) -> list[psutil.Process]:
+        return [psutil.Process(self.stack.pid), *self.stack.descendants()]
+
+    @staticmethod
+    def _freeze_then_kill(procs: list[psutil.Process]) -> None:
         for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: none outlives another
             for proc in procs:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.send_signal(sig)
+
+    def _reap(self, procs: list[psutil.Process]) -> None:
         psutil.wait_procs(procs, timeout=30)
         if self.stack.proc is not None:
             self.stack.proc.wait()
@@ -72,6 +77,100 @@ class ProcessTarget:
     def power_on(self) -> None:
         self.stack.start()
 
+
+class ProcessTarget(_StackTarget):
+    """The process backend: a shard server and its engine are one process group."""
+
+    def servers(self) -> dict[str, int]:
+        return self.stack.replica_ports()
+
+    def _pid(self, name: str) -> int:
+        return self.stack.replica_processes()[name].pid
+
+    def kill(self, names: Sequence[str]) -> None:
+        pids = [self._pid(n) for n in names]
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                _signal_group(pid, sig)
+
+    def pause(self, name: str) -> Callable[[], None]:
+        pid = self._pid(name)
+        _signal_group(pid, signal.SIGSTOP)
+        return lambda: _signal_group(pid, signal.SIGCONT)
+
+    def power_off(self) -> None:
+        procs = self._balancer_tree()
+        self._freeze_then_kill(procs)
+        self._reap(procs)
+
+
+class DockerTarget(_StackTarget):
+    """The Docker backend, the balancer on the host (``--docker-address loopback``): a shard
+    server is a container of the stack, its port published on loopback, so a partition is the
+    same iptables rule as for a process; a pause stops every process of the container."""
+
+    def __init__(self, stack: BalancerProcess, stack_name: str) -> None:
+        super().__init__(stack)
+        import docker  # only where an engine answers
+
+        self.client = docker.from_env()
+        self.label = f"dslab.stack={stack_name}"
+
+    def _containers(self, running: bool = True) -> dict[str, Any]:
+        filters: dict[str, Any] = {"label": self.label}
+        if running:
+            filters["status"] = "running"
+        return {c.labels["dslab.replica"]: c for c in self.client.containers.list(
+            all=not running, filters=filters) if "dslab.replica" in c.labels}
+
+    def servers(self) -> dict[str, int]:
+        ports = {}
+        for name, container in self._containers().items():
+            binding = (container.attrs["NetworkSettings"]["Ports"] or {}).get("5000/tcp")
+            if binding:
+                ports[name] = int(binding[0]["HostPort"])
+        return ports
+
+    @staticmethod
+    def _procs(container: Any) -> list[psutil.Process]:
+        """A container's processes as the host sees them (its init and every descendant)."""
+        try:
+            init = psutil.Process(container.attrs["State"]["Pid"])
+            return [init, *init.children(recursive=True)]
+        except (psutil.NoSuchProcess, ValueError):
+            return []
+
+    @staticmethod
+    def _signal(procs: list[psutil.Process], sig: int) -> None:
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
+
+    def kill(self, names: Sequence[str]) -> None:
+        containers = self._containers()
+        chosen = [containers[n] for n in names if n in containers]
+        for container in chosen:  # frozen first (SIGSTOP: this host has no cgroup freezer)
+            self._signal(self._procs(container), signal.SIGSTOP)
+        for container in chosen:
+            container.kill()
+
+    def pause(self, name: str) -> Callable[[], None]:
+        """Every process of the container SIGSTOPped (``docker pause`` needs the cgroup
+        freezer, which this machine's engine cannot use), SIGCONTed on resume."""
+        procs = self._procs(self._containers()[name])
+        self._signal(procs, signal.SIGSTOP)
+        return lambda: self._signal(procs, signal.SIGCONT)
+
+    def power_off(self) -> None:
+        procs = self._balancer_tree()
+        containers = list(self._containers().values())
+        inside = [p for c in containers for p in self._procs(c)]
+        self._signal(procs + inside, signal.SIGSTOP)
+        self._freeze_then_kill(procs)
+        for container in containers:
+            with contextlib.suppress(Exception):  # one already gone is as good as killed
+                container.kill()
+        self._reap(procs)
 
 @dataclass
 class FaultEvent:
@@ -133,31 +232,29 @@ class Nemesis:
             self.end(event)
         self.rules.close()
 
-    def _server(self, name: str | None) -> tuple[str, int, int]:
+    def _server(self, name: str | None) -> tuple[str, int]:
         servers = self.target.servers()
         if not servers:
             raise StackError("no shard server runs")
         name = name if name is not None else sorted(servers)[0]
-        pid, port = servers[name]
-        return name, pid, port
+        return name, servers[name]
 
     # ---- the faults --------------------------------------------------------------------------
     def kill(self, name: str | None = None) -> FaultEvent:
-        name, pid, _ = self._server(name)
-        _signal_group(pid, signal.SIGKILL)
+        name, _ = self._server(name)
+        self.target.kill([name])
         return self._event("kill", name)
 
     def pause(self, name: str | None = None) -> FaultEvent:
-        name, pid, _ = self._server(name)
-        _signal_group(pid, signal.SIGSTOP)
-        return self._event("pause", name, undo=lambda: _signal_group(pid, signal.SIGCONT))
+        name, _ = self._server(name)
+        return self._event("pause", name, undo=self.target.pause(name))
 
     def partition(self, name: str | None = None) -> FaultEvent:
-        name, _, port = self._server(name)
+        name, port = self._server(name)
         return self._rules("partition", name, LoopbackRules.cut(port), f"port {port}")
 
     def lossy(self, name: str | None = None, share: float = 0.3) -> FaultEvent:
-        name, _, port = self._server(name)
+        name, port = self._server(name)
         return self._rules("lossy", name, LoopbackRules.lossy(port, share),
                            f"{share:.0%} of packets dropped, port {port}")
 
@@ -173,12 +270,7 @@ class Nemesis:
 
     def shard_loss(self, shard: str) -> FaultEvent:
         names = self.target.shard_servers(shard)
-        servers = self.target.servers()
-        pids = [servers[n][0] for n in names if n in servers]
-        for pid in pids:
-            _signal_group(pid, signal.SIGSTOP)  # all at once: none answers after another died
-        for pid in pids:
-            _signal_group(pid, signal.SIGKILL)
+        self.target.kill(names)  # all at once: none answers after another died
         return self._event("shard_loss", shard, ", ".join(names))
 
     def power_loss(self) -> FaultEvent:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import socket
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -16,14 +17,15 @@ from typing import Any
 
 import httpx
 
+from ..common.aio import run_sync
 from ..db.seed import seed_init
 from ..stack import BalancerProcess
 from .checks import Report, check
 from .history import History
-from .nemesis import FaultEvent, Nemesis, ProcessTarget, Step, run_schedule
+from .nemesis import DockerTarget, FaultEvent, Nemesis, ProcessTarget, Step, Target, run_schedule
 from .workload import Workload, read_back
 
-__all__ = ["FaultRun", "fault_stack", "revival_seconds", "run_faults"]
+__all__ = ["FaultRun", "fault_stack", "revival_seconds", "run_faults", "target_for"]
 
 
 @dataclass
@@ -47,19 +49,44 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def fault_stack(read_consistency: str = "linearizable", *args: str,
-                config: dict[str, Any] | None = None) -> Iterator[BalancerProcess]:
-    """A configured Part 2 stack on the process backend, on a fixed loopback port (a power
-    loss brings it back there), its state in a temporary folder."""
+                config: dict[str, Any] | None = None,
+                backend: str = "process") -> Iterator[BalancerProcess]:
+    """A configured Part 2 stack on a fixed loopback port (a power loss brings it back there),
+    its state in a temporary folder. ``backend="docker"``: shard servers as containers of a
+    stack of its own, every container, network and volume of it removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="dslab-a5-") as state:
+        extra: list[str] = []
+        if backend == "docker":
+            extra = ["--backend", "docker", "--docker-address", "loopback",
+                     "--stack", f"dslab-a5-{os.getpid()}"]
         stack = BalancerProcess("dslab.db", ["--state-dir", state, "--read-consistency",
-                                             read_consistency, *args], port=_free_port())
-        stack.start()
+                                             read_consistency, *extra, *args],
+                                port=_free_port())
         try:
+            stack.start()
             httpx.post(f"{stack.url}/init", json=config or seed_init(),
                        timeout=300).raise_for_status()
             yield stack
         finally:
             stack.stop()
+            if backend == "docker":
+                _remove_docker_stack(extra[-1])
+
+
+def _remove_docker_stack(name: str) -> None:
+    from ..supervisor.docker import docker_client, remove_stack
+
+    remove_stack(name)
+    for volume in docker_client().volumes.list(filters={"label": f"dslab.stack={name}"}):
+        volume.remove(force=True)
+
+
+def target_for(stack: BalancerProcess) -> Target:
+    """The nemesis's view of ``stack``, by the backend it was started with."""
+    args = stack.args
+    if "--backend" in args and args[args.index("--backend") + 1] == "docker":
+        return DockerTarget(stack, args[args.index("--stack") + 1])
+    return ProcessTarget(stack)
 
 
 def revival_seconds(url: str) -> dict[str, tuple[int, float]]:
@@ -80,7 +107,7 @@ async def _run(stack: BalancerProcess, steps: Sequence[Step], seconds: float,
     history = History()
     before = await read_back(stack.url, workload.ids)
     workload = dataclasses.replace(workload, taken=frozenset(before))
-    with Nemesis(ProcessTarget(stack)) as nemesis:
+    with Nemesis(target_for(stack)) as nemesis:
         await asyncio.gather(workload.run(seconds, history, nemesis.t0),
                              run_schedule(nemesis, steps))
         held = await read_back(stack.url, workload.ids)
@@ -101,5 +128,5 @@ def run_faults(stack: BalancerProcess, steps: Sequence[Step], seconds: float, *,
     """The workload against ``stack`` for ``seconds`` while the nemesis runs ``steps``; the
     rows read back and checked, then (``power_loss``) the stack killed whole, started again
     on its state, and checked again."""
-    return asyncio.run(_run(stack, steps, seconds, Workload(stack.url, **workload), power_loss,
+    return run_sync(_run(stack, steps, seconds, Workload(stack.url, **workload), power_loss,
                             read_consistency))

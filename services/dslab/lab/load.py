@@ -13,8 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -22,6 +21,7 @@ import httpx
 import pandas as pd
 from tqdm.std import tqdm
 
+from ..common.aio import run_sync
 from .progress import bar as progress_bar
 
 __all__ = ["COLUMNS", "Call", "fire", "load", "random_rids", "run_sync", "tour"]
@@ -29,17 +29,6 @@ __all__ = ["COLUMNS", "Call", "fire", "load", "random_rids", "run_sync", "tour"]
 T = TypeVar("T")
 
 COLUMNS = ["rid", "status", "server", "start", "end", "latency_ms"]
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion, also from inside Jupyter (whose kernel already runs an
-    event loop: there the coroutine gets a loop of its own in a worker thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def random_rids(n: int, seed: int = 0) -> list[int]:

@@ -37,6 +37,7 @@ EXPERIMENTS: dict[str, str] = {
     "db_a2": "Part 2 A-2: 7 replicas per shard, against A-1, uncapped and capped",
     "db_a3": "Part 2 A-3: 10 servers, 6 shards, 8 replicas, against A-1, uncapped and capped",
     "db_a4": "Part 2 A-4: endpoints, and a shard server killed and refilled",
+    "db_a5": "Part 2 A-5: a nemesis and a history checker, per read consistency",
 }
 
 DB_QUICK: dict[str, Any] = {"n_writes": 200, "n_reads": 200, "n_hot_reads": 100, "repeats": 1,
@@ -54,6 +55,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "db_a2": DB_QUICK,
     "db_a3": DB_QUICK,
     "db_a4": {"n_rows": 200},
+    "db_a5": {"scale": 0.2, "cost_seconds": 3.0, "writers": 2, "updaters": 2, "readers": 3,
+              "registers_per_updater": 3},
 }
 
 

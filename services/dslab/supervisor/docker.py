@@ -177,7 +177,23 @@ class DockerSupervisor(ReplicaSupervisor):
         """The container of replica ``name``: the stack's prefix keeps stacks apart."""
         return f"{self.stack}-{name}"
 
+    def _remove_leftover(self, name: str) -> None:
+        """A container of this stack under the replica's name that this supervisor did not
+        start: left by a balancer that died without stopping it (a power loss, a SIGKILL).
+        Its data is in its named volume, so it goes and the replica starts afresh."""
+        try:
+            old = self.client.containers.get(self.container_name(name))
+        except docker.errors.NotFound:
+            return
+        if old.labels.get(LABEL_STACK) != self.stack:
+            raise SpawnError(f"the name {self.container_name(name)} is taken by a container "
+                             "that is not this stack's")
+        log.warning("replica %s: removing its container left by an earlier run (%s)", name,
+                    old.status)
+        old.remove(force=True)
+
     def _run(self, name: str) -> Replica:
+        self._remove_leftover(name)
         publish = {"5000/tcp": ("127.0.0.1", None)} if self.address == "loopback" else None
         volumes = None
         if self.spec.data_path:  # a named volume: the data outlives this container

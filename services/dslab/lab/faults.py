@@ -1,0 +1,212 @@
+"""Part 2 A-5: the stack under a nemesis, checked like Jepsen checks it; and what linearizable
+reads cost. Runs return ``FaultRun``s (``dslab.faults.run``); the tables, the timeline chart
+and the sentences of the notebook are computed here from them.
+
+    schedule       the A-5 nemesis schedule, scaled (kill, pause, partition, lossy, shard loss)
+    under_faults   one run per read consistency: the schedule, then a power loss
+    cost           each read consistency without faults: reads/s and p99 of each kind
+    timeline       operations per second by outcome; events: the faults as a table
+    shard_back     how long the lost shard took to serve again, and where the time went
+    observations   the findings, every number from the runs
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from matplotlib.axes import Axes
+
+from ..db.seed import shard_of
+from ..faults.history import Kind, Outcome
+from ..faults.nemesis import Step
+from ..faults.run import FaultRun, fault_stack, run_faults
+from .progress import RunProgress
+
+__all__ = ["anomalies", "cost", "events", "observations", "plot_timeline", "schedule",
+           "shard_back", "timeline", "under_faults"]
+
+HEARTBEATS = ("--heartbeat-interval", "0.25", "--heartbeat-timeout", "1.0",
+              "--heartbeat-misses", "3")
+DETECTION = 3 * (0.25 + 1.0)  # misses x (interval + timeout): a hung server found within it
+FAULT_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#8c564b",
+                "lossy": "#e377c2", "shard_loss": "#ff7f0e", "power_loss": "#7f7f7f"}
+
+
+def schedule(scale: float = 1.0) -> tuple[list[Step], float]:
+    """(the steps, the run's length): one server SIGKILLed; one paused and one cut off, each
+    for twice the time to find a hung server; a lossy link; a whole shard lost."""
+    hang = 2 * DETECTION * scale
+    steps = [Step(6 * scale, "kill"),
+             Step(14 * scale, "pause", hang),
+             Step(30 * scale, "partition", hang),
+             Step(46 * scale, "lossy", 6 * scale, share=0.3),
+             Step(58 * scale, "shard_loss", target="sh2")]
+    return steps, 70 * scale
+
+
+def under_faults(modes: Sequence[str], steps: Sequence[Step], seconds: float,
+                 backend: str = "process", **workload: Any) -> dict[str, FaultRun]:
+    """Per read consistency, a fresh stack through the schedule, then a power loss.
+    ``backend``: "process", or "docker" (shard servers as containers)."""
+    progress = RunProgress("A-5 under faults", len(modes), unit="operations")
+    runs = {}
+    for mode in modes:
+        started = time.monotonic()
+        with fault_stack(mode, *HEARTBEATS, backend=backend) as stack:
+            runs[mode] = run_faults(stack, steps, seconds, power_loss=True,
+                                    read_consistency=mode, **workload)
+        progress.done(len(runs[mode].history), time.monotonic() - started, mode)
+    return runs
+
+
+def cost(modes: Sequence[str], seconds: float, backend: str = "process",
+         **workload: Any) -> pd.DataFrame:
+    """Per read consistency, no fault: reads/s, writes/s and p50/p99 latency (ms) of each."""
+    progress = RunProgress("A-5 cost of linearizable reads", len(modes), unit="operations")
+    rows = []
+    for mode in modes:
+        with fault_stack(mode, *HEARTBEATS, backend=backend) as stack:
+            run = run_faults(stack, [], seconds, read_consistency=mode, **workload)
+        ops = [op for op in run.history if op.outcome is Outcome.OK]
+        progress.done(len(ops), seconds, mode)
+        for kind, label in ((Kind.READ, "reads"), (None, "writes")):
+            mine = [op for op in ops if (op.kind is Kind.READ) == (kind is Kind.READ)]
+            latency = pd.Series([1000 * (op.end - op.start) for op in mine], dtype=float)
+            rows.append({"read consistency": mode, "operation": label,
+                         "per_s": len(mine) / seconds, "p50_ms": latency.quantile(0.5),
+                         "p99_ms": latency.quantile(0.99), "anomalies": len(run.report.anomalies)})
+    return pd.DataFrame(rows)
+
+
+def timeline(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
+    """read consistency, second, outcome, operations that ended in that second."""
+    rows = [{"read consistency": mode, "second": int(op.end), "outcome": op.outcome.value}
+            for mode, run in runs.items() for op in run.history if op.end < run.seconds]
+    frame = pd.DataFrame(rows)
+    return (frame.groupby(["read consistency", "second", "outcome"]).size()
+            .rename("operations").reset_index())
+
+
+def events(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
+    return pd.DataFrame([{"read consistency": mode, "fault": e.kind, "target": e.target,
+                          "start_s": round(e.start, 2),
+                          "end_s": None if e.end is None else round(e.end, 2), "note": e.note}
+                         for mode, run in runs.items() for e in run.events])
+
+
+def anomalies(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
+    """One row per anomaly found (a key, and the operations that show it)."""
+    rows = []
+    for mode, run in runs.items():
+        for when, report in (("after the faults", run.report),
+                             ("after the power loss", run.after_power_loss)):
+            if report is None:
+                continue
+            for a in report.anomalies:
+                rows.append({"read consistency": mode, "checked": when, "key": a.key,
+                             "what the checker shows": a.explain()})
+            if report.lost:
+                rows.append({"read consistency": mode, "checked": when, "key": None,
+                             "what the checker shows": f"{len(report.lost)} acknowledged "
+                             "inserts lost"})
+            if report.phantoms or report.altered:
+                rows.append({"read consistency": mode, "checked": when, "key": None,
+                             "what the checker shows": f"{len(report.phantoms)} phantom rows, "
+                             f"{len(report.altered)} altered"})
+    return pd.DataFrame(rows, columns=["read consistency", "checked", "key",
+                                       "what the checker shows"])
+
+
+def plot_timeline(ax: Axes, frame: pd.DataFrame, run: FaultRun, title: str) -> None:
+    """Operations per second by outcome, the faults as shaded spans."""
+    wide = frame.pivot_table(index="second", columns="outcome", values="operations",
+                             fill_value=0).reindex(range(int(run.seconds)), fill_value=0)
+    for outcome, color in (("ok", "#2ca02c"), ("fail", "#1f77b4"), ("unknown", "#d62728")):
+        if outcome in wide:
+            ax.plot(wide.index, wide[outcome], color=color, label=f"{outcome} per second")
+    for e in run.events:
+        if e.start > run.seconds:  # the power loss, after the run: reported on its own
+            continue
+        end = e.end if e.end is not None and e.end > e.start + 0.3 else e.start + 0.3
+        ax.axvspan(e.start, end, color=FAULT_COLORS.get(e.kind, "grey"), alpha=0.25)
+        ax.text(e.start, ax.get_ylim()[1] * 0.97, e.kind.replace("_", " "), fontsize=8,
+                rotation=90, va="top", ha="right")
+    ax.set(title=title, xlabel="second of the run", ylabel="operations ended",
+           xlim=(0, run.seconds))
+    ax.legend(fontsize=8, loc="lower left")
+
+
+def shard_back(run: FaultRun) -> dict[str, float] | None:
+    """The lost shard: seconds from the loss to the end of the first operation on it that
+    began after the loss and succeeded, and the balancer's own phases (from /metrics)."""
+    loss = next((e for e in run.events if e.kind == "shard_loss"), None)
+    if loss is None:
+        return None
+    ok = [op for op in run.history if shard_of(op.key) == loss.target
+          and op.outcome is Outcome.OK and op.start > loss.start]
+    if not ok:
+        return {"back_s": math.inf}
+    back = min(op.end for op in ok) - loss.start
+    phases = {phase: total / count for phase, (count, total) in run.revival.items() if count}
+    return {"back_s": back, "restart_s": phases.get("restart", math.nan),
+            "serving_s": phases.get("serving", math.nan)}
+
+
+def _failed(run: FaultRun) -> tuple[int, int]:
+    """(operations not acknowledged, operations) of a run."""
+    return sum(op.outcome is not Outcome.OK for op in run.history), len(run.history)
+
+
+def observations(runs: Mapping[str, FaultRun], costs: pd.DataFrame) -> str:
+    parts = []
+    for mode, run in runs.items():
+        failed, total = _failed(run)
+        found = len(run.report.anomalies)
+        lost = len(run.report.lost) + (len(run.after_power_loss.lost)
+                                       if run.after_power_loss else 0)
+        phantom = len(run.report.phantoms) + len(run.report.altered)
+        sentence = (f"With **{mode}** reads, {total:,} operations in {run.seconds:g} s, "
+                    f"{failed:,} of them not acknowledged ({failed / total:.1%}); the checker "
+                    f"found {found} register{'s' if found != 1 else ''} of "
+                    f"{run.report.registers_checked} that {'is' if found == 1 else 'are'} "
+                    "not linearizable")
+        sentence += (f", {lost} acknowledged insert{'s' if lost != 1 else ''} lost and "
+                     f"{phantom} row{'s' if phantom != 1 else ''} nobody wrote.")
+        if run.report.anomalies:
+            sentence += (" For example " + run.report.anomalies[0].short() + " (every one is "
+                         "in the table above, with the operations that show it).")
+        if run.after_power_loss is not None:
+            after = run.after_power_loss
+            before_keys = {a.key for a in run.report.anomalies}
+            new = [a for a in after.anomalies if a.key not in before_keys]
+            sentence += (f" After the power loss the stack came back with "
+                         f"{len(run.held_after_power_loss):,} rows: "
+                         + ("every acknowledged insert was there" if not after.lost else
+                            f"{len(after.lost)} acknowledged inserts were missing")
+                         + (", and every register held a value its history allows."
+                            if not new else f", and {len(new)} registers held a value their "
+                            "history does not allow."))
+        back = shard_back(run)
+        if back is not None and math.isfinite(back["back_s"]):
+            sentence += (f" The lost shard served again {back['back_s']:.1f} s after its "
+                         f"servers died: {back['serving_s']:.1f} s of it from the start of the "
+                         f"restart in place (the first server back after "
+                         f"{back['restart_s']:.1f} s), the rest finding them dead and "
+                         "settling.")
+        parts.append(sentence)
+    if set(costs["read consistency"]) >= {"any", "linearizable"}:
+        c = {(str(r["read consistency"]), str(r["operation"])): (float(r["per_s"]),
+                                                                 float(r["p99_ms"]))
+             for r in costs.to_dict("records")}
+        (lin, lin99), (fast, fast99) = c["linearizable", "reads"], c["any", "reads"]
+        wlin, wfast = c["linearizable", "writes"][0], c["any", "writes"][0]
+        parts.append(
+            f"Without faults, under the same mix of reads and writes, linearizable reads "
+            f"served {lin:,.0f} reads/s against {fast:,.0f} with any ({lin / fast:.2f}×), "
+            f"p99 {lin99:.0f} ms against {fast99:.0f} ms; writes {wlin:,.0f}/s against "
+            f"{wfast:,.0f}/s.")
+    return " ".join(["**Observations.**", *parts])
