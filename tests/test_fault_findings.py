@@ -40,8 +40,13 @@ def test_the_lost_shard_is_back_when_its_first_new_operation_succeeded():
 def test_tables_list_the_faults_the_anomalies_and_the_timeline():
     runs = {"linearizable": a_run("linearizable", False), "any": a_run("any", True)}
     found = faults.anomalies(runs)
-    assert list(found["read consistency"]) == ["any", "any"]  # after the faults, after power loss
+    # found after the faults; after the power loss the same key is not shown twice
+    assert list(found["read consistency"]) == ["any"]
     assert "read key 5000 returned 1" in found["what the checker shows"].iloc[0]
+    text = faults.anomalies_markdown(found)
+    assert text.startswith("The checker found **1 anomaly**")
+    assert "**any** reads, after the faults:\n\n```\nkey 5000:" in text
+    assert "no anomaly" in faults.anomalies_markdown(found.iloc[0:0])
     assert list(faults.events(runs)["fault"]) == ["shard_loss", "power_loss"] * 2
     timeline = faults.timeline(runs)
     ok = timeline[(timeline["read consistency"] == "any") & (timeline["outcome"] == "ok")]
@@ -54,7 +59,8 @@ def test_every_number_in_the_observations_comes_from_the_runs():
         {"read consistency": "linearizable", "operation": "reads", "per_s": 80.0, "p99_ms": 160.0},
         {"read consistency": "linearizable", "operation": "writes", "per_s": 130.0, "p99_ms": 9.0},
         {"read consistency": "any", "operation": "reads", "per_s": 160.0, "p99_ms": 40.0},
-        {"read consistency": "any", "operation": "writes", "per_s": 80.0, "p99_ms": 9.0}])
+        {"read consistency": "any", "operation": "writes", "per_s": 80.0, "p99_ms": 9.0}]).assign(
+            anomalies=[0, 0, 2, 2])
     text = faults.observations(runs, costs)
     assert ("With **linearizable** reads, 6 operations in 5 s, 1 of them not acknowledged "
             "(16.7%); the checker found 0 registers of 1") in text
@@ -65,3 +71,5 @@ def test_every_number_in_the_observations_comes_from_the_runs():
     assert ("The lost shard served again 2.5 s after its servers died: 1.8 s of it from the "
             "start of the restart in place (the first server back after 1.5 s)") in text
     assert "served 80 reads/s against 160 with any (0.50×), p99 160 ms against 40 ms" in text
+    assert ("without faults the checker found 0 non-linearizable registers with linearizable "
+            "reads and 2 non-linearizable registers with any reads.") in text

@@ -26,7 +26,7 @@ from ..faults.nemesis import Step
 from ..faults.run import FaultRun, fault_stack, run_faults
 from .progress import RunProgress
 
-__all__ = ["anomalies", "cost", "events", "observations", "plot_timeline", "schedule",
+__all__ = ["anomalies", "anomalies_markdown", "cost", "events", "observations", "plot_timeline", "schedule",
            "shard_back", "timeline", "under_faults"]
 
 HEARTBEATS = ("--heartbeat-interval", "0.25", "--heartbeat-timeout", "1.0",
@@ -106,7 +106,10 @@ def anomalies(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
                              ("after the power loss", run.after_power_loss)):
             if report is None:
                 continue
+            shown = {a.key for a in run.report.anomalies} if report is not run.report else set()
             for a in report.anomalies:
+                if a.key in shown:  # found after the faults already: the same operations
+                    continue
                 rows.append({"read consistency": mode, "checked": when, "key": a.key,
                              "what the checker shows": a.explain()})
             if report.lost:
@@ -119,6 +122,18 @@ def anomalies(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
                              f"{len(report.altered)} altered"})
     return pd.DataFrame(rows, columns=["read consistency", "checked", "key",
                                        "what the checker shows"])
+
+
+def anomalies_markdown(found: pd.DataFrame) -> str:
+    """The anomalies for a reader: each with the operations that show it, verbatim."""
+    if found.empty:
+        return ("The checker found **no anomaly** in any run: nothing lost, nothing phantom, "
+                "every register linearizable, after the faults and after the power loss.")
+    parts = [f"The checker found **{len(found)} anomal{'y' if len(found) == 1 else 'ies'}**:"]
+    for r in found.to_dict("records"):
+        parts.append(f"**{r['read consistency']}** reads, {r['checked']}:\n\n```\n"
+                     f"{r['what the checker shows']}\n```")
+    return "\n\n".join(parts)
 
 
 def plot_timeline(ax: Axes, frame: pd.DataFrame, run: FaultRun, title: str) -> None:
@@ -209,4 +224,10 @@ def observations(runs: Mapping[str, FaultRun], costs: pd.DataFrame) -> str:
             f"served {lin:,.0f} reads/s against {fast:,.0f} with any ({lin / fast:.2f}×), "
             f"p99 {lin99:.0f} ms against {fast99:.0f} ms; writes {wlin:,.0f}/s against "
             f"{wfast:,.0f}/s.")
+        seen = {str(r["read consistency"]): int(r["anomalies"])
+                for r in costs.to_dict("records") if "anomalies" in r}
+        if seen:
+            parts.append("In those runs without faults the checker found "
+                         + " and ".join(f"{n} non-linearizable register{'s' if n != 1 else ''} "
+                                        f"with {mode} reads" for mode, n in seen.items()) + ".")
     return " ".join(["**Observations.**", *parts])
