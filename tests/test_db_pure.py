@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 
@@ -21,8 +22,11 @@ from dslab.contract.studdb import (
 )
 from dslab.db.http import add_message
 from dslab.db.locks import LockTimeout, ShardLocks
+from dslab.db.metadata import ClusterConfig
 from dslab.db.placement import least_replicated, place_randomly, servers_of
+from dslab.db.servers import ShardServers
 from dslab.db.shardmap import Shard, ShardMap, ShardOverlap
+from dslab.db.state import ClusterState
 
 SEED_SHARDS = [Shard(0, "sh1", 4096), Shard(4096, "sh2", 4096), Shard(8192, "sh3", 4096),
                Shard(12288, "sh4", 4096)]
@@ -275,3 +279,55 @@ def test_a_lock_held_too_long_is_a_named_503():
 
     err = asyncio.run(scenario())
     assert err.status == 503 and "sh1 stayed locked" in err.message
+
+
+# ---- salted per-shard rings -----------------------------------------------------------------------
+ALL_FOUR = {"A1": ["sh1", "sh2", "sh3", "sh4"], "B2": ["sh1", "sh2", "sh3", "sh4"],
+            "C3": ["sh1", "sh2", "sh3", "sh4"]}
+
+
+def seeded_state(salted: bool = True) -> ClusterState:
+    """The seed's four shards, every one held by the same three servers, all live."""
+    state = ClusterState(salted_rings=salted)
+    state.adopt(ClusterConfig(schema=None, placement=ALL_FOUR, shards=[  # type: ignore[arg-type]
+        Shard(4096 * k, f"sh{k + 1}", 4096) for k in range(4)]))
+    for ring in state.rings.values():
+        for name in ALL_FOUR:
+            ring.add(name)
+    return state
+
+
+def test_shards_held_by_the_same_servers_have_rings_laid_out_differently():
+    state = seeded_state()
+    ids = range(0, 1000000, 997)
+    owners = {shard: [ring.lookup(i) for i in ids] for shard, ring in state.rings.items()}
+    for a, b in itertools.combinations(owners, 2):
+        assert sum(x != y for x, y in zip(owners[a], owners[b])) > len(ids) / 4, (a, b)
+    first = {shard: max("A1 B2 C3".split(), key=owners[shard].count) for shard in owners}
+    assert len(set(first.values())) > 1  # not the same server first on every shard
+    unsalted = seeded_state(salted=False)  # as before: every shard the same layout
+    assert all(unsalted.rings["sh1"].lookup(i) == unsalted.rings["sh2"].lookup(i) for i in ids)
+
+
+def test_a_read_goes_where_its_shards_salted_ring_says_request_by_request():
+    """The real ShardServers with the call injected: each read's server is the one the
+    shard's ring names for the request id the balancer drew."""
+    state = seeded_state()
+    called: list[str] = []
+
+    async def call(name, method, path, payload):
+        called.append(name)
+        return {"data": []}
+
+    servers = ShardServers(lambda name: None, lambda: None, random.Random(5), call)
+    draws = random.Random(5)
+
+    async def reads():
+        for k in range(300):
+            shard = f"sh{k % 4 + 1}"
+            await servers.ask_one(shard, state.rings[shard], "POST", "/read", {})
+
+    asyncio.run(reads())
+    predicted = [state.rings[f"sh{k % 4 + 1}"].lookup(draws.randint(0, 999999)) for k in range(300)]
+    assert called == predicted
+    assert len(set(called)) == 3

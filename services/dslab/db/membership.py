@@ -193,7 +193,7 @@ class ShardMembership(Tenant):
             # Saved: now the new shards exist, with their servers.
             state.shardmap = shardmap
             for new in new_ids:
-                state.rings[new] = state.new_ring()
+                state.rings[new] = state.new_ring(new)
                 state.valid_idx[new] = 0
                 state.in_sync[new] = set()
             for name, shard_ids in placement.items():

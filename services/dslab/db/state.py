@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..common.errors import BadRequest, NotFound, Unavailable
 from ..contract.studdb import Schema
-from ..ring import HashRing, make_ring
+from ..ring import HashRing, get_hash_pair, make_ring, salted
 from .metadata import ClusterConfig
 from .placement import servers_of
 from .shardmap import ShardMap
@@ -30,6 +30,7 @@ __all__ = ["ClusterState"]
 class ClusterState:
     hashes: str = "blake2b"
     algorithm: str = "ring"
+    salted_rings: bool = True
     schema: Schema | None = None
     shardmap: ShardMap = field(default_factory=ShardMap)
     placement: dict[str, list[str]] = field(default_factory=dict)
@@ -46,10 +47,13 @@ class ClusterState:
         self.placement = {name: list(shards) for name, shards in config.placement.items()}
         self.in_sync = {s.shard_id: set(config.in_sync.get(s.shard_id, servers_of(
             config.placement, s.shard_id))) for s in config.shards}
-        self.rings = {s.shard_id: self.new_ring() for s in config.shards}
+        self.rings = {s.shard_id: self.new_ring(s.shard_id) for s in config.shards}
 
-    def new_ring(self) -> HashRing:
-        return make_ring(self.algorithm, self.hashes)
+    def new_ring(self, shard: str) -> HashRing:
+        """``shard``'s ring, salted with its id (``ring.salted``): shards held by the same
+        servers spread their reads differently over them."""
+        salt = shard if self.salted_rings else ""
+        return make_ring(self.algorithm, salted(get_hash_pair(self.hashes), salt))
 
     def require_config(self) -> Schema:
         if self.schema is None:

@@ -55,7 +55,7 @@ def _skew_sentence(configured: Mapping[str, Any], label: str) -> str:
     weights = shard_weights(configured["shards"])
     servers = configured["servers"]
     share = busiest(read_shares(servers, weights))
-    even = busiest(read_shares(servers, weights, lambda h: {n: 1 / len(h) for n in h}))
+    even = busiest(read_shares(servers, weights, lambda h, _shard: {n: 1 / len(h) for n in h}))
     if share <= 1.2 * even:
         return ""
     return (f"In {label} the busiest server takes {share:.0%} of the reads anywhere where an "

@@ -1,7 +1,7 @@
 """What a Part 2 placement predicts when every server has the same capacity (pure).
 
-Reads: a read of a shard goes to one of the shard's holders, the one its ring names for a
-random request id (the balancer's rule), so a server's share of the reads is the sum, over the
+Reads: a read of a shard goes to one of the shard's holders, the one its ring (salted with
+the shard's id) names for a random request id (the balancer's rule), so a server's share of the reads is the sum, over the
 shards it holds, of the shard's share of the reads times the server's share of that shard's
 ring. Writes: every holder journals every row of its shards, so a server's work per row
 written is the sum of its shards' shares of the rows. With a capacity per server, throughput
@@ -16,20 +16,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..ring import make_ring
+from ..ring import get_hash_pair, make_ring, salted
 from ..ring.analysis import assign, loads
 from .load import random_rids
 
 __all__ = ["busiest", "read_shares", "ring_shares", "shard_weights", "write_shares"]
 
-RingShares = Callable[[Sequence[str]], dict[str, float]]
+RingShares = Callable[[Sequence[str], str], dict[str, float]]  # (holders, shard) -> shares
 
 
-def ring_shares(holders: Sequence[str], hashes: str = "blake2b", algorithm: str = "ring",
-                n_ids: int = 20000) -> dict[str, float]:
-    """Each holder's share of a shard's ring (the Part 2 balancer's default ring), over
-    ``n_ids`` random request ids."""
-    ring = make_ring(algorithm, hashes)
+def ring_shares(holders: Sequence[str], shard: str = "", hashes: str = "blake2b",
+                algorithm: str = "ring", n_ids: int = 20000) -> dict[str, float]:
+    """Each holder's share of ``shard``'s ring (the Part 2 balancer's default ring, salted
+    with the shard's id as the balancer salts it), over ``n_ids`` random request ids."""
+    ring = make_ring(algorithm, salted(get_hash_pair(hashes), shard))
     for name in holders:
         ring.add(name)
     counts = loads(assign(ring, random_rids(n_ids, 1)), holders)
@@ -58,7 +58,7 @@ def read_shares(servers: Mapping[str, Sequence[str]], weights: Mapping[str, floa
     """Each server's share of the reads, for a placement (server -> shards) and a workload."""
     out = dict.fromkeys(servers, 0.0)
     for shard, holders in _holders(servers).items():
-        for name, share in shares_of(sorted(holders)).items():
+        for name, share in shares_of(sorted(holders), shard).items():
             out[name] += weights.get(shard, 0.0) * share
     return out
 

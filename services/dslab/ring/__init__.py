@@ -9,7 +9,7 @@ from .base import (
     RingFullError,
     UnknownServerError,
 )
-from .hashes import HASH_PAIRS, HashPair, get_hash_pair, request_number, server_number
+from .hashes import HASH_PAIRS, HashPair, get_hash_pair, request_number, salted, server_number
 from .jump import JumpRing, jump_hash
 from .maglev import MaglevRing
 from .multiprobe import MultiProbeRing
@@ -56,5 +56,6 @@ __all__ = [
     "jump_hash",
     "make_ring",
     "request_number",
+    "salted",
     "server_number",
 ]

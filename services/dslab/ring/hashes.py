@@ -23,6 +23,7 @@ __all__ = [
     "HashPair",
     "get_hash_pair",
     "request_number",
+    "salted",
     "server_number",
 ]
 
@@ -102,6 +103,19 @@ HASH_PAIRS: dict[str, HashPair] = {
                  "identity / affine (a poor hash, for contrast)"),
     )
 }
+
+
+def salted(pair: HashPair, salt: str) -> HashPair:
+    """``pair`` with every server number shifted by a number drawn from ``salt``: rings of the
+    same servers with different salts lay them out differently (Part 2 salts each shard's
+    ring with its id, so shards held by the same servers do not all put the same server
+    first). Requests hash as before. An empty salt is ``pair`` itself."""
+    if not salt:
+        return pair
+    shift = int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=4).digest(), "big")
+    virtual = pair.virtual
+    return HashPair(f"{pair.name}+{salt}", pair.request,
+                    lambda i, j: virtual(i + shift, j), f"{pair.description}, salted {salt!r}")
 
 
 def get_hash_pair(name: str) -> HashPair:
