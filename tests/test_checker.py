@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dslab.faults.checks import check, per_second
 from dslab.faults.history import History, Kind, Outcome, outcome_of
 from dslab.faults.linearizable import Linearizable, NotLinearizable, Undecided, check_register
+from dslab.faults.nemesis import FAULTS, Step
 
 OK, FAIL, UNKNOWN = Outcome.OK, Outcome.FAIL, Outcome.UNKNOWN
 W, R, INS = Kind.WRITE, Kind.READ, Kind.INSERT
@@ -157,3 +159,11 @@ def test_outcomes_and_the_timeline():
     h = history((0, INS, 1, 1, 0.1, 0.5, OK), (0, INS, 2, 1, 0.6, 1.2, UNKNOWN),
                 (0, INS, 3, 1, 1.3, 1.4, FAIL))
     assert per_second(h) == {0: {"ok": 1}, 1: {"unknown": 1, "fail": 1}}
+
+
+def test_a_schedule_step_names_a_known_fault():
+    assert [Step(0, kind).kind for kind in FAULTS] == list(FAULTS)
+    with pytest.raises(ValueError, match="unknown fault 'flood'"):
+        Step(0, "flood")
+    with pytest.raises(ValueError):
+        Step(0, "lossy", share=1.5)

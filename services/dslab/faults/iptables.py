@@ -37,9 +37,12 @@ def _iptables(*args: str, check: bool = True) -> str:
     return done.stdout
 
 
-def leftovers() -> list[str]:
-    """Every rule or chain of any nemesis now in the filter table."""
-    return [line for line in _iptables("-S").splitlines() if PREFIX in line]
+def leftovers(owner: int | None = None) -> list[str]:
+    """Every rule or chain of a nemesis now in the filter table: of any, or of the nemesis
+    of process ``owner``."""
+    mark = PREFIX if owner is None else f"{PREFIX}{owner}"
+    return [line for line in _iptables("-S").splitlines()
+            if mark in line and (owner is None or re.search(rf"{mark}\b", line))]
 
 
 def sweep() -> list[str]:

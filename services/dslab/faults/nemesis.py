@@ -31,8 +31,11 @@ import psutil
 from ..stack import BalancerProcess, StackError
 from .iptables import LoopbackRules
 
-__all__ = ["DockerTarget", "FaultEvent", "Nemesis", "ProcessTarget", "Step", "Target",
+__all__ = ["FAULTS", "DockerTarget", "FaultEvent", "Nemesis", "ProcessTarget", "Step", "Target",
            "run_schedule"]
+
+
+FAULTS = ("kill", "pause", "partition", "lossy", "shard_loss", "power_loss")
 
 
 class Target(Protocol):
@@ -192,6 +195,12 @@ class Step:
     seconds: float = 0.0
     target: str | None = None
     share: float = 0.3  # lossy only
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULTS:
+            raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULTS)}")
+        if self.seconds < 0 or not 0 < self.share <= 1:
+            raise ValueError(f"a fault lasts 0 s or more and drops a share in (0, 1]: {self}")
 
 
 class Nemesis:
