@@ -192,8 +192,8 @@ def observations(runs: Mapping[str, FaultRun], costs: pd.DataFrame) -> str:
         sentence += (f", {lost} acknowledged insert{'s' if lost != 1 else ''} lost and "
                      f"{phantom} row{'s' if phantom != 1 else ''} nobody wrote.")
         if run.report.anomalies:
-            sentence += (" For example " + run.report.anomalies[0].short() + " (every one is "
-                         "in the table above, with the operations that show it).")
+            sentence += (" For example " + run.report.anomalies[0].short() + " (each one is "
+                         "shown above with the operations that show it).")
         if run.after_power_loss is not None:
             after = run.after_power_loss
             before_keys = {a.key for a in run.report.anomalies}
