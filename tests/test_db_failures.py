@@ -114,16 +114,25 @@ def test_a_shard_whose_servers_all_hang_refuses_writes_then_comes_back_by_itself
         assert [r["Stud_id"] for r in shard_rows(db, "S3", "b")] == [101]  # b's part undone
 
         # Both hung servers are stopped and started again in place, on their own data: the
-        # same names, the acknowledged row, and writes taken again.
+        # same names, the acknowledged row, and writes taken again. The shard serves again
+        # from the first of them back; the other catches up from it after.
         deadline = detection_time("dslab.db") + 20  # + stopping and restarting two engines
         wait_until(lambda: client.post("/read", json={"Stud_id": {"low": 0, "high": 99}})
                    .status_code == 200, deadline, interval=0.2, what="shard a to come back")
         assert status(client)["servers"] == config["servers"]
-        assert set(db.replica_processes()) == {"S1", "S2", "S3", "S4"}
+        wait_until(lambda: set(db.replica_ports()) == {"S1", "S2", "S3", "S4"}, deadline,
+                   interval=0.2, what="both hung servers listening again")
         assert not procs["S1"].is_running() and not procs["S2"].is_running()
         assert client.post("/write", json={"data": [row(2), row(102)]}).status_code == 200
         assert [r["Stud_id"] for r in all_rows(client)] == [1, 2, 101, 102]
-        assert_replicas_hold(db, client, {"a": [1, 2], "b": [101, 102]})
+
+        def caught_up():
+            try:
+                assert_replicas_hold(db, client, {"a": [1, 2], "b": [101, 102]})
+            except AssertionError:
+                return False
+            return True
+        wait_until(caught_up, deadline, interval=0.2, what="every replica holding every row")
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
