@@ -32,7 +32,10 @@ try:
     print("a replica's process runs on the host as uid", open(f"/proc/{pid}/status").read()
           .split("Uid:")[1].split()[0])
     victim.kill()
-    wait_until(lambda: name not in httpx.get(f"{b.url}/rep").json()["message"]["replicas"], 60)
+    def replaced():
+        now = httpx.get(f"{b.url}/rep").json()["message"]["replicas"]
+        return name not in now and len(now) == 3
+    wait_until(replaced, 60)
     print("killed", name, "-> replaced:", httpx.get(f"{b.url}/rep").json()["message"]["replicas"])
 finally:
     print("balancer stopped, exit code", b.stop())
