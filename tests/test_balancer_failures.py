@@ -9,6 +9,7 @@ from collections import Counter
 
 import httpx
 import psutil
+import pytest
 
 from conftest import SPAWN_BUDGET, Workers, assert_all_gone, detection_time
 from dslab.stack import BalancerProcess, wait_until
@@ -99,25 +100,30 @@ def test_requests_to_a_hung_replica_fail_over_once_it_leaves_the_ring(start_bala
     assert load.failures == []
 
 
-def test_sigterm_stops_every_replica(start_balancer):
-    b = start_balancer("-n", "4")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_every_replica(start_balancer, workers):
+    b = start_balancer("-n", "4", "--workers", str(workers))
     procs = b.descendants()
-    assert len(procs) == 4
+    assert len(b.replica_processes()) == 4
+    assert len(procs) == 4 + (workers if workers > 1 else 0)  # replicas, and workers if any
     assert b.stop() == 0
     assert_all_gone(procs)
 
 
-def test_sigkilled_balancer_takes_its_replicas_with_it():
-    b = BalancerProcess(args=["-n", "3"]).start()
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkilled_balancer_takes_its_replicas_with_it(workers):
+    b = BalancerProcess(args=["-n", "3", "--workers", str(workers)]).start()
     procs = b.descendants()
-    assert len(procs) == 3
+    assert len(procs) == 3 + (workers if workers > 1 else 0)
     b.kill()  # SIGKILL: no cleanup code runs; the kernel's parent-death signal does it
     assert_all_gone(procs)
 
 
-def test_balancer_that_cannot_bind_its_port_exits_and_leaves_nothing(start_balancer):
-    first = start_balancer("-n", "1")
-    second = BalancerProcess(args=["-n", "2"], port=first.port)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_balancer_that_cannot_bind_its_port_exits_and_leaves_nothing(start_balancer, workers):
+    # Workers share their port (SO_REUSEPORT): a second balancer must still be refused it.
+    first = start_balancer("-n", "1", "--workers", str(workers))
+    second = BalancerProcess(args=["-n", "2", "--workers", str(workers)], port=first.port)
     try:
         second.start()
     except Exception as exc:  # the ready pipe closes: it exited before listening
@@ -125,4 +131,5 @@ def test_balancer_that_cannot_bind_its_port_exits_and_leaves_nothing(start_balan
     else:
         raise AssertionError("a second balancer bound an occupied port")
     assert second.proc is not None and second.proc.returncode not in (None, 0)
-    assert len(first.descendants()) == 1  # only the first balancer's replica exists
+    assert len(first.replica_processes()) == 1  # only the first balancer's replica exists
+    assert len(first.descendants()) == 1 + (workers if workers > 1 else 0)

@@ -164,7 +164,8 @@ def test_thousands_of_half_sent_requests_are_closed_while_a_client_is_served(lb,
 
 
 def test_past_max_connections_a_new_connection_gets_503():
-    balancer = BalancerProcess(args=["-n", "1", "--max-connections", "5",
+    # The limit is per process (each worker's, as nginx's worker_connections): one worker here.
+    balancer = BalancerProcess(args=["-n", "1", "--workers", "1", "--max-connections", "5",
                                      "--idle-timeout", "30", "--header-timeout", "30"]).start()
     held = []
     try:

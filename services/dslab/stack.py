@@ -128,6 +128,18 @@ class BalancerProcess:
                 ports[name] = listening[0]
         return ports
 
+    def worker_processes(self) -> list[psutil.Process]:
+        """The Part 1 balancer's workers (``--workers`` > 1): they proxy, the parent keeps the
+        replicas."""
+        found = []
+        for child in psutil.Process(self.pid).children():
+            try:
+                if "dslab.balancer.worker" in child.cmdline():
+                    found.append(child)
+            except psutil.Error:
+                continue
+        return found
+
     def descendants(self) -> list[psutil.Process]:
         try:
             return psutil.Process(self.pid).children(recursive=True)

@@ -7,21 +7,32 @@ Every error becomes the contract's error shape in ``common.web.JsonHandler``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import tornado.web
 
 from ..common.errors import ApiError
 from ..common.web import AdminHandler, JsonHandler
 from ..openapi import document_json
-from .membership import ReplicaSet
 from .validation import parse_add, parse_rm
 
-__all__ = ["ADMIN_PATHS", "make_admin_app"]
+__all__ = ["ADMIN_PATHS", "ReplicaAdmin", "make_admin_app"]
 
 log = logging.getLogger(__name__)
 
 ADMIN_PATHS = frozenset({"/rep", "/add", "/rm", "/openapi.json", "/metrics"})
+
+
+class ReplicaAdmin(Protocol):
+    """What the endpoints read and change: the primary's ``ReplicaSet``, or a worker's view
+    that passes changes to the primary (``worker.py``)."""
+
+    def names(self) -> list[str]: ...
+
+    async def add(self, n: int, hostnames: Sequence[str]) -> list[str]: ...
+
+    async def remove(self, n: int, hostnames: Sequence[str]) -> tuple[list[str], list[str]]: ...
 
 
 def _ok(message: Any) -> dict[str, Any]:
@@ -29,7 +40,7 @@ def _ok(message: Any) -> dict[str, Any]:
 
 
 class _ReplicaHandler(JsonHandler):
-    def initialize(self, replicas: ReplicaSet) -> None:
+    def initialize(self, replicas: ReplicaAdmin) -> None:
         self.replicas = replicas
 
     def send_replicas(self, names: list[str]) -> None:
@@ -82,7 +93,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
             1000 * handler.request.request_time())
 
 
-def make_admin_app(replicas: ReplicaSet, admin_token: str | None = None) -> tornado.web.Application:
+def make_admin_app(replicas: ReplicaAdmin, admin_token: str | None = None) -> tornado.web.Application:
     """``admin_token``: required by /add and /rm when set (``common/auth.py``)."""
     args = {"replicas": replicas}
     return tornado.web.Application(

@@ -1,7 +1,12 @@
 """Run the Part 1 balancer: ``python -m dslab.balancer --port 5000 -n 3``.
 
 Every option also reads an environment variable (shown in ``--help``), which is how Docker
-Compose configures it. SIGINT or SIGTERM stops the balancer and every replica it started.
+Compose configures it. SIGINT or SIGTERM stops the balancer, its workers and every replica it
+started.
+
+``--workers 1`` is one process that does everything. With more, this process (the primary)
+keeps the replicas, their ring and the heartbeats, and W worker processes (``worker.py``)
+accept on the port and proxy (``workers.py`` says how they are kept in step).
 """
 
 from __future__ import annotations
@@ -9,10 +14,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
 
 from ..common.auth import add_admin_token_options, admin_token
 from ..common.edge import add_edge_options, edge_limits
 from ..common.front import Front, serve
+from ..common.runtime import bind_socket, serve_forever, usable_cores
+from ..keeper.bounded import InFlight
 from ..keeper.cli import (
     add_backend_options,
     add_capacity_option,
@@ -20,11 +31,16 @@ from ..keeper.cli import (
     heartbeat_settings,
     run_main,
 )
+from ..keeper.metrics import KeeperCollector
 from ..ring import ALGORITHMS, HASH_PAIRS, PROBING, make_ring
 from ..supervisor import ReplicaSpec, make_supervisor
 from .admin import make_admin_app
+from .channel import Hello
 from .membership import ReplicaSet
+from .metrics import ProxyMetrics
 from .proxy import Proxy
+from .sharedload import create_table
+from .workers import WorkerPool
 
 __all__ = ["build_parser", "main"]
 
@@ -41,6 +57,13 @@ def _balance_factor(text: str) -> float:
     value = float(text)
     if not value > 1:
         raise argparse.ArgumentTypeError(f"the balance factor must be above 1, got {text}")
+    return value
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least one worker, got {text}")
     return value
 
 
@@ -65,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("BALANCE_FACTOR", "") or None,
                    help="bounded loads: no replica takes ceil(C x (in flight + 1) / N) or "
                         "more requests at once; off by default (env BALANCE_FACTOR)")
+    p.add_argument("--workers", type=_workers,
+                   default=_workers(_env("WORKERS", "") or str(usable_cores())),
+                   help="processes that accept and proxy requests; 1 is a single process; "
+                        "default: the cores this process may use (env WORKERS)")
     add_capacity_option(p, "--replica-cpus", "REPLICA_CPUS", "replica")
     add_heartbeat_options(p, interval=0.25, timeout=0.5, misses=2)
     p.add_argument("--request-timeout", type=float,
@@ -76,33 +103,94 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
-async def run(args: argparse.Namespace) -> None:
+def _replica_set(args: argparse.Namespace) -> ReplicaSet:
     ring = make_ring(args.algorithm, args.hash, slots=args.slots, vnodes=args.vnodes,
                      probing=args.probing)
     supervisor = make_supervisor(
         args.backend, ReplicaSpec(module="dslab.replica", image=args.replica_image,
                                   cpus=args.replica_cpus),
         stack=args.stack, address=args.docker_address)
-    replicas = ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
-                          **heartbeat_settings(args))
-    proxy = Proxy(replicas, balance_factor=args.balance_factor)
+    return ReplicaSet(supervisor, ring, request_timeout=args.request_timeout,
+                      **heartbeat_settings(args))
+
+
+def _log_listening(args: argparse.Namespace, port: int) -> None:
+    log.info("balancer on port %d: %d replicas, %s, hash=%s, slots=%d, K=%d, %s probing, "
+             "balance factor %s, %d worker(s)", port, args.replicas, args.algorithm, args.hash,
+             args.slots, args.vnodes, args.probing, args.balance_factor or "off", args.workers)
+
+
+async def run(args: argparse.Namespace) -> None:
+    if args.workers > 1:
+        await run_workers(args)
+        return
+    replicas = _replica_set(args)
+    inflight = InFlight()
+    metrics = ProxyMetrics(inflight, [KeeperCollector(replicas.keeper)])
+    proxy = Proxy(replicas, inflight, metrics, balance_factor=args.balance_factor)
     front = Front(proxy.route, make_admin_app(replicas, args.token), max_body=MAX_ADMIN_BODY,
                   limits=edge_limits(args))
 
     async def start() -> None:
         await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])
 
-    def listening(port: int) -> None:
-        log.info("balancer on port %d: %d replicas, %s, hash=%s, slots=%d, K=%d, %s probing, "
-                 "balance factor %s", port, args.replicas, args.algorithm, args.hash, args.slots,
-                 args.vnodes, args.probing, args.balance_factor or "off")
-
     async def stop() -> None:
         await replicas.close()
         log.info("stopped; every replica removed")
 
     await serve(front, args.host, args.port, args.ready_fd, start=start, stop=stop,
-                listening=listening)
+                listening=lambda port: _log_listening(args, port))
+
+
+def _state_dir() -> Path:
+    """The workers' metrics files and load table: in memory where the system has a tmpfs."""
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix="dslab-balancer-",
+                                 dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None))
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """The port, bound with SO_REUSEPORT and not listening: it stays ours while workers come
+    and go, and takes no connection itself. SO_REUSEPORT lets any process of this user bind it
+    too, so it is first bound without: a port in use (by another balancer, say) is refused
+    here as a single process would be refused it."""
+    with bind_socket(host, port, listen=False) as probe:
+        port = int(probe.getsockname()[1])
+    return bind_socket(host, port, reuse_port=True, listen=False)
+
+
+async def run_workers(args: argparse.Namespace) -> None:
+    """The primary: the replicas, then the port reserved, then the workers on it."""
+    replicas = _replica_set(args)
+    reserved = _reserve_port(args.host, args.port)
+    port = int(reserved.getsockname()[1])
+    state_dir = _state_dir()
+    create_table(state_dir / "inflight", args.workers)
+
+    def hello(index: int) -> Hello:
+        return Hello(index=index, workers=args.workers, host=args.host, port=port,
+                     request_timeout=args.request_timeout, balance_factor=args.balance_factor,
+                     limits=edge_limits(args), max_body=MAX_ADMIN_BODY, admin_token=args.token,
+                     state_dir=state_dir)
+
+    workers = WorkerPool(replicas, hello, args.workers, state_dir=state_dir,
+                         log_level=args.log_level)
+    replicas.on_change = workers.changed
+
+    async def start() -> int:
+        await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])
+        await workers.start()
+        _log_listening(args, port)
+        return port
+
+    async def stop() -> None:
+        await workers.close()
+        await replicas.close()
+        reserved.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        log.info("stopped; every worker and replica removed")
+
+    await serve_forever(start, stop, args.ready_fd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,6 +40,7 @@ class ReplicaSet(Tenant):
     name_prefix: str = "Server"
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic  # the keeper's backoffs; a test may step it
+    on_change: Callable[[], None] = lambda: None  # the ring changed (workers copy it)
 
     def __post_init__(self) -> None:
         self.keeper = ReplicaKeeper(
@@ -128,14 +129,17 @@ class ReplicaSet(Tenant):
         self.ring.check_can_add(names)
         for replica in await self.keeper.start_all(names):
             self.ring.add(replica.name)
+        self.on_change()
 
     # ---- the keeper's hooks -----------------------------------------------------------------
     def leave(self, name: str) -> None:
         if name in self.ring:
             self.ring.remove(name)
+            self.on_change()
 
     async def hand_over(self, dead: str, newcomer: Replica) -> None:
         self.ring.add(newcomer.name)
+        self.on_change()
 
     def name_replacement(self, dead: str, taken: Sequence[str]) -> str:
         return random_hostname(taken, self.name_prefix, self.rng)

@@ -10,19 +10,29 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Protocol
 
 from ..common.errors import error_body
 from ..common.front import Answer, FrontRequest, Handler
 from ..common.metrics import metrics_handler
-from ..keeper.bounded import InFlight, bounded_walk
+from ..keeper.bounded import Loads, bounded_walk
 from ..keeper.routing import NoReplicaAvailable, route
 from ..keeper.upstream import UpstreamResponse, format_get
-from ..ring import request_number
+from ..ring import HashRing, request_number
 from .admin import ADMIN_PATHS
-from .membership import ReplicaSet
 from .metrics import ProxyMetrics
 
-__all__ = ["Proxy", "request_id_from"]
+__all__ = ["Proxy", "Upstreams", "request_id_from"]
+
+
+class Upstreams(Protocol):
+    """What the proxy routes over: the primary's ``ReplicaSet``, or a worker's copy of it."""
+
+    ring: HashRing
+
+    async def fetch(self, name: str, raw_request: bytes) -> UpstreamResponse: ...
+
+    def suspect(self, name: str, exc: Exception | None = None) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +50,17 @@ def request_id_from(header: bytes | None, uri: str, rng: random.Random) -> str:
 
 
 class Proxy:
-    def __init__(self, replicas: ReplicaSet, rng: random.Random | None = None,
-                 balance_factor: float | None = None) -> None:
+    """``inflight`` is counted always (the metrics show it); ``metrics`` reads the same one."""
+
+    def __init__(self, replicas: Upstreams, inflight: Loads, metrics: ProxyMetrics, *,
+                 rng: random.Random | None = None, balance_factor: float | None = None) -> None:
         if balance_factor is not None and balance_factor <= 1:
             raise ValueError(f"the balance factor must be above 1, got {balance_factor}")
         self.replicas = replicas
         self.rng = rng or random.Random()
         self.balance_factor = balance_factor  # None: the owner always (the assignment's rule)
-        self.inflight = InFlight()  # counted always: the metrics show it
-        self.metrics = ProxyMetrics(replicas, self.inflight)
+        self.inflight = inflight
+        self.metrics = metrics
         self._metrics_handler = metrics_handler(self.metrics.registry)
 
     def route(self, method: bytes, path: str) -> Handler | None:
@@ -69,11 +81,11 @@ class Proxy:
         failed: list[str] = []
 
         async def fetch(name: str) -> UpstreamResponse:
-            inflight.take(name)  # in the same step as the choice: bounded loads rely on it
+            token = inflight.take(name)  # with the choice, no await between: the bound needs it
             try:
                 return await replicas.fetch(name, format_get(uri, name, request_id))
             finally:
-                inflight.release(name)
+                inflight.release(token)
 
         def on_failure(name: str, exc: Exception) -> None:
             failed.append(name)

@@ -45,7 +45,9 @@ _OPTIONS: dict[str, tuple[str, str, type, str]] = {
     "idle_timeout": ("--idle-timeout", "IDLE_TIMEOUT", float,
                      "seconds a connection may sit with no request begun; then closed"),
     "max_connections": ("--max-connections", "MAX_CONNECTIONS", int,
-                        "connections open at once; past it a new one gets 503"),
+                        "connections open at once in one process (each worker of a balancer "
+                        "with --workers, as nginx's worker_connections); past it a new one "
+                        "gets 503"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 import os
 import resource
 import signal
@@ -18,7 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 __all__ = ["announce_port", "bind_socket", "die_with_parent", "install_uvloop", "raise_fd_limit",
-           "serve_forever"]
+           "serve_forever", "usable_cores"]
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,57 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def bind_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def bind_socket(host: str, port: int, backlog: int = 1024, *, reuse_port: bool = False,
+                listen: bool = True) -> socket.socket:
+    """``reuse_port``: several processes bind the same port and the kernel spreads new
+    connections over those that listen; a socket bound and not listening keeps the port
+    reserved without taking any."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(backlog)
+    if listen:
+        sock.listen(backlog)
     sock.setblocking(False)
     return sock
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, lowered by a CFS quota on its
+    cgroup (cgroup v1 or v2), as a container's ``--cpus`` sets."""
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return cores
+
+
+def _cgroup_quota() -> float | None:
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        candidates: list[tuple[str, str | None]] = []
+        if controllers == "":  # v2
+            candidates.append((f"/sys/fs/cgroup{path}/cpu.max", None))
+        elif "cpu" in controllers.split(","):
+            for base in ("/sys/fs/cgroup/cpu" + path, "/sys/fs/cgroup/cpu"):  # host, container
+                candidates.append((f"{base}/cpu.cfs_quota_us", f"{base}/cpu.cfs_period_us"))
+        for quota_file, period_file in candidates:
+            try:
+                if period_file is None:
+                    quota, period = open(quota_file).read().split()
+                else:
+                    quota, period = open(quota_file).read().strip(), open(period_file).read().strip()
+            except (OSError, ValueError):
+                continue
+            if quota in ("max", "-1"):
+                return None
+            return int(quota) / int(period)
+    return None
 
 
 def announce_port(ready_fd: int | None, port: int) -> None:

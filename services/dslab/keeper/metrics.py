@@ -4,17 +4,30 @@ plain integers and knows nothing of Prometheus."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .keeper import ReplicaKeeper
+__all__ = ["KeeperCollector", "KeeperCounts"]
 
-__all__ = ["KeeperCollector"]
+
+class KeeperCounts(Protocol):
+    """What the metrics read: a ``ReplicaKeeper``, or a worker's copy of its counts."""
+
+    @property
+    def replacements(self) -> int: ...
+
+    @property
+    def evictions(self) -> int: ...
+
+    def serving(self) -> list[str]: ...
+
+    def evicted(self) -> list[str]: ...
 
 
 class KeeperCollector(Collector):
-    def __init__(self, keeper: ReplicaKeeper) -> None:
+    def __init__(self, keeper: KeeperCounts) -> None:
         self.keeper = keeper
 
     def collect(self) -> Iterator[Metric]:

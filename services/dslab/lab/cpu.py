@@ -6,7 +6,7 @@ in the server's CPU group when it is capped: the summary counts them together). 
 samples every process of the tree and the client (this process) before and after a phase;
 ``usage`` turns the difference into cores per part, and ``summary`` into the figures a reader
 needs to see which part was the bottleneck: the balancer, the clients, or the busiest server
-against its quota.
+against its quota. A Part 1 balancer with ``--workers`` counts its workers as the balancer.
 """
 
 from __future__ import annotations
@@ -42,9 +42,12 @@ class CpuMeter:
         for proc in self.stack.descendants():
             try:
                 name, parent = proc.environ().get("SERVER_ID"), proc.ppid()
+                worker = "dslab.balancer.worker" in proc.cmdline()
             except psutil.Error:
                 continue
-            if not name:
+            if worker:  # a Part 1 balancer's worker: the balancer's own CPU
+                parts.append((proc, ("balancer", "balancer")))
+            elif not name:
                 parts.append((proc, ("metadata engine", "metadata engine")))
             else:  # the server itself, or a child of it (its engine): both are the server's
                 parts.append((proc, ("server" if parent == self.stack.pid else "engine", name)))
