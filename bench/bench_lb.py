@@ -1,46 +1,117 @@
 """Benchmark: the balancer vs HAProxy vs the replicas directly, with wrk, in one run.
 
-One balancer (``python -m dslab.balancer``) is started with its N replicas; HAProxy is
-configured in front of *those same replica processes* (found through their environment), with
-``balance hdr(X-Request-ID)`` and ``hash-type consistent``, one thread, as our balancer is one
-process. wrk sends GET /home with a random X-Request-ID per request. The three targets are
-measured in alternation, ``--rounds`` times, so drift of this noisy machine hits all of them.
+Two balancers are started, ``--workers 1`` and ``--workers W`` (W: the cores this machine
+gives, unless ``--workers`` says), each with its own N replicas; beside each, HAProxy with as
+many threads (``nbthread``) in front of *that balancer's replica processes* (found through
+their environment), ``balance hdr(X-Request-ID)`` and ``hash-type consistent``. wrk sends
+GET /home with a random X-Request-ID per request. The targets are measured in alternation,
+``--rounds`` times, so drift of this noisy machine hits all of them.
 
-Prints requests/s and p99 latency of each (median over rounds) and the ratios lb/haproxy and
-lb/direct. ``--profile`` also samples the balancer with py-spy under load and prints the
+Prints, per target (median over rounds): requests/s, p99, and for the balancers and HAProxy
+the CPU each used per request (its processes' CPU time from /proc over the requests wrk
+counted), then lb/haproxy and lb/direct for each W.
+
+Then the balancer as the bottleneck: each balancer's own processes (not its replicas) are put
+in a cgroup with a CPU quota of ``--caps`` cores in turn, and wrk measures it again:
+throughput should follow the cores a balancer is given, up to what its workers can use.
+
+``--profile`` also samples the one-process balancer with py-spy under load and prints the
 functions it spends its time in.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from sampling import Sampler
 
+from dslab.common.runtime import usable_cores
 from dslab.lab.baseline import HAProxy, HAProxyBackend, ToolMissing, WrkResult, require, wrk
 from dslab.stack import BalancerProcess
+from dslab.supervisor.cgroups import CgroupError, CpuGroups
 
 
-def profile_balancer(pid: int, urls: list[str], args: argparse.Namespace, work: Path) -> None:
-    """py-spy under load; prints the hottest functions (own time) and their share."""
-    with Sampler({"balancer profile": pid}, args.seconds, work) as sampler:
-        wrk(urls, args.seconds, args.connections)
-    sampler.print_top(15)
+@dataclass
+class Measured:
+    rps: float
+    p99_ms: float
+    errors: int
+    cpu_us: float | None  # CPU per request of the target's own processes; None: direct
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def balancer_pids(balancer: BalancerProcess) -> list[int]:
+    """The balancer's own processes: the primary and its workers, not its replicas."""
+    return [balancer.pid, *(w.pid for w in balancer.worker_processes())]
+
+
+def measure(urls: list[str], pids: list[int], seconds: int, connections: int) -> Measured:
+    wrk(urls, 1, connections)  # warm-up
+    before = cpu_seconds(pids)
+    result: WrkResult = wrk(urls, seconds, connections)
+    used = cpu_seconds(pids) - before
+    requests = result.rps * seconds
+    cpu_us = 1e6 * used / requests if pids and requests else None
+    return Measured(result.rps, result.p99_ms, result.errors, cpu_us)
+
+
+def capped_runs(balancers: dict[int, BalancerProcess], caps: list[float], seconds: int,
+                connections: int) -> dict[tuple[int, float], float]:
+    """requests/s of each balancer with its own processes capped at each of ``caps`` cores."""
+    rates: dict[tuple[int, float], float] = {}
+    for cap in caps:
+        try:
+            groups = CpuGroups(cap, f"dslab-bench-lb-{os.getpid()}-{cap:g}")
+        except CgroupError as exc:
+            print(f"capped runs skipped: {exc}")
+            return rates
+        try:
+            for workers, balancer in balancers.items():
+                procs = groups.create(f"w{workers}")
+                for pid in balancer_pids(balancer):
+                    procs.write_text(str(pid))
+                res = measure([f"{balancer.url}/home"], [], seconds, connections)
+                rates[(workers, cap)] = res.rps
+                print(f"capped at {cap:g} core(s), W={workers}: {res.rps:7.0f} req/s  "
+                      f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}", flush=True)
+                root = groups.parent.parent / "cgroup.procs"  # back to the root group
+                for pid in balancer_pids(balancer):
+                    root.write_text(str(pid))
+        finally:
+            groups.close()
+    return rates
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--replicas", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=usable_cores(),
+                    help="the second balancer's workers (the first has 1)")
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--connections", type=int, default=48)
+    ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--caps", default="0.5,1.0",
+                    help="CPU quotas (cores) for the balancer-as-bottleneck runs; '' skips them")
     ap.add_argument("--hash", default="blake2b", help="balancer hash (HAProxy uses its own)")
     ap.add_argument("--profile", action="store_true",
                     help="sample the balancer with py-spy under load; print where its time goes")
@@ -52,39 +123,67 @@ def main() -> None:
         sys.exit(str(exc))
 
     work = Path(tempfile.mkdtemp(prefix="bench-lb-"))
-    balancer = BalancerProcess("dslab.balancer", args=["-n", str(args.replicas), "--hash", args.hash])
+    counts = sorted({1, args.workers})
+    balancers = {w: BalancerProcess("dslab.balancer", args=[
+        "-n", str(args.replicas), "--hash", args.hash, "--workers", str(w)]) for w in counts}
     try:
-        balancer.start()
-        ports = balancer.replica_ports()
-        assert len(ports) == args.replicas, ports
-        with HAProxy(ports, [HAProxyBackend("plain")], name_replica=False) as haproxy:
-            targets = {
-                "direct": [f"http://127.0.0.1:{p}/home" for p in ports.values()],
-                "haproxy": [f"{haproxy.urls['plain']}/home"],
-                "lb": [f"{balancer.url}/home"],
-            }
-            print(f"{os.cpu_count()} cores; {args.replicas} Tornado replicas; wrk {args.connections} "
-                  f"connections, {args.seconds}s x {args.rounds} rounds per target", flush=True)
-            results: dict[str, list[WrkResult]] = {k: [] for k in targets}
+        for balancer in balancers.values():
+            balancer.start()
+        with contextlib.ExitStack() as stack:
+            haproxies = {w: stack.enter_context(HAProxy(
+                b.replica_ports(), [HAProxyBackend("plain")], name_replica=False, threads=w))
+                for w, b in balancers.items()}
+            targets: dict[str, tuple[list[str], list[int]]] = {
+                "direct": ([f"http://127.0.0.1:{p}/home"
+                            for p in balancers[1].replica_ports().values()], [])}
+            for w in counts:
+                targets[f"haproxy W={w}"] = ([f"{haproxies[w].urls['plain']}/home"],
+                                             [haproxies[w].pid or 0])
+                targets[f"lb W={w}"] = ([f"{balancers[w].url}/home"], balancer_pids(balancers[w]))
+            print(f"{os.cpu_count()} cores, {usable_cores()} usable; {args.replicas} Tornado "
+                  f"replicas per balancer; wrk {args.connections} connections, {args.seconds}s "
+                  f"x {args.rounds} rounds per target", flush=True)
+            results: dict[str, list[Measured]] = {k: [] for k in targets}
             for rnd in range(1, args.rounds + 1):
-                for name, urls in targets.items():
-                    wrk(urls, 1, args.connections)  # warm-up
-                    res = wrk(urls, args.seconds, args.connections)
+                for name, (urls, pids) in targets.items():
+                    res = measure(urls, pids, args.seconds, args.connections)
                     results[name].append(res)
-                    print(f"round {rnd} {name:8s} {res.rps:9.0f} req/s  p99 {res.p99_ms:7.2f} ms  "
-                          f"errors {res.errors}", flush=True)
-        med = {k: (statistics.median(r.rps for r in v), statistics.median(r.p99_ms for r in v),
-                   sum(r.errors for r in v)) for k, v in results.items()}
-        print("\nmedian       req/s     p99 ms   errors")
-        for name, (rps, p99, err) in med.items():
-            print(f"{name:8s} {rps:9.0f} {p99:10.2f} {err:8d}")
-        print(f"\nlb/haproxy = {med['lb'][0] / med['haproxy'][0]:.2f}   "
-              f"lb/direct = {med['lb'][0] / med['direct'][0]:.2f}   "
-              f"haproxy/direct = {med['haproxy'][0] / med['direct'][0]:.2f}")
+                    cpu = f"{res.cpu_us:6.0f} us/req" if res.cpu_us is not None else ""
+                    print(f"round {rnd} {name:12s} {res.rps:7.0f} req/s  p99 {res.p99_ms:7.2f} ms"
+                          f"  errors {res.errors}  {cpu}", flush=True)
+        med = {k: Measured(statistics.median(r.rps for r in v),
+                           statistics.median(r.p99_ms for r in v), sum(r.errors for r in v),
+                           statistics.median(r.cpu_us for r in v if r.cpu_us is not None)
+                           if v[0].cpu_us is not None else None) for k, v in results.items()}
+        print("\nmedian          req/s   p99 ms  errors   CPU per request")
+        for name, m in med.items():
+            cpu = f"{m.cpu_us:6.0f} us" if m.cpu_us is not None else ""
+            print(f"{name:12s} {m.rps:9.0f} {m.p99_ms:8.2f} {m.errors:7d}   {cpu}")
+        print()
+        for w in counts:
+            lb, ha = med[f"lb W={w}"], med[f"haproxy W={w}"]
+            cpu_ratio = (f"   CPU per request lb/haproxy = {lb.cpu_us / ha.cpu_us:.2f}"
+                         if lb.cpu_us and ha.cpu_us else "")
+            print(f"W={w}: lb/haproxy = {lb.rps / ha.rps:.2f}   lb/direct = "
+                  f"{lb.rps / med['direct'].rps:.2f}{cpu_ratio}")
+        caps = [float(c) for c in args.caps.split(",") if c.strip()]
+        if caps:
+            print("\nthe balancer as the bottleneck (its own processes capped, replicas not):")
+            rates = capped_runs(balancers, caps, args.seconds, args.connections)
+            for w in counts:
+                line = [f"{rates[(w, c)]:.0f} at {c:g}" for c in caps if (w, c) in rates]
+                if len(line) > 1:
+                    grown = rates[(w, caps[-1])] / rates[(w, caps[0])]
+                    print(f"W={w}: {', '.join(line)} core(s): x{grown:.2f} from "
+                          f"{caps[0]:g} to {caps[-1]:g}")
         if args.profile:
-            profile_balancer(balancer.pid, targets["lb"], args, work)
+            with Sampler({"balancer profile (W=1)": balancers[1].pid}, args.seconds,
+                         work) as sampler:
+                wrk(targets["lb W=1"][0], args.seconds, args.connections)
+            sampler.print_top(15)
     finally:
-        balancer.stop()
+        for balancer in balancers.values():
+            balancer.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from dslab.balancer.sharedload import SharedInFlight, create_table, zero_row
 from dslab.keeper.bounded import InFlight, bounded_walk
 from dslab.lab import capacity, fire, random_rids
 from dslab.ring import ALGORITHMS, make_ring
@@ -97,18 +98,21 @@ def peak_in_flight(balancer, rids, concurrency) -> tuple[int, int, Counter]:
 
 
 @needs_cgroups
-def test_live_bounded_loads_hold_every_replicas_requests_in_flight_under_the_bound(start_balancer):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_live_bounded_loads_hold_every_replicas_requests_in_flight_under_the_bound(
+        start_balancer, workers):
     """The rule bounds requests *in flight*: a request goes to a replica holding fewer than
     ceil(C x (m + 1) / n), m the requests in flight before it, and m + 1 is at most the
     clients' concurrency K. So no replica ever holds more than ceil(C x K / n). Replicas capped
     at 0.1 core keep many requests in flight; the same load on the seed's hash alone puts far
-    more than that on its hot replica, so the check can fail."""
+    more than that on its hot replica, so the check can fail. With two workers the bound is
+    the whole balancer's: each worker counts in a table both read."""
     rids = random_rids(1500, seed=3)
     concurrency, factor = 48, 1.25
     ceiling = math.ceil(factor * concurrency / 3)
-    plain = start_balancer("-n", "3", "--hash", "seed", "--replica-cpus", "0.1")
-    bounded = start_balancer("-n", "3", "--hash", "seed", "--replica-cpus", "0.1",
-                             "--balance-factor", str(factor))
+    common = ("-n", "3", "--hash", "seed", "--replica-cpus", "0.1", "--workers", workers)
+    plain = start_balancer(*common)
+    bounded = start_balancer(*common, "--balance-factor", str(factor))
     hot, crowd, _ = peak_in_flight(plain, rids, concurrency)
     assert crowd >= concurrency // 2, crowd  # the load kept enough in flight to matter
     assert hot > ceiling, (hot, ceiling)
@@ -122,6 +126,28 @@ def test_live_bounded_loads_hold_every_replicas_requests_in_flight_under_the_bou
             owner = client.get(f"{plain.url}/home", headers={"X-Request-ID": str(rid)})
             alone = client.get(f"{bounded.url}/home", headers={"X-Request-ID": str(rid)})
             assert owner.headers["X-Served-By"] == alone.headers["X-Served-By"]
+
+
+def test_workers_sharing_a_table_see_each_others_loads(tmp_path):
+    """Two workers' rows of one shared table: each writes its own, both read the sum; a dead
+    worker's row is zeroed; a replica's slot is the one the membership gives."""
+    table = tmp_path / "inflight"
+    create_table(table, 2)
+    first, second = SharedInFlight(table, 2, 0), SharedInFlight(table, 2, 1)
+    for worker in (first, second):
+        worker.slots = {"Server1": 1, "Server2": 7}
+    tokens = [first.take("Server1"), first.take("Server2"), second.take("Server1")]
+    assert second.load("Server1") == first.load("Server1") == 2
+    assert first.loads() == second.loads() == {"Server1": 2, "Server2": 1}
+    assert first.bound(1.25, 2) == math.ceil(1.25 * 4 / 2)  # 3 in flight, one more placed
+    first.release(tokens[0])
+    assert second.loads() == {"Server1": 1, "Server2": 1}
+    zero_row(table, 1)  # the second worker died with its request
+    assert first.loads() == {"Server2": 1}
+    first.release(tokens[1])
+    assert first.loads() == {} and first.bound(1.25, 2) == 1
+    first.close()
+    second.close()
 
 
 @pytest.mark.parametrize("factor", ["1.0", "0.5", "x"])

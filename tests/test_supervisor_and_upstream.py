@@ -140,21 +140,29 @@ def test_pool_reuses_keep_alive_connections_and_survives_a_replica_restart():
     run(scenario())
 
 
-def test_pool_errors_connect_refused_and_timeout():
+@pytest.mark.parametrize("coarse", [False, True])
+def test_pool_errors_connect_refused_and_timeout(coarse):
+    """A coarse timeout (the hot path's: swept, no timer per request) fires at most a
+    quarter of the timeout late; the exact one (heartbeats') on time."""
     async def scenario():
-        refused = UpstreamPool("127.0.0.1", free_port(), timeout=2)
+        refused = UpstreamPool("127.0.0.1", free_port(), timeout=2, coarse_timeout=coarse)
         with pytest.raises(UpstreamConnectError):
             await refused.fetch(format_get("/home", "x", "1"))
 
         async with ProcessSupervisor(REPLICA) as sup:
             replica = await sup.spawn("T1")
             os.kill(sup.pid("T1"), signal.SIGSTOP)
-            slow = UpstreamPool(replica.host, replica.port, timeout=0.3)
+            timeout = 0.4
+            slow = UpstreamPool(replica.host, replica.port, timeout=timeout,
+                                coarse_timeout=coarse)
             loop = asyncio.get_running_loop()
-            started = loop.time()
-            with pytest.raises(UpstreamTimeout):
-                await slow.fetch(format_get("/home", "T1", "1"))
-            assert 0.25 < loop.time() - started < 2
+            for _ in range(3):  # the sweep goes on between requests
+                started = loop.time()
+                with pytest.raises(UpstreamTimeout):
+                    await slow.fetch(format_get("/home", "T1", "1"))
+                waited = loop.time() - started
+                late = timeout / 4 if coarse else 0
+                assert timeout * 0.95 < waited < timeout + late + 0.2, waited
             os.kill(sup.pid("T1"), signal.SIGCONT)
 
     run(scenario())

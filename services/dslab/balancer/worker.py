@@ -68,7 +68,8 @@ class WorkerReplicas:
             if pool is None or (pool.host, pool.port) != (host, port):
                 if pool is not None:
                     pool.close()
-                self._pools[name] = UpstreamPool(host, port, timeout=self._request_timeout)
+                self._pools[name] = UpstreamPool(host, port, timeout=self._request_timeout,
+                                                 coarse_timeout=True)
         self._inflight.slots = membership.slots
         self.ring = membership.ring
         self.membership = membership

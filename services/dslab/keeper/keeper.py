@@ -148,7 +148,8 @@ class ReplicaKeeper:
         started = [r for r in results if isinstance(r, Replica)]
         for replica in started:
             self._members[replica.name] = _Member(
-                replica, UpstreamPool(replica.host, replica.port, timeout=self.request_timeout))
+                replica, UpstreamPool(replica.host, replica.port, timeout=self.request_timeout,
+                                      coarse_timeout=True))
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is None:
             prepared = await asyncio.gather(*(self.tenant.prepare(r) for r in started),

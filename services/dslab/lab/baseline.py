@@ -78,7 +78,8 @@ class HAProxy:
     ``urls[name]`` is where each listens. A context manager: started and stopped with it."""
 
     def __init__(self, replicas: dict[str, int], backends: list[HAProxyBackend], *,
-                 name_replica: bool = True) -> None:
+                 name_replica: bool = True, threads: int = 1) -> None:
+        self.threads = threads  # nbthread: 1 beside a one-process balancer
         self.replicas = dict(sorted(replicas.items()))
         self.backends = backends
         self.name_replica = name_replica  # X-Served-By: the lab counts by it; a benchmark need not
@@ -87,7 +88,7 @@ class HAProxy:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     def config(self, ports: dict[str, int]) -> str:
-        lines = ["global", "  nbthread 1", "  maxconn 4096", "defaults", "  mode http",
+        lines = ["global", f"  nbthread {self.threads}", "  maxconn 4096", "defaults", "  mode http",
                  "  timeout connect 2s", "  timeout client 30s", "  timeout server 30s"]
         servers = [f"  server {name} 127.0.0.1:{port}" for name, port in self.replicas.items()]
         for backend in self.backends:
