@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--caps", default="0.5,1.0",
+    ap.add_argument("--caps", default="0.25,0.5,1.0",
                     help="CPU quotas (cores) for the balancer-as-bottleneck runs; '' skips them")
     ap.add_argument("--hash", default="blake2b", help="balancer hash (HAProxy uses its own)")
     ap.add_argument("--profile", action="store_true",

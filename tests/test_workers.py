@@ -40,7 +40,7 @@ def burst(balancer: BalancerProcess, rids: list[int]) -> tuple[list[str], dict[i
             response = conn.getresponse()
             response.read()
             assert response.status == 200, response.status
-            served.append(response.getheader("X-Served-By"))
+            served.append(response.getheader("X-Served-By", ""))
         return served, held
     finally:
         for conn in conns:
@@ -63,9 +63,12 @@ def listening_workers(balancer: BalancerProcess) -> list[psutil.Process]:
 def restarted(balancer: BalancerProcess, victim: psutil.Process) -> list[psutil.Process]:
     """Wait for ``victim``'s successor to listen. Its death is seen at once (its channel
     closes); then a Python process starts: a replica's budget."""
-    return wait_until(lambda: len(w := listening_workers(balancer)) == WORKERS
-                      and victim.pid not in {p.pid for p in w} and w,
-                      SPAWN_BUDGET["replica"] * 2, what="the worker to be started again")
+    def successor_listens() -> list[psutil.Process] | None:
+        workers = listening_workers(balancer)
+        fresh = len(workers) == WORKERS and victim.pid not in {w.pid for w in workers}
+        return workers if fresh else None
+    return wait_until(successor_listens, SPAWN_BUDGET["replica"] * 2,
+                      what="the worker to be started again")
 
 
 def assert_every_worker_took_some(held: dict[int, int]) -> None:

@@ -170,8 +170,7 @@ async def run(channel_fd: int) -> None:
     for conn in list(front.connections):
         conn.close()
     listener.cancel()
-    replicas.close()
-    inflight.close()
+    replicas.close()  # requests in flight fail now and release their count: the table stays
 
 
 def main(argv: list[str] | None = None) -> None:

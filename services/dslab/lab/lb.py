@@ -55,10 +55,14 @@ class HashConfig:
     algorithm: str = "ring"
     balance_factor: float | None = None  # c of bounded loads (--balance-factor); None: off
     cpus: float | None = None  # a CPU capacity per replica (--replica-cpus); None: uncapped
+    # The experiments compare hashes and replicas, beside HAProxy on one thread: one balancer
+    # process keeps the balancer's own speed out of the comparison (bench-lb measures it).
+    workers: int = 1
 
     def args(self, n: int) -> list[str]:
         args = ["-n", str(n), "--hash", self.hashes, "--vnodes", str(self.vnodes),
-                "--slots", str(self.slots), "--algorithm", self.algorithm]
+                "--slots", str(self.slots), "--algorithm", self.algorithm,
+                "--workers", str(self.workers)]
         if self.balance_factor is not None:
             args += ["--balance-factor", str(self.balance_factor)]
         if self.cpus is not None:
