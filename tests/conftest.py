@@ -84,6 +84,7 @@ class Workers:
         self.lock = threading.Lock()
         self.exceptions: list[str] = []
         self._stop = threading.Event()
+        self.threads = threads
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def step(self, client: httpx.Client) -> None:

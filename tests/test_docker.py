@@ -103,11 +103,13 @@ def test_no_engine_is_a_clear_error(monkeypatch):
 
 
 def test_process_tree_is_untouched_by_docker_mode(docker, stack):
-    """The balancer's own children are none: replicas are containers, not processes."""
+    """The balancer's own children are its workers alone: replicas are containers, not
+    processes."""
     balancer = BalancerProcess(args=["-n", "2", "--backend", "docker", "--docker-address",
-                                     "loopback", "--stack", stack]).start()
+                                     "loopback", "--stack", stack, "--workers", "2"]).start()
     try:
-        assert balancer.descendants() == []
+        assert balancer.descendants() == balancer.worker_processes()
+        assert len(balancer.worker_processes()) == 2
         assert len(docker.containers.list(filters={"label": f"dslab.stack={stack}"})) == 2
     finally:
         assert balancer.stop() == 0

@@ -189,7 +189,10 @@ def test_past_max_connections_a_new_connection_gets_503():
 
 def test_part2_refuses_at_the_edge_and_its_servers_and_status_stay_as_they_were(start_db):
     db = start_db(*EDGE)
-    with httpx.Client(base_url=db.url, timeout=60) as client:
+    # A connection per request: a kept-alive one would sit idle past the short idle timeout
+    # while the raw requests run, and be closed under the next request.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=db.url, timeout=60, limits=fresh) as client:
         assert client.post("/init", json=seed_init()).status_code == 200
         before = (client.get("/status").json(), {n: p.pid for n, p in db.replica_processes().items()})
         for raw, status in [
