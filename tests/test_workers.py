@@ -164,11 +164,10 @@ def test_metrics_sum_every_workers_requests_even_a_dead_ones(start_balancer):
         assert timed == sum(clients_saw.values()) == 300
 
 
-def test_sigterm_removes_the_workers_shared_files(start_balancer):
+def test_sigterm_removes_the_workers_shared_files():
     balancer = BalancerProcess(args=["-n", "1", "--workers", str(WORKERS)]).start()
     shared = {w.environ()["PROMETHEUS_MULTIPROC_DIR"] for w in balancer.worker_processes()}
-    assert len(shared) == 1 and os.path.isdir(shared.pop()) is True
-    folder = balancer.worker_processes()[0].environ()["PROMETHEUS_MULTIPROC_DIR"]
+    assert len(shared) == 1 and os.path.isdir(folder := shared.pop()) is True
     assert balancer.stop() == 0
     assert not os.path.exists(folder)
 

@@ -29,9 +29,9 @@ the client still sends read and dropped for a moment (closing at once, with unre
 would reset the connection and lose the answer).
 
 The timeouts cost nothing per request: a connection keeps one deadline (a float moved at each
-phase of a request) and ``Front`` sweeps its connections a few times per shortest timeout
-(at most once a second), so a deadline is acted on at most a quarter of that timeout late. A
-timer armed and cancelled at each phase, three per request, was measurable on the hot path.
+phase of a request) and ``Front`` sweeps its connections (``deadlines.Sweep``) four times per
+shortest timeout, at most once a second, so a deadline is acted on at most a quarter of that
+timeout late. A timer armed and cancelled at each phase, three per request, was measurable.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import tornado.web
 from tornado import httputil
 from tornado.concurrent import Future
 
+from .deadlines import Sweep, sweep_interval
 from .edge import EdgeLimits
 from .errors import error_body
 from .runtime import bind_socket, raise_fd_limit, serve_forever
@@ -116,26 +117,20 @@ class Front:
         self.connections: set[_FrontProtocol] = set()
         self.refused = 0  # connections answered 503 past max_connections
         limits = self.limits
-        self.sweep_every = min(1.0, min(limits.header_timeout, limits.body_timeout,
-                                        limits.idle_timeout) / 4)
-        self._sweeper: asyncio.TimerHandle | None = None
+        shortest = min(limits.header_timeout, limits.body_timeout, limits.idle_timeout)
+        self._sweep = Sweep(sweep_interval(shortest), self._expire_due,
+                            lambda: bool(self.connections))
 
     def protocol(self) -> _FrontProtocol:
         return _FrontProtocol(self)
 
     def watch(self, conn: _FrontProtocol) -> None:
         self.connections.add(conn)
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self.sweep_every, self._sweep)
+        self._sweep.start()
 
-    def _sweep(self) -> None:
-        """Act on every deadline that has passed; go on while there are connections."""
-        self._sweeper = None
-        now = asyncio.get_running_loop().time()
+    def _expire_due(self, now: float) -> None:
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.expire()
-        if self.connections:
-            self._sweeper = asyncio.get_running_loop().call_later(self.sweep_every, self._sweep)
 
 
 class _FrontProtocol(asyncio.Protocol):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import httptools
 
+from ..common.deadlines import Sweep, sweep_interval
 from .errors import (
     UpstreamClosed,
     UpstreamConnectError,
@@ -169,8 +170,8 @@ class UpstreamPool:
         self.timeout = timeout
         self.max_idle = max_idle
         self.coarse_timeout = coarse_timeout
-        self._sweep_every = min(1.0, timeout / 4)
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep = Sweep(sweep_interval(timeout), self._time_out_due,
+                            lambda: bool(self._busy) and not self._closed)
         self._idle: deque[_Connection] = deque()
         self._busy: set[_Connection] = set()
         self._closed = False
@@ -207,8 +208,7 @@ class UpstreamPool:
         timer = None
         if self.coarse_timeout:
             conn.deadline = loop.time() + self.timeout
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(self._sweep_every, self._sweep)
+            self._sweep.start()
         else:
             timer = loop.call_later(self.timeout, _expire, waiter, self.timeout)
         self._busy.add(conn)
@@ -227,23 +227,16 @@ class UpstreamPool:
             conn.close()
         return response
 
-    def _sweep(self) -> None:
-        self._sweeper = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+    def _time_out_due(self, now: float) -> None:
         for conn in self._busy:
             if conn.deadline <= now and conn.waiter is not None:
                 _expire(conn.waiter, self.timeout)
-        if self._busy and not self._closed:
-            self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
     def close(self) -> None:
         """Close every connection; requests in flight fail now (and are retried elsewhere)
         instead of waiting out their timeout on a replica that has left."""
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self._sweep.cancel()
         while self._idle:
             self._idle.pop().close()
         for conn in list(self._busy):
