@@ -17,9 +17,12 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import docker
 
 from .supervisor.docker import DockerUnavailable, docker_client
 from .supervisor.swarm import remove_swarm_stack, swarm_state
@@ -92,8 +95,25 @@ def down(stack: str) -> None:
     if node.attrs["Spec"].get("Labels", {}).get(INITIALISED) == "true":
         client.swarm.leave(force=True)
         for network in client.networks.list(names=["docker_gwbridge"]):
-            network.remove()
+            _remove_when_released(network)
         print("left the swarm make swarm-up initialised", flush=True)
+
+
+def _remove_when_released(network: Any, timeout: float = 30.0) -> None:
+    """Remove the swarm's gateway bridge once the engine has let go of it: right after a
+    swarm is left, the ingress sandbox's endpoint may still be attached (CI saw the removal
+    refused with "has active endpoints")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            network.remove()
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "active endpoints" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> None:
