@@ -25,7 +25,7 @@ from typing import Any
 import docker
 
 from .supervisor.docker import DockerUnavailable, docker_client
-from .supervisor.swarm import remove_swarm_stack, swarm_state
+from .supervisor.swarm import ENDED, remove_swarm_stack, swarm_state
 
 __all__ = ["INITIALISED", "down", "main", "swarm_for_a_while", "up"]
 
@@ -76,9 +76,24 @@ def up(stack: str, advertise: str, stack_file: Path) -> None:
         raise SystemExit(f"this engine's swarm is {state}: fix that first (docker info)")
     elif not client.info()["Swarm"].get("ControlAvailable"):
         raise SystemExit("this engine is a swarm worker: run make swarm-up on a manager")
+    ended = _ended_services(client, stack)
     _docker("stack", "deploy", "-c", str(stack_file), stack, env={**os.environ, "STACK": stack})
+    for service in ended:
+        # Its task ended (its node was lost: restart policy none) and `stack deploy` leaves an
+        # unchanged service as it is: start it again, on the state its volumes kept (reloaded:
+        # the deploy has just updated its version).
+        service.reload()
+        service.force_update()
+        print(f"started {service.name} again (its task had ended)", flush=True)
     print(f"deployed stack {stack}: the balancer publishes port {os.environ.get('PORT', '5000')} "
           "on the manager it runs on", flush=True)
+
+
+def _ended_services(client: Any, stack: str) -> list[Any]:
+    """The stack file's services whose every task has ended."""
+    services = client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"})
+    return [s for s in services
+            if not any(t["Status"]["State"] not in ENDED for t in s.tasks())]
 
 
 def down(stack: str) -> None:

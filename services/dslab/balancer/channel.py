@@ -55,6 +55,7 @@ class Membership:
     addresses: dict[str, tuple[str, int]]  # serving replicas, in start order
     slots: dict[str, int]  # their columns in the shared in-flight table
     evicted: list[str] = field(default_factory=list)  # the keeper's state, for /metrics
+    nodes: dict[str, str] = field(default_factory=dict)  # where replicas run (Swarm)
     replacements: int = 0
     evictions: int = 0
 

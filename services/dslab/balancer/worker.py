@@ -130,6 +130,9 @@ class WorkerReplicas:
     def evicted(self) -> list[str]:
         return list(self.membership.evicted)
 
+    def placement(self) -> dict[str, str]:
+        return dict(self.membership.nodes)
+
 
 async def run(channel_fd: int) -> None:
     loop = asyncio.get_running_loop()

@@ -85,7 +85,8 @@ class WorkerPool:
         self._slots = {name: self._slots.get(name) or self._new_slot() for name in addresses}
         self.version += 1
         return Membership(self.version, self.replicas.ring, addresses, dict(self._slots),
-                          evicted=keeper.evicted(), replacements=keeper.replacements,
+                          evicted=keeper.evicted(), nodes=keeper.placement(),
+                          replacements=keeper.replacements,
                           evictions=keeper.evictions)
 
     def _new_slot(self) -> int:

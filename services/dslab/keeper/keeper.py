@@ -119,6 +119,10 @@ class ReplicaKeeper:
     def evicted(self) -> list[str]:
         return list(self._evicted)
 
+    def placement(self) -> dict[str, str]:
+        return {name: member.replica.node for name, member in self._members.items()
+                if member.replica.node is not None and name not in self._evicted}
+
     def is_evicted(self, name: str) -> bool:
         return name in self._evicted
 

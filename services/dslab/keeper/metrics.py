@@ -25,6 +25,10 @@ class KeeperCounts(Protocol):
 
     def evicted(self) -> list[str]: ...
 
+    def placement(self) -> dict[str, str]:
+        """Serving replica -> the node it runs on, for those whose backend knows one."""
+        ...
+
 
 class KeeperCollector(Collector):
     def __init__(self, keeper: KeeperCounts) -> None:
@@ -40,3 +44,8 @@ class KeeperCollector(Collector):
                                 value=len(keeper.serving()))
         yield GaugeMetricFamily("dslab_replicas_evicted", "Evicted replicas awaiting their "
                                 "replacement", value=len(keeper.evicted()))
+        nodes = GaugeMetricFamily("dslab_replica_node", "Where each replica runs (1 per "
+                                  "replica; Swarm: its node's hostname)", labels=["replica", "node"])
+        for replica, node in sorted(keeper.placement().items()):
+            nodes.add_metric([replica, node], 1)
+        yield nodes

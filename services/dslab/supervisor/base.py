@@ -55,6 +55,7 @@ class Replica:
     name: str
     host: str
     port: int
+    node: str | None = None  # the host it runs on, where the backend spans several (Swarm)
 
     @property
     def address(self) -> str:

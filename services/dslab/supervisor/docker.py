@@ -130,8 +130,7 @@ class DockerSupervisor(ReplicaSupervisor):
             try:
                 for event in self._events:
                     last_seen = event.get("time", last_seen)
-                    attributes = event.get("Actor", {}).get("Attributes", {})
-                    name = attributes.get(LABEL_REPLICA)
+                    name = self._death_of(event.get("Actor", {}).get("Attributes", {}))
                     if name:
                         self._dead.add(name)
                 if self._closing:
@@ -148,6 +147,10 @@ class DockerSupervisor(ReplicaSupervisor):
             except DOCKER_ERRORS as exc:
                 log.error("cannot follow Docker's events again (%s); retrying in 1 s", exc)
                 time.sleep(1)  # the engine is away; liveness falls back on heartbeats
+
+    def _death_of(self, attributes: dict[str, str]) -> str | None:
+        """The replica whose death a container event reports (its labels), if any."""
+        return attributes.get(LABEL_REPLICA)
 
     def _mark_stopped_containers(self) -> None:
         """After a gap in the events: every known replica whose container is not running."""

@@ -28,6 +28,7 @@ How the balancer reaches a replica:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -47,7 +48,7 @@ from .docker import (
     docker_client,
 )
 
-__all__ = ["SwarmSupervisor", "remove_swarm_stack", "swarm_state"]
+__all__ = ["ENDED", "SwarmSupervisor", "remove_swarm_stack", "swarm_state"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def remove_swarm_stack(stack: str) -> dict[str, int]:
     client = docker_client()
     label = {"label": f"{LABEL_STACK}={stack}"}
     removed = {"services": 0, "configs": 0, "networks": 0, "volumes": 0}
+    _stop_balancers(client, label)
     deadline = time.monotonic() + 60
     # Again until none is left: a balancer being removed may start a replacement meanwhile.
     while services := client.services.list(filters=label):
@@ -103,6 +105,28 @@ def remove_swarm_stack(stack: str) -> dict[str, int]:
     return removed
 
 
+def _stop_balancers(client: Any, label: dict[str, str], grace: float = 10.0) -> None:
+    """Scale the stack file's services (the balancer, its metadata engine) to no task and wait
+    until their tasks ended, within Swarm's stop grace period (10 s) and a margin. A balancer
+    removed while its servers go would see them die and start them again in place, on any
+    node, after it was asked to stop (seen on the three-engine cluster); stopped first, it
+    removes its own replicas and starts none."""
+    stopping = [s for s in client.services.list(filters=label)
+                if s.attrs["Spec"].get("Labels", {}).get(LABEL_ROLE) != "replica"
+                and "Replicated" in s.attrs["Spec"].get("Mode", {})]
+    for service in stopping:
+        with contextlib.suppress(docker.errors.NotFound):
+            service.scale(0)
+    ids = [service.id for service in stopping]
+    deadline = time.monotonic() + grace + 20
+    while ids and any(task["Status"]["State"] not in ENDED
+                      for task in client.api.tasks(filters={"service": ids})):
+        if time.monotonic() > deadline:
+            raise SupervisorError(f"the balancer of {label['label']} did not stop within "
+                                  f"{grace + 20:g}s")
+        time.sleep(0.2)
+
+
 def containers_gone(client: Any, labels: list[str], timeout: float) -> bool:
     """Wait until no container (on this node) carries every one of ``labels``; False if some
     still did after ``timeout`` s. Swarm reaps a removed service's container a second or two
@@ -126,6 +150,7 @@ class SwarmSupervisor(DockerSupervisor):
             raise DockerUnavailable("the Swarm backend needs this engine to be a swarm manager: "
                                     "`docker swarm init` (or `make swarm-up`) first")
         self.poll_interval = poll_interval
+        self._task_ids: dict[str, str] = {}  # replica -> the task that runs it now
         super().__init__(spec, stack=stack, network=network, address=address,
                          start_timeout=start_timeout, stop_timeout=stop_timeout)
         threading.Thread(target=self._poll_tasks, name="swarm-tasks", daemon=True).start()
@@ -192,7 +217,38 @@ class SwarmSupervisor(DockerSupervisor):
             self.client.configs.create(name=self._config_name(name), data=node.encode(),
                                        labels={LABEL_STACK: self.stack, "dslab.node": node})
 
+    def _remove_leftover(self, name: str) -> None:
+        """A service of this stack under the replica's name that this supervisor did not
+        start: left by a balancer that died with its node (the manager lost), whose task may
+        still run on another node. It goes, and its task must have stopped (on whatever node,
+        as the manager sees it) before the replica starts again on the same volume."""
+        try:
+            old = self.client.api.inspect_service(self.container_name(name))
+        except docker.errors.NotFound:
+            return
+        if old["Spec"].get("Labels", {}).get(LABEL_STACK) != self.stack:
+            raise SpawnError(f"the name {self.container_name(name)} is taken by a service "
+                             "that is not this stack's")
+        log.warning("replica %s: removing its service left by an earlier balancer", name)
+        # Its tasks are asked for before it goes: a filter on a removed service is refused.
+        tasks = [task["ID"] for task in self.client.api.tasks(filters={"service": old["ID"]})]
+        self.client.api.remove_service(old["ID"])
+        deadline = time.monotonic() + self.stop_timeout + 10
+        while any(self._task_running(task) for task in tasks):
+            if time.monotonic() > deadline:
+                log.warning("replica %s: its old task did not report stopping", name)
+                return
+            time.sleep(0.1)
+
+    def _task_running(self, task_id: str) -> bool:
+        """False once the task ended or the manager forgot it."""
+        try:
+            return self.client.api.inspect_task(task_id)["Status"]["State"] not in ENDED
+        except docker.errors.NotFound:
+            return False
+
     def _create_service(self, name: str) -> None:
+        self._remove_leftover(name)
         labels = {LABEL_STACK: self.stack, LABEL_ROLE: "replica", LABEL_REPLICA: name}
         mounts, constraints = [], []
         if self.spec.data_path:  # a named volume on the task's node: the data outlives it
@@ -239,7 +295,8 @@ class SwarmSupervisor(DockerSupervisor):
             await loop.run_in_executor(None, self._remove_container, name)
             raise
         self._replicas[name] = replica
-        log.info("replica %s started: Swarm service on %s", name, replica.address)
+        log.info("replica %s started: Swarm service on %s (node %s)", name, replica.address,
+                 replica.node)
         return replica
 
     async def _wait_running(self, name: str) -> Replica:
@@ -252,19 +309,34 @@ class SwarmSupervisor(DockerSupervisor):
             state = task["Status"]["State"] if task else "new"
             if state == "running":
                 assert task is not None
+                self._task_ids[name] = task["ID"]
                 if self.spec.data_path:
                     await loop.run_in_executor(None, self._remember_node, name, task["NodeID"])
+                node = await loop.run_in_executor(None, self._hostname, task["NodeID"])
                 if self.address == "name":
-                    return Replica(name, name, 5000)
+                    return Replica(name, name, 5000, node=node)
                 ports = task["Status"].get("PortStatus", {}).get("Ports", [])
                 if ports:
-                    return Replica(name, "127.0.0.1", int(ports[0]["PublishedPort"]))
+                    return Replica(name, "127.0.0.1", int(ports[0]["PublishedPort"]), node=node)
             elif state in ENDED:
                 why = task["Status"].get("Err") or task["Status"].get("Message") if task else ""
                 raise SpawnError(f"service {self.container_name(name)}'s task {state}: {why}")
+            elif task and task.get("NodeID") and await loop.run_in_executor(
+                    None, self._node_down, task["NodeID"]):
+                # Placed on a node lost since (the manager saw it ready a moment ago): it will
+                # never run there; fail now so the next attempt is placed elsewhere.
+                raise SpawnError(f"service {self.container_name(name)}'s task was placed on a "
+                                 "node that is down")
             await asyncio.sleep(0.1)
         raise SpawnError(f"service {self.container_name(name)} did not run within "
                          f"{self.start_timeout:g}s")
+
+    def _node_down(self, node_id: str) -> bool:
+        return bool(self.client.api.inspect_node(node_id)["Status"]["State"] == "down")
+
+    def _hostname(self, node_id: str) -> str:
+        """The hostname of a swarm node (what /metrics shows a replica runs on)."""
+        return str(self.client.api.inspect_node(node_id)["Description"]["Hostname"])
 
     def _remove_container(self, name: str) -> None:
         try:
@@ -296,6 +368,15 @@ class SwarmSupervisor(DockerSupervisor):
         if self.spec.data_path:
             await super().discard_data(name)  # the volume, where it is on this node
             await asyncio.get_running_loop().run_in_executor(None, forget)
+
+    def _death_of(self, attributes: dict[str, str]) -> str | None:
+        """Only the death of the task that runs a replica now: the container of an earlier
+        task under the same name (removed as a leftover, or stopping after its service went)
+        may report its end after the replica was started again."""
+        name = attributes.get(LABEL_REPLICA)
+        if name is None or attributes.get("com.docker.swarm.task.id") != self._task_ids.get(name):
+            return None
+        return name
 
     # --- death: the tasks' states, from the manager --------------------------------------------
 
