@@ -9,7 +9,7 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images build-images up down swarm-up swarm-down run-lb run-db bench-lb bench-db bench-failover clean
+.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images build-images up down swarm-up swarm-down cluster-up cluster-down cluster-env test-cluster run-lb run-db bench-lb bench-db bench-failover clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
@@ -27,6 +27,9 @@ help:
 	@echo "make lab               JupyterLab on notebooks/ (LAB_PORT=8888; prints the URL to open)"
 	@echo "make up / make down    the stack under Compose on PORT (APP=dslab.db for Part 2); down removes everything"
 	@echo "make swarm-up / swarm-down  the stack on Docker Swarm (a swarm made if none); down removes everything"
+	@echo "make cluster-up / cluster-down  a swarm of three Docker engines in containers on this one;"
+	@echo "                       then eval \$$(make -s cluster-env) and make swarm-up deploys onto it"
+	@echo "make test-cluster      the tests on that cluster (node lost, node cut off); they make their own"
 	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
 	@echo "make test              run the test suite"
 	@echo "make lint              ruff over everything; mypy (strict on services/dslab, default on tests)"
@@ -123,6 +126,30 @@ swarm-up: venv
 
 swarm-down: venv
 	$(PY) -m dslab.swarmctl down --stack $(STACK)
+
+# A test cluster (services/dslab/cluster.py): three nodes, each a container running a Docker
+# engine of its own (node0 the manager), on network $(CLUSTER); the host's own swarm is not
+# touched. `eval $$(make -s cluster-env)` points docker and make swarm-up at its manager.
+CLUSTER ?= dslab-cluster
+cluster-up: venv
+	@docker image inspect dslab-balancer:latest dslab-replica:latest dslab-shard:latest >/dev/null 2>&1 \
+	  || $(MAKE) images
+	@$(MAKE) -s base-image
+	$(PY) -m dslab.cluster up --name $(CLUSTER) --base $(BASE)
+
+cluster-down: venv
+	$(PY) -m dslab.cluster down --name $(CLUSTER)
+
+cluster-env: venv
+	@$(PY) -m dslab.cluster env --name $(CLUSTER)
+
+# Slow (each test makes a cluster of its own; about 6 min here): not part of make test;
+# .ci/run calls it after.
+test-cluster: venv
+	@docker image inspect dslab-balancer:latest dslab-replica:latest dslab-shard:latest >/dev/null 2>&1 \
+	  || $(MAKE) images
+	@$(MAKE) -s base-image
+	$(PY) -m pytest -m cluster -n 0 tests/test_cluster.py
 
 # ruff everywhere; mypy strict on the package, default on the tests (mypy.ini).
 lint: venv

@@ -6,6 +6,12 @@ backend with ``docker kill`` of the task's container (on a single-node swarm: th
 own, or one initialised for the run and left afterwards). "Serving"
 means a GET /home answered by the replacement (seen in ``X-Served-By``); clients send a fresh
 request id every few milliseconds meanwhile. Prints the median and the range of ``--rounds``.
+
+``--cluster``: also on a cluster of three Docker engines (``dslab.cluster``, made for the run
+and removed): the Part 1 stack deployed on it with 6 replicas, a worker node killed whole each
+round (the one holding the most replicas), timed until every replica it held is replaced on
+the surviving nodes and each replacement has answered a request; the node is powered on again
+between rounds.
 """
 
 from __future__ import annotations
@@ -19,7 +25,18 @@ import time
 
 import httpx
 
-from dslab.stack import BalancerProcess
+from dslab.cluster import (
+    Cluster,
+    down,
+    kill_node,
+    node_client,
+    ready_nodes,
+    replica_nodes,
+    restart_node,
+    swarmctl,
+    up,
+)
+from dslab.stack import BalancerProcess, wait_until
 from dslab.supervisor.docker import DockerUnavailable, docker_client
 from dslab.swarmctl import swarm_for_a_while
 
@@ -77,11 +94,61 @@ def measure(backend: str, rounds: int, add_n: int) -> dict[str, list[float]]:
     return results
 
 
+def node_loss(rounds: int, n: int = 6) -> list[float]:
+    """Seconds from a worker node killed to all it held replaced and serving, per round."""
+    cluster = Cluster(name="dslab-bench", subnet="10.215.0.0/24")
+    up(cluster, say=print)
+    times = []
+    try:
+        swarmctl(cluster, "up", "bench", APP="dslab.balancer", PORT="5000", N=str(n))
+        with httpx.Client(base_url=f"http://{cluster.address(0)}:5000", timeout=60) as client:
+            def placed() -> dict[str, str] | None:
+                try:
+                    now = replica_nodes(client.get("/metrics").text)
+                except httpx.HTTPError:
+                    return None
+                return now if len(now) == n else None
+
+            for r in range(rounds):
+                before = wait_until(placed, 120, interval=0.2, what=f"{n} replicas placed")
+                held = {f"node{i}": [name for name, node in before.items() if node == f"node{i}"]
+                        for i in (1, 2)}
+                victim = max(held, key=lambda node: len(held[node]))
+                kill_node(cluster, int(victim.removeprefix("node")))
+                started = time.perf_counter()
+                served: set[str] = set()
+                rid = 0
+                while True:
+                    rid += 1
+                    with contextlib.suppress(httpx.HTTPError):
+                        reply = client.get("/home", headers={"X-Request-ID": str(rid)})
+                        served.add(reply.headers.get("X-Served-By", ""))
+                    now = placed() or {}
+                    new = set(now) - set(before)
+                    if (now and victim not in now.values() and not set(held[victim]) & set(now)
+                            and new <= served):
+                        break
+                    if time.perf_counter() - started > 120:
+                        raise RuntimeError(f"{held[victim]} not replaced within 120s")
+                times.append(time.perf_counter() - started)
+                print(f"round {r + 1}: {victim} lost ({len(held[victim])} replicas): "
+                      f"{times[-1]:.2f}s", flush=True)
+                restart_node(cluster, int(victim.removeprefix("node")))
+                wait_until(lambda: len(ready_nodes(node_client(cluster, 0))) == cluster.size,
+                           120, interval=0.5, what=f"{victim} back")
+        swarmctl(cluster, "down", "bench")
+    finally:
+        down(cluster, say=print)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--add", type=int, default=3, help="n of the larger POST /add")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also time a node lost on a cluster of three engines")
     args = ap.parse_args()
     backends = ["process"]
     try:
@@ -101,6 +168,10 @@ def main() -> None:
             values = table[backend][metric]
             cells.append(f"{statistics.median(values):7.3f} [{min(values):.3f}, {max(values):.3f}]")
         print(f"{metric:28s}" + "".join(f"{c:>24s}" for c in cells))
+    if args.cluster:
+        times = node_loss(args.rounds)
+        print(f"\ncluster of 3 engines, 6 replicas: node lost -> all it held replaced and serving: "
+              f"{statistics.median(times):.3f} [{min(times):.3f}, {max(times):.3f}] s")
 
 
 if __name__ == "__main__":
