@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -65,13 +66,6 @@ class _StackTarget:
     def _balancer_tree(self) -> list[psutil.Process]:
         return [psutil.Process(self.stack.pid), *self.stack.descendants()]
 
-    @staticmethod
-    def _freeze_then_kill(procs: list[psutil.Process]) -> None:
-        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first: none outlives another
-            for proc in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.send_signal(sig)
-
     def _reap(self, procs: list[psutil.Process]) -> None:
         psutil.wait_procs(procs, timeout=30)
         if self.stack.proc is not None:
@@ -91,10 +85,7 @@ class ProcessTarget(_StackTarget):
         return self.stack.replica_processes()[name].pid
 
     def kill(self, names: Sequence[str]) -> None:
-        pids = [self._pid(n) for n in names]
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for pid in pids:
-                _signal_group(pid, sig)
+        _freeze_then_kill([functools.partial(_signal_group, self._pid(n)) for n in names])
 
     def pause(self, name: str) -> Callable[[], None]:
         pid = self._pid(name)
@@ -103,7 +94,7 @@ class ProcessTarget(_StackTarget):
 
     def power_off(self) -> None:
         procs = self._balancer_tree()
-        self._freeze_then_kill(procs)
+        _freeze_then_kill([functools.partial(_signal_each, procs)])
         self._reap(procs)
 
 
@@ -143,17 +134,11 @@ class DockerTarget(_StackTarget):
         except (psutil.NoSuchProcess, ValueError):
             return []
 
-    @staticmethod
-    def _signal(procs: list[psutil.Process], sig: int) -> None:
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(sig)
-
     def kill(self, names: Sequence[str]) -> None:
         containers = self._containers()
         chosen = [containers[n] for n in names if n in containers]
         for container in chosen:  # frozen first (SIGSTOP: this host has no cgroup freezer)
-            self._signal(self._procs(container), signal.SIGSTOP)
+            _signal_each(self._procs(container), signal.SIGSTOP)
         for container in chosen:
             container.kill()
 
@@ -161,15 +146,15 @@ class DockerTarget(_StackTarget):
         """Every process of the container SIGSTOPped (``docker pause`` needs the cgroup
         freezer, which this machine's engine cannot use), SIGCONTed on resume."""
         procs = self._procs(self._containers()[name])
-        self._signal(procs, signal.SIGSTOP)
-        return lambda: self._signal(procs, signal.SIGCONT)
+        _signal_each(procs, signal.SIGSTOP)
+        return lambda: _signal_each(procs, signal.SIGCONT)
 
     def power_off(self) -> None:
         procs = self._balancer_tree()
         containers = list(self._containers().values())
         inside = [p for c in containers for p in self._procs(c)]
-        self._signal(procs + inside, signal.SIGSTOP)
-        self._freeze_then_kill(procs)
+        _signal_each(procs + inside, signal.SIGSTOP)
+        _freeze_then_kill([functools.partial(_signal_each, procs)])
         for container in containers:
             with contextlib.suppress(Exception):  # one already gone is as good as killed
                 container.kill()
@@ -310,6 +295,19 @@ async def run_schedule(nemesis: Nemesis, steps: Sequence[Step]) -> list[FaultEve
         return event
 
     return list(await asyncio.gather(*(one(s) for s in steps)))
+
+
+def _freeze_then_kill(senders: Sequence[Callable[[int], None]]) -> None:
+    """SIGSTOP through every sender, then SIGKILL: all frozen first, so none outlives another."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for send in senders:
+            send(sig)
+
+
+def _signal_each(procs: Sequence[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
 
 
 def _signal_group(pid: int, sig: int) -> None:

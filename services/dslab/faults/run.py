@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..common.aio import run_sync
 from ..db.seed import seed_init
@@ -93,13 +94,14 @@ def revival_seconds(url: str) -> dict[str, tuple[int, float]]:
     """From /metrics: per phase of the shard revivals, (how many, seconds in all)."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
     found: dict[str, list[float]] = {}
-    for line in text.splitlines():
-        for part in ("count", "sum"):
-            prefix = f"dslab_db_shard_revival_seconds_{part}{{phase=\""
-            if line.startswith(prefix):
-                phase = line[len(prefix):line.index('"', len(prefix))]
-                found.setdefault(phase, [0, 0.0])[part == "sum"] = float(line.rsplit(" ", 1)[1])
-    return {phase: (int(c), s) for phase, (c, s) in found.items()}
+    for family in text_string_to_metric_families(text):
+        if family.name != "dslab_db_shard_revival_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_count", "_sum")):
+                totals = found.setdefault(sample.labels["phase"], [0, 0.0])
+                totals[sample.name.endswith("_sum")] = sample.value
+    return {phase: (int(count), total) for phase, (count, total) in found.items()}
 
 
 async def _run(stack: BalancerProcess, steps: Sequence[Step], seconds: float,
