@@ -4,10 +4,11 @@ Reads ask one live replica of each shard they touch. With ``linearizable`` reads
 default) a read of a shard holds the shard's lock shared, so it never overlaps a change being
 applied or undone: no read returns a value older than one acknowledged or read before it
 began, nor a change that is then undone. With ``any``, reads skip the lock: fastest, and a
-read may see a change on one replica that the next read, on another, does not. Writes, updates and deletes of a shard
-run under that shard's lock (``ShardLocks``) and go to every server on the shard's ring; a
-server that fails one is *evicted* at once: it leaves every ring before the write is
-acknowledged, so replicas that answer never disagree. Acknowledged means every live replica
+read may see a change on one replica that the next read, on another, does not.
+
+Writes, updates and deletes of a shard run under that shard's lock (``ShardLocks``) and go
+to every server on the shard's ring; a server that fails one is *evicted* at once: it leaves
+every ring before the write is acknowledged, so replicas that answer never disagree. Acknowledged means every live replica
 holds the row (journaled) and the shard's new row count and in-sync servers are saved.
 
 Liveness is the transport's and the heartbeats' call, never a request's: a replica that
