@@ -38,6 +38,7 @@ help:
 	@echo "make run-db PORT=5000  Part 2 stack in the foreground (ARGS=--reset to start empty)"
 	@echo "make bench-db          Part 2: single-row writes, 100-row writes, reads; balancer vs the engines (ARGS=--profile)"
 	@echo "make bench-failover    kill-to-serving and /add times: process, Docker and Swarm backends"
+	@echo "                       (ARGS='--cluster also' or '--cluster only': a node lost on a 3-engine cluster)"
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 
 $(VENV)/.installed: services/pyproject.toml
@@ -143,7 +144,7 @@ cluster-down: venv
 cluster-env: venv
 	@$(PY) -m dslab.cluster env --name $(CLUSTER)
 
-# Slow (each test makes a cluster of its own; about 6 min here): not part of make test;
+# Slow (each test makes a cluster of its own; about 7 min here): not part of make test;
 # .ci/run calls it after.
 test-cluster: venv
 	@docker image inspect dslab-balancer:latest dslab-replica:latest dslab-shard:latest >/dev/null 2>&1 \

@@ -29,6 +29,7 @@ from dslab.cluster import (
     reconnect,
     replica_nodes,
     restart_node,
+    save_images,
     swarmctl,
     up,
 )
@@ -44,12 +45,20 @@ START_TIMEOUT = 60.0
 STACK_BUDGET = 2 * START_TIMEOUT
 
 
+@pytest.fixture(scope="module")
+def images(docker, tmp_path_factory):
+    """The project's images saved once for every cluster of the module."""
+    archive = tmp_path_factory.mktemp("images") / "images.tar"
+    save_images(Cluster(), IMAGES, archive)
+    return archive
+
+
 @pytest.fixture
-def cluster(docker):
+def cluster(docker, images):
     """A fresh cluster for one test; afterwards nothing of it may be left."""
     swarm_before = swarm_state(docker)
     made = Cluster(name=f"dslab-test-{uuid.uuid4().hex[:6]}", subnet="10.214.0.0/24")
-    ready = up(made, say=print)
+    ready = up(made, say=print, archive=images)
     print(f"cluster ready in {ready:.1f}s")
     try:
         yield made
@@ -99,6 +108,25 @@ def task_nodes(cluster: Cluster, stack: str) -> dict[str, str]:
             for t in manager.api.tasks(filters={"desired-state": "running"})
             if t["ServiceID"] in services and t["Status"]["State"] == "running"
             and services[t["ServiceID"]].startswith(f"{stack}-")}
+
+
+def test_a_cluster_interrupted_half_way_up_leaves_nothing(docker, images):
+    """Ctrl-C once the nodes' engines answer (raised from the progress line that says so):
+    everything made so far is removed before the interrupt reaches the caller."""
+    interrupted = Cluster(name=f"dslab-test-{uuid.uuid4().hex[:6]}", subnet="10.214.0.0/24")
+
+    def ctrl_c_when_engines_answer(line: str) -> None:
+        print(line)
+        if "engines answer" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        up(interrupted, say=ctrl_c_when_engines_answer, archive=images)
+    label = {"label": f"{LABEL_CLUSTER}={interrupted.name}"}
+    assert docker.containers.list(all=True, filters=label) == []
+    assert docker.volumes.list(filters=label) == []
+    assert docker.networks.list(filters=label) == []
+    assert not Path("/run", interrupted.name).exists()
 
 
 def test_the_cluster_is_three_engines_in_one_swarm_with_the_images(cluster):

@@ -46,7 +46,7 @@ from .supervisor.docker import DOCKER_ERRORS, DockerUnavailable
 
 __all__ = ["IMAGES", "NODE_IMAGE", "Cluster", "cut_off", "down", "host_engine",
            "host_environment", "kill_node", "main", "node_client", "ready_nodes", "reconnect",
-           "replica_nodes", "restart_node", "swarmctl", "up"]
+           "replica_nodes", "restart_node", "save_images", "swarmctl", "up"]
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IMAGE = "dslab-node:latest"
@@ -130,9 +130,10 @@ class _Clock:
 # --- up ----------------------------------------------------------------------------------------
 
 def up(cluster: Cluster, *, base: str = "dslab-base:bookworm", images: tuple[str, ...] = IMAGES,
-       say: Say = print, engine_timeout: float = 60.0) -> float:
+       say: Say = print, engine_timeout: float = 60.0, archive: Path | None = None) -> float:
     """Start the cluster; returns the seconds it took to be ready. A failure, or Ctrl-C, on the
-    way leaves nothing behind (everything made so far is removed)."""
+    way leaves nothing behind (everything made so far is removed). ``archive``: ``images``
+    already saved by ``save_images``."""
     host = host_engine(cluster)
     if host.containers.list(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster.name}"}):
         raise SystemExit(f"cluster {cluster.name} is up already: `make cluster-down` first")
@@ -146,7 +147,7 @@ def up(cluster: Cluster, *, base: str = "dslab-base:bookworm", images: tuple[str
         for i in cluster.nodes:
             _wait_engine(host, cluster, i, engine_timeout)
         clock(f"{cluster.size} engines answer")
-        _load_images(cluster, images, clock)
+        _load_images(cluster, images, clock, archive)
         _form_swarm(cluster, clock, timeout=engine_timeout)
     except BaseException:
         say("cluster-up failed: removing what it made")
@@ -216,15 +217,23 @@ def _wait_engine(host: Any, cluster: Cluster, i: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _load_images(cluster: Cluster, images: tuple[str, ...], clock: _Clock) -> None:
-    """Saved once, loaded into every node at once: no registry needed."""
+def save_images(cluster: Cluster, images: tuple[str, ...], archive: Path) -> None:
+    """The images, from the engine the nodes run on, into one archive (``docker save``)."""
+    _run(["docker", "save", "-o", str(archive), *images], env=host_environment(cluster))
+
+
+def _load_images(cluster: Cluster, images: tuple[str, ...], clock: _Clock,
+                 archive: Path | None) -> None:
+    """Saved once (or given saved: several clusters in a row), loaded into every node at once:
+    no registry needed."""
     with tempfile.TemporaryDirectory(prefix="dslab-cluster-") as folder:
-        archive = Path(folder) / "images.tar"
-        _run(["docker", "save", "-o", str(archive), *images], env=host_environment(cluster))
-        clock(f"saved {len(images)} images ({archive.stat().st_size / 2**20:.0f} MiB)")
+        saved = archive or Path(folder) / "images.tar"
+        if archive is None:
+            save_images(cluster, images, saved)
+            clock(f"saved {len(images)} images ({saved.stat().st_size / 2**20:.0f} MiB)")
 
         def load(i: int) -> None:
-            _run(["docker", "-H", cluster.docker_host(i), "load", "-q", "-i", str(archive)])
+            _run(["docker", "-H", cluster.docker_host(i), "load", "-q", "-i", str(saved)])
             clock(f"images loaded into {cluster.hostname(i)}")
 
         with ThreadPoolExecutor(cluster.size) as pool:

@@ -321,18 +321,9 @@ class SwarmSupervisor(DockerSupervisor):
             elif state in ENDED:
                 why = task["Status"].get("Err") or task["Status"].get("Message") if task else ""
                 raise SpawnError(f"service {self.container_name(name)}'s task {state}: {why}")
-            elif task and task.get("NodeID") and await loop.run_in_executor(
-                    None, self._node_down, task["NodeID"]):
-                # Placed on a node lost since (the manager saw it ready a moment ago): it will
-                # never run there; fail now so the next attempt is placed elsewhere.
-                raise SpawnError(f"service {self.container_name(name)}'s task was placed on a "
-                                 "node that is down")
             await asyncio.sleep(0.1)
         raise SpawnError(f"service {self.container_name(name)} did not run within "
                          f"{self.start_timeout:g}s")
-
-    def _node_down(self, node_id: str) -> bool:
-        return bool(self.client.api.inspect_node(node_id)["Status"]["State"] == "down")
 
     def _hostname(self, node_id: str) -> str:
         """The hostname of a swarm node (what /metrics shows a replica runs on)."""
