@@ -25,7 +25,7 @@ from typing import Any
 import docker
 
 from .supervisor.docker import DockerUnavailable, docker_client
-from .supervisor.swarm import ENDED, remove_swarm_stack, swarm_state
+from .supervisor.swarm import any_running, remove_swarm_stack, swarm_state
 
 __all__ = ["INITIALISED", "down", "main", "swarm_for_a_while", "up"]
 
@@ -93,7 +93,7 @@ def _ended_services(client: Any, stack: str) -> list[Any]:
     """The stack file's services whose every task has ended."""
     services = client.services.list(filters={"label": f"com.docker.stack.namespace={stack}"})
     return [s for s in services
-            if not any(t["Status"]["State"] not in ENDED for t in s.tasks())]
+            if not any_running(s.tasks())]
 
 
 def down(stack: str) -> None:

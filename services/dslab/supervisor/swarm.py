@@ -48,7 +48,7 @@ from .docker import (
     docker_client,
 )
 
-__all__ = ["ENDED", "SwarmSupervisor", "remove_swarm_stack", "swarm_state"]
+__all__ = ["SwarmSupervisor", "any_running", "remove_swarm_stack", "swarm_state"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,11 @@ def newest_tasks(tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if service not in newest or task["CreatedAt"] > newest[service]["CreatedAt"]:
             newest[service] = task
     return newest
+
+
+def any_running(tasks: list[dict[str, Any]]) -> bool:
+    """Whether any of these tasks has not ended yet (as the manager last heard)."""
+    return any(task["Status"]["State"] not in ENDED for task in tasks)
 
 
 def swarm_state(client: Any) -> str:
@@ -119,8 +124,7 @@ def _stop_balancers(client: Any, label: dict[str, str], grace: float = 10.0) -> 
             service.scale(0)
     ids = [service.id for service in stopping]
     deadline = time.monotonic() + grace + 20
-    while ids and any(task["Status"]["State"] not in ENDED
-                      for task in client.api.tasks(filters={"service": ids})):
+    while ids and any_running(client.api.tasks(filters={"service": ids})):
         if time.monotonic() > deadline:
             raise SupervisorError(f"the balancer of {label['label']} did not stop within "
                                   f"{grace + 20:g}s")
