@@ -42,6 +42,7 @@ import docker.errors
 import docker.types
 from prometheus_client.parser import text_string_to_metric_families
 
+from .supervisor.cgroups import rmdir_when_empty
 from .supervisor.docker import DOCKER_ERRORS, DockerUnavailable
 
 __all__ = ["IMAGES", "NODE_IMAGE", "Cluster", "cut_off", "down", "host_engine",
@@ -304,19 +305,9 @@ def _remove_cgroups(parent: str, timeout: float = 10.0) -> int:
     kernel may take a moment to let the last go, hence the deadline."""
     tops = [top for top in (*CGROUP_ROOT.glob(f"*/{parent}"), CGROUP_ROOT / parent)
             if top.is_dir()]
-    folders = [Path(d) for top in tops for d, _, _ in os.walk(top, topdown=False)]
-    deadline = time.monotonic() + timeout
-    for folder in folders:
-        while True:
-            try:
-                folder.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    for top in tops:
+        for folder, _, _ in os.walk(top, topdown=False):
+            rmdir_when_empty(Path(folder), timeout)
     return len(tops)
 
 

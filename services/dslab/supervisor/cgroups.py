@@ -24,7 +24,7 @@ import psutil
 
 from .base import SupervisorError
 
-__all__ = ["CgroupError", "CpuGroups", "PERIOD_US", "join_group"]
+__all__ = ["CgroupError", "CpuGroups", "PERIOD_US", "join_group", "rmdir_when_empty"]
 
 PERIOD_US = 100_000  # the kernel's default CFS period: 100 ms
 
@@ -104,12 +104,12 @@ class CpuGroups:
 
     def remove(self, name: str, timeout: float = 5.0) -> None:
         """Remove the replica's group once its processes are gone (killed by the caller)."""
-        _rmdir_when_empty(self.path(name), timeout)
+        rmdir_when_empty(self.path(name), timeout)
 
     def close(self) -> None:
         for child in [p for p in self.parent.iterdir() if p.is_dir()] if self.parent.exists() else []:
-            _rmdir_when_empty(child, 5.0)
-        _rmdir_when_empty(self.parent, 5.0)
+            rmdir_when_empty(child, 5.0)
+        rmdir_when_empty(self.parent, 5.0)
 
 
 def join_group(pid: int, procs_file: Path) -> list[int]:
@@ -148,7 +148,7 @@ def _find_cpu_controller(root: Path) -> tuple[int, Path]:
                       "the Docker backend (--backend docker)")
 
 
-def _rmdir_when_empty(group: Path, timeout: float) -> None:
+def rmdir_when_empty(group: Path, timeout: float) -> None:
     """rmdir fails while a process is still in the group (a killed one takes a moment)."""
     deadline = time.monotonic() + timeout
     while True:
