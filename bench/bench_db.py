@@ -4,8 +4,9 @@ The seed's configuration (4 shards, 3 replicas, 6 servers), ``--concurrency`` (6
 flight, on two fresh stacks:
 
   (a) ``--rows`` (10 000) single-row POST /write, then   (c) ``--reads`` (10 000) POST /read of
-      ``--span`` (10) ids, on the rows of (a);
-  (b) ``--rows`` rows in POST /write of ``--batch`` (100) rows.
+      ``--span`` (10) ids, on the rows of (a), answered from the shard servers' row caches;
+  (b) ``--rows`` rows in POST /write of ``--batch`` (100) rows, then (d) the reads of (c) on
+      them, with the row cache off (``ROW_CACHE_ROWS=0``): every read asks an engine.
 
 After each stack's balancer runs, every acknowledged row is read back (a missing one stops the
 benchmark), and the same logical work is done directly against the shard servers' own engines
@@ -181,11 +182,12 @@ async def all_ids(http: aiohttp.ClientSession) -> list[int]:
 
 async def through_balancer(tmp: str, phase: str, ids: list[int], batch: int,
                            reads: list[int], args: argparse.Namespace,
-                           rng: random.Random) -> dict[str, float]:
-    """One fresh stack: the writes (and the reads, if any) through the balancer, then the same
+                           rng: random.Random, row_cache: bool) -> dict[str, float]:
+    """One fresh stack: the writes, then the reads, through the balancer, then the same
     work straight against its engines. Returns {label: rate}."""
     rates: dict[str, float] = {}
-    db = BalancerProcess("dslab.db", args=["--state-dir", f"{tmp}/{phase}"]).start()
+    env = None if row_cache else {**os.environ, "ROW_CACHE_ROWS": "0"}
+    db = BalancerProcess("dslab.db", args=["--state-dir", f"{tmp}/{phase}"], env=env).start()
     try:
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         async with aiohttp.ClientSession(db.url, connector=connector) as http:
@@ -212,12 +214,12 @@ async def through_balancer(tmp: str, phase: str, ids: list[int], batch: int,
                 await report_batches(http)
             if sampler is not None:
                 sampler.print_top()
-            if reads:
-                cpu = CpuMeter(db)
-                secs, lat = await run_all(reads, args.concurrency, read)
-                rates["read"] = report(f"balancer  POST /read ({args.span} ids)", secs,
-                                       len(reads), lat, "reads")
-                report_cpu(cpu)
+            cpu = CpuMeter(db)
+            secs, lat = await run_all(reads, args.concurrency, read)
+            source = "row cache" if row_cache else "engines"
+            rates[f"read {source}"] = report(f"balancer  POST /read, {source}", secs,
+                                             len(reads), lat, "reads")
+            report_cpu(cpu)
             held = await all_ids(http)
             lost = sorted(set(ids) - set(held))
             assert not lost, f"{len(lost)} acknowledged rows missing, e.g. {lost[:5]}"
@@ -233,10 +235,10 @@ async def through_balancer(tmp: str, phase: str, ids: list[int], batch: int,
             secs, lat = await run_all(batches, args.concurrency, engines.insert_many)
             label = f"direct    insert_many of {batch} x3 (j)"
         rates[f"direct write {what}"] = report(label, secs, len(ids), lat)
-        if reads:
-            secs, lat = await run_all(reads, args.concurrency,
-                                      lambda low: engines.find(low, low + args.span - 1, rng))
-            rates["direct read"] = report("direct    find", secs, len(reads), lat, "reads")
+        secs, lat = await run_all(reads, args.concurrency,
+                                  lambda low: engines.find(low, low + args.span - 1, rng))
+        rates[f"direct read {source}"] = report(f"direct    find ({args.span} ids)", secs,
+                                                len(reads), lat, "reads")
         await engines.close()
     finally:
         db.stop()
@@ -251,17 +253,19 @@ async def main_async(args: argparse.Namespace) -> None:
     reads = [rng.randrange(16384 - args.span) for _ in range(args.reads)]
     rates: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-db-") as tmp:
-        print("\n(a) single-row writes, then (c) reads", flush=True)
+        print("\n(a) single-row writes, then (c) reads from the row caches", flush=True)
         rates |= await through_balancer(tmp, "single", rng.sample(range(16384), args.rows), 1,
-                                        reads, args, rng)
-        print(f"\n(b) {args.batch}-row writes", flush=True)
+                                        reads, args, rng, row_cache=True)
+        print(f"\n(b) {args.batch}-row writes, then (d) reads with the row cache off", flush=True)
         rates |= await through_balancer(tmp, "batched", rng.sample(range(16384), args.rows),
-                                        args.batch, [], args, rng)
+                                        args.batch, reads, args, rng, row_cache=False)
     batch = f"{args.batch}-row"
-    print("\nbalancer/direct:"
-          f"  single-row writes {rates['write single-row'] / rates['direct write single-row']:.2f}"
-          f"  {batch} writes {rates[f'write {batch}'] / rates[f'direct write {batch}']:.2f}"
-          f"  reads {rates['read'] / rates['direct read']:.2f}")
+
+    def ratio(what: str) -> str:
+        return f"{rates[what] / rates[f'direct {what}']:.2f}"
+    print(f"\nbalancer/direct:  single-row writes {ratio('write single-row')}"
+          f"  {batch} writes {ratio(f'write {batch}')}"
+          f"  reads {ratio('read row cache')} (row cache), {ratio('read engines')} (engines)")
 
 
 def main() -> None:

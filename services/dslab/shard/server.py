@@ -41,6 +41,7 @@ from ..contract.studdb import (
 )
 from ..engine import LocalEngine
 from ..replica.server import server_id_from_env
+from .rowcache import RowCache
 from .store import ShardStore
 
 __all__ = ["ShardEndpoints", "main", "make_app"]
@@ -168,7 +169,7 @@ async def _run(args: argparse.Namespace) -> None:
     # (about 7% of its CPU per inserted row, measured here).
     client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=10000,
                                                      retryWrites=False)
-    store = ShardStore(client[args.db_name])
+    store = ShardStore(client[args.db_name], RowCache(max_rows=args.row_cache_rows))
     endpoints = ShardEndpoints(store, name)
     front = Front(endpoints.route, make_app(store, name, endpoints.methods()), max_body=MAX_BODY)
 
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=os.environ.get("SHARD_DATA_ROOT", "./data"),
                         help="where a local engine keeps <server name>/ (env SHARD_DATA_ROOT)")
     parser.add_argument("--db-name", default=os.environ.get("DB_NAME", "studdb"))
+    parser.add_argument("--row-cache-rows", type=int,
+                        default=int(os.environ.get("ROW_CACHE_ROWS", "200000")),
+                        help="reads of a shard of up to this many rows are answered from memory "
+                             "(env ROW_CACHE_ROWS; 0: every read asks the engine)")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"))
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

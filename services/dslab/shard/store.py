@@ -14,10 +14,16 @@ with ``j=True`` all 20 survived every time. A write replaces a row of the same S
 retried write cannot duplicate a row. The schema and the list of shards are kept in the database too,
 so a restarted server finds its configuration with its data. Every engine call runs inside
 ``engine_errors``: PyMongo's failures leave this module as the contract's 400, 409 or 503.
+
+Reads are answered from a ``RowCache`` once a shard is loaded (``rowcache.py`` says why and
+how it stays right): every change below tells the cache what the engine acknowledged, or drops
+the shard from it when the outcome is unknown (``_changing``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from pymongo import ASCENDING, ReplaceOne
@@ -28,6 +34,7 @@ from pymongo.write_concern import WriteConcern
 
 from ..common.engine_errors import engine_errors
 from ..contract.studdb import Schema
+from .rowcache import Change, RowCache
 
 __all__ = ["LAYOUT", "RANGE_INDEX", "ShardStore", "document"]
 
@@ -44,10 +51,23 @@ def document(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class ShardStore:
-    def __init__(self, db: AsyncDatabase[Any]) -> None:
+    """``cache``: None reads every row from the engine (``--row-cache-rows 0``)."""
+
+    def __init__(self, db: AsyncDatabase[Any], cache: RowCache | None = None) -> None:
         self.db = db.with_options(write_concern=WriteConcern(w=1, j=True))
         self.schema: Schema | None = None
         self.shards: list[str] = []
+        self.cache = cache if cache is not None else RowCache(max_rows=0)
+
+    @contextlib.contextmanager
+    def _changing(self, shard: str) -> Iterator[None]:
+        """Around a change to ``shard``: if it does not complete (an error, a cancellation),
+        the engine may or may not hold it, so the cache forgets the shard."""
+        try:
+            yield
+        except BaseException:
+            self.cache.drop(shard)
+            raise
 
     async def load(self) -> None:
         """Pick up the configuration a previous run of this server left (its rows upgraded to
@@ -76,6 +96,7 @@ class ShardStore:
                 rows = await collection.find(old, _NO_ID).to_list()
                 await self._insert(shard, rows)
                 await collection.delete_many(old)
+                self.cache.drop(shard)
             await self.db[_META].update_one({"_id": "config"}, {"$set": {"layout": LAYOUT}})
 
     @staticmethod
@@ -94,6 +115,25 @@ class ShardStore:
         self.shards = shards
 
     async def rows(self, shard: str, low: int | None = None, high: int | None = None) -> list[dict[str, Any]]:
+        """Rows with ``low <= Stud_id <= high`` (every row without bounds), in Stud_id order:
+        from memory once the shard is loaded; its first read loads it whole."""
+        cached = self.cache.read(shard, low, high)
+        if cached is not None:
+            return cached
+        load = self.cache.begin_load(shard)
+        if load is None:  # another read is loading it, or it is not kept: ask the engine
+            return await self._engine_rows(shard, low, high)
+        everything = None
+        try:
+            everything = await self._engine_rows(shard)
+        finally:
+            self.cache.finish_load(load, everything)
+        if low is None or high is None:
+            return everything
+        return [row for row in everything if low <= row["Stud_id"] <= high]
+
+    async def _engine_rows(self, shard: str, low: int | None = None,
+                           high: int | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {}
         if low is not None and high is not None:
             query = {"Stud_id": {"$gte": low, "$lte": high}}
@@ -107,20 +147,23 @@ class ShardStore:
         New rows go in as one ``insert_many``: the engine commits it once, where it commits
         each upsert of a bulk on its own (measured here: 10 rows, 10 commits). Only the rows
         already held are then replaced."""
-        with engine_errors(f"Writing {shard}"):
+        with self._changing(shard), engine_errors(f"Writing {shard}"):
             held = await self._insert(shard, rows)
             if held:
                 await self.db[shard].bulk_write(
                     [ReplaceOne({"_id": row["Stud_id"]}, row, upsert=True) for row in held],
                     ordered=False)
+        self.cache.applied(shard, Change(put=tuple(rows)))
 
     async def insert_new(self, shard: str, rows: list[dict[str, Any]]) -> list[int]:
         """Store the rows whose Stud_id is not here yet, in one ``insert_many``; returns the
         Stud_ids that were here already (those rows are left as they were). The ``_id`` index
         answers "is it new?", so the balancer needs no round trip to ask first."""
-        with engine_errors(f"Writing {shard}"):
+        with self._changing(shard), engine_errors(f"Writing {shard}"):
             held = await self._insert(shard, rows)
-        return sorted(row["Stud_id"] for row in held)
+        existing = {row["Stud_id"] for row in held}
+        self.cache.applied(shard, Change(put=tuple(r for r in rows if r["Stud_id"] not in existing)))
+        return sorted(existing)
 
     async def _insert(self, shard: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One unordered ``insert_many``; returns the rows whose Stud_id was held. Any other
@@ -137,17 +180,21 @@ class ShardStore:
         return []
 
     async def update(self, shard: str, stud_id: int, row: dict[str, Any]) -> bool:
-        with engine_errors(f"Updating {shard}"):
+        with self._changing(shard), engine_errors(f"Updating {shard}"):
             result = await self.db[shard].replace_one({"_id": stud_id}, row)
+        if result.matched_count == 1:
+            self.cache.applied(shard, Change(put=(row,)))
         return result.matched_count == 1
 
     async def delete(self, shard: str, stud_id: int) -> bool:
-        with engine_errors(f"Deleting from {shard}"):
+        with self._changing(shard), engine_errors(f"Deleting from {shard}"):
             result = await self.db[shard].delete_one({"_id": stud_id})
+        self.cache.applied(shard, Change(removed=(stud_id,)))
         return result.deleted_count == 1
 
     async def delete_many(self, shard: str, stud_ids: list[int]) -> None:
         """One statement, so one commit (a bulk of deletes commits each on its own)."""
         if stud_ids:
-            with engine_errors(f"Erasing from {shard}"):
+            with self._changing(shard), engine_errors(f"Erasing from {shard}"):
                 await self.db[shard].delete_many({"_id": {"$in": stud_ids}})
+            self.cache.applied(shard, Change(removed=tuple(stud_ids)))
