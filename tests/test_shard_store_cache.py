@@ -23,6 +23,13 @@ async def engine_rows(direct: ShardStore, shard: str, low: int | None = None,
     return await direct.rows(shard, low, high)
 
 
+async def loaded(store: ShardStore, shards: list[str]) -> None:
+    """Wait for the store's background loads (they are the engine's pace: a deadline of 10 s
+    for a few rows), then check they left every shard in memory."""
+    await asyncio.wait_for(asyncio.gather(*store._warming), 10)
+    assert all(store.cache.holds(shard) for shard in shards)
+
+
 def run_on_an_engine(tmp_path, scenario) -> None:
     async def main() -> None:
         engine = LocalEngine(tmp_path / "engine")
@@ -42,8 +49,8 @@ def run_on_an_engine(tmp_path, scenario) -> None:
 def test_reads_from_memory_equal_the_engines_after_every_kind_of_change(tmp_path):
     async def scenario(engine, store, uncached):
         await store.write("sh1", [row(5), row(1), row(9)])
-        assert await store.rows("sh1", 1, 5) == [row(1), row(5)]  # the first read loads sh1
-        assert store.cache.holds("sh1") and not store.cache.holds("sh2")
+        await loaded(store, ["sh1", "sh2"])  # configured: both loaded, then kept up to date
+        assert await store.rows("sh1", 1, 5) == [row(1), row(5)]
         await store.write("sh1", [row(5, marks=77), row(3)])  # one replaced, one new
         assert await store.insert_new("sh1", [row(3, marks=11), row(4)]) == [3]
         assert await store.update("sh1", 9, row(9, marks=12))
@@ -64,7 +71,8 @@ def test_a_write_cancelled_in_flight_is_read_as_the_engine_applied_it(tmp_path):
     forgot the shard), not the rows it held before."""
     async def scenario(engine, store, uncached):
         await store.write("sh1", [row(1)])
-        assert await store.rows("sh1") == [row(1)] and store.cache.holds("sh1")
+        await loaded(store, ["sh1"])
+        assert await store.rows("sh1") == [row(1)]
         os.killpg(engine.proc.pid, signal.SIGSTOP)
         try:
             write = asyncio.ensure_future(store.write("sh1", [row(2)]))
@@ -80,5 +88,19 @@ def test_a_write_cancelled_in_flight_is_read_as_the_engine_applied_it(tmp_path):
             assert asyncio.get_running_loop().time() < deadline, "the engine never applied it"
             await asyncio.sleep(0.05)
         assert await store.rows("sh1") == [row(1), row(2)]
+
+    run_on_an_engine(tmp_path, scenario)
+
+
+def test_a_restarted_store_loads_what_it_holds_before_any_read(tmp_path):
+    async def scenario(engine, store, uncached):
+        await store.write("sh1", [row(1), row(2)])
+        await store.write("sh2", [row(4100)])
+        restarted = ShardStore(store.db, RowCache())  # as a server started again on its data
+        await restarted.load()
+        assert restarted.shards == ["sh1", "sh2"]
+        await loaded(restarted, ["sh1", "sh2"])
+        assert await restarted.rows("sh1") == [row(1), row(2)]
+        assert await restarted.rows("sh2") == await engine_rows(uncached, "sh2") == [row(4100)]
 
     run_on_an_engine(tmp_path, scenario)

@@ -11,8 +11,8 @@ change whose outcome is unknown (any failure, a cancellation) drops the shard fr
 the next read loads it again. Changes to one shard come one at a time (the balancer holds the
 shard's lock for each), so the order the engine acknowledged them is the order they happened.
 
-Loading: a shard is loaded whole on its first read (``begin_load``, the engine's rows, then
-``finish_load``). The engine's scan is not a snapshot: changes acknowledged while it runs are
+Loading: a shard is loaded whole (``begin_load``, the engine's rows, then ``finish_load``)
+when the server starts or is configured, and again on a read after it was dropped. The engine's scan is not a snapshot: changes acknowledged while it runs are
 recorded and replayed on what it returned (each sets or removes whole rows, so replaying one
 the scan already saw changes nothing). A change that fails meanwhile voids the load, as the
 scan may or may not have seen it. Reads of a shard not loaded (or loading) go to the engine.

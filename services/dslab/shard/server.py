@@ -178,6 +178,7 @@ async def _run(args: argparse.Namespace) -> None:
                  store.shards or "none yet")
 
     async def stop() -> None:
+        store.close()
         await client.close()
         if engine is not None:
             engine.stop()

@@ -22,7 +22,9 @@ the shard from it when the outcome is unknown (``_changing``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,10 +35,13 @@ from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
 
 from ..common.engine_errors import engine_errors
+from ..common.errors import ApiError
 from ..contract.studdb import Schema
 from .rowcache import Change, RowCache
 
 __all__ = ["LAYOUT", "RANGE_INDEX", "ShardStore", "document"]
+
+log = logging.getLogger(__name__)
 
 _META = "_meta"
 _NO_ID = {"_id": 0}
@@ -58,6 +63,7 @@ class ShardStore:
         self.schema: Schema | None = None
         self.shards: list[str] = []
         self.cache = cache if cache is not None else RowCache(max_rows=0)
+        self._warming: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
     def _changing(self, shard: str) -> Iterator[None]:
@@ -80,6 +86,7 @@ class ShardStore:
             await self.upgrade(list(doc["shards"]))
         self.schema = Schema.model_validate(doc["schema"])
         self.shards = list(doc["shards"])
+        self.warm()
 
     async def upgrade(self, shards: list[str]) -> None:
         """Rows of layout 1 rewritten keyed by Stud_id, then the layout recorded. Every step
@@ -113,24 +120,53 @@ class ShardStore:
                                     "shards": shards, "layout": LAYOUT}, upsert=True)
         self.schema = schema
         self.shards = shards
+        self.warm()
+
+    def warm(self) -> None:
+        """Load every shard held into the cache in the background (at start, and when
+        configured), so reads find them in memory from the first; until a shard is loaded,
+        its reads ask the engine."""
+        for shard in self.shards:
+            task = asyncio.ensure_future(self._warm(shard))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, shard: str) -> None:
+        try:
+            await self._load(shard)
+        except ApiError as exc:  # the engine failed: a read of the shard loads it again
+            log.warning("loading %s into memory failed: %s", shard, exc)
+
+    def close(self) -> None:
+        for task in self._warming:
+            task.cancel()
 
     async def rows(self, shard: str, low: int | None = None, high: int | None = None) -> list[dict[str, Any]]:
         """Rows with ``low <= Stud_id <= high`` (every row without bounds), in Stud_id order:
-        from memory once the shard is loaded; its first read loads it whole."""
+        from memory once the shard is loaded (``warm``; a read finding it unloaded and no
+        load under way loads it)."""
         cached = self.cache.read(shard, low, high)
         if cached is not None:
             return cached
-        load = self.cache.begin_load(shard)
-        if load is None:  # another read is loading it, or it is not kept: ask the engine
+        everything = await self._load(shard)
+        if everything is None:  # being loaded meanwhile, or not kept: ask the engine
             return await self._engine_rows(shard, low, high)
+        if low is None or high is None:
+            return everything
+        return [row for row in everything if low <= row["Stud_id"] <= high]
+
+    async def _load(self, shard: str) -> list[dict[str, Any]] | None:
+        """Every row of ``shard`` from the engine, kept in the cache; None if another load of
+        it is under way, it is held already, or it is not to be kept."""
+        load = self.cache.begin_load(shard)
+        if load is None:
+            return None
         everything = None
         try:
             everything = await self._engine_rows(shard)
         finally:
             self.cache.finish_load(load, everything)
-        if low is None or high is None:
-            return everything
-        return [row for row in everything if low <= row["Stud_id"] <= high]
+        return everything
 
     async def _engine_rows(self, shard: str, low: int | None = None,
                            high: int | None = None) -> list[dict[str, Any]]:
