@@ -16,7 +16,9 @@ in a cgroup with a CPU quota of ``--caps`` cores in turn, and wrk measures it ag
 throughput should follow the cores a balancer is given, up to what its workers can use.
 
 ``--profile`` also samples the one-process balancer with py-spy under load and prints the
-functions it spends its time in.
+functions it spends its time in. ``--compare PATH`` adds a one-process balancer run from
+another checkout (``PATH/services`` first on its ``PYTHONPATH``: ``git worktree add PATH REV``)
+with its own replicas, measured in the same alternation: before against after in one run.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def main() -> None:
     ap.add_argument("--caps", default="0.25,0.5,1.0",
                     help="CPU quotas (cores) for the balancer-as-bottleneck runs; '' skips them")
     ap.add_argument("--hash", default="blake2b", help="balancer hash (HAProxy uses its own)")
+    ap.add_argument("--compare", metavar="PATH", default="",
+                    help="also a one-process balancer from the checkout at PATH (its services/)")
     ap.add_argument("--profile", action="store_true",
                     help="sample the balancer with py-spy under load; print where its time goes")
     args = ap.parse_args()
@@ -126,9 +130,19 @@ def main() -> None:
     counts = sorted({1, args.workers})
     balancers = {w: BalancerProcess("dslab.balancer", args=[
         "-n", str(args.replicas), "--hash", args.hash, "--workers", str(w)]) for w in counts}
+    compared = None
+    if args.compare:
+        tree = Path(args.compare).resolve() / "services"
+        if not (tree / "dslab").is_dir():
+            sys.exit(f"--compare: no services/dslab in {args.compare}")
+        compared = BalancerProcess("dslab.balancer", env={**os.environ, "PYTHONPATH": str(tree)},
+                                   args=["-n", str(args.replicas), "--hash", args.hash,
+                                         "--workers", "1"])
     try:
         for balancer in balancers.values():
             balancer.start()
+        if compared is not None:
+            compared.start()
         with contextlib.ExitStack() as stack:
             haproxies = {w: stack.enter_context(HAProxy(
                 b.replica_ports(), [HAProxyBackend("plain")], name_replica=False, threads=w))
@@ -140,6 +154,8 @@ def main() -> None:
                 targets[f"haproxy W={w}"] = ([f"{haproxies[w].urls['plain']}/home"],
                                              [haproxies[w].pid or 0])
                 targets[f"lb W={w}"] = ([f"{balancers[w].url}/home"], balancer_pids(balancers[w]))
+            if compared is not None:
+                targets["compared W=1"] = ([f"{compared.url}/home"], balancer_pids(compared))
             print(f"{os.cpu_count()} cores, {usable_cores()} usable; {args.replicas} Tornado "
                   f"replicas per balancer; wrk {args.connections} connections, {args.seconds}s "
                   f"x {args.rounds} rounds per target", flush=True)
@@ -166,6 +182,10 @@ def main() -> None:
                          if lb.cpu_us and ha.cpu_us else "")
             print(f"W={w}: lb/haproxy = {lb.rps / ha.rps:.2f}   lb/direct = "
                   f"{lb.rps / med['direct'].rps:.2f}{cpu_ratio}")
+        if compared is not None:
+            lb, other = med["lb W=1"], med["compared W=1"]
+            print(f"this checkout / {args.compare} (W=1): requests/s {lb.rps / other.rps:.2f}"
+                  f", CPU per request {(lb.cpu_us or 0) / (other.cpu_us or 1):.2f}")
         caps = [float(c) for c in args.caps.split(",") if c.strip()]
         if caps:
             print("\nthe balancer as the bottleneck (its own processes capped, replicas not):")
@@ -182,7 +202,7 @@ def main() -> None:
                 wrk(targets["lb W=1"][0], args.seconds, args.connections)
             sampler.print_top(15)
     finally:
-        for balancer in balancers.values():
+        for balancer in [*balancers.values(), *([compared] if compared else [])]:
             balancer.stop()
         shutil.rmtree(work, ignore_errors=True)
 

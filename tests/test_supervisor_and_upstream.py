@@ -182,3 +182,94 @@ def test_closing_a_pool_fails_requests_in_flight_at_once():
             os.kill(sup.pid("F1"), signal.SIGCONT)
 
     run(scenario())
+
+
+def sent(pool: UpstreamPool, raw: bytes) -> asyncio.Future | None:
+    """``pool.send``'s callback as a future; None when it sent nothing."""
+    future = asyncio.get_running_loop().create_future()
+
+    def ended(response, error):
+        assert not future.done(), "called back twice"
+        future.set_result((response, error))
+    return future if pool.send(raw, ended) else None
+
+
+def test_send_answers_by_callback_on_an_idle_connection_only():
+    """The proxy's hot path: no idle connection (or exact timers) sends nothing and leaves it
+    to ``fetch``; an idle one is used, and kept for the next request."""
+    async def scenario():
+        async with ProcessSupervisor(REPLICA) as sup:
+            replica = await sup.spawn("C1")
+            exact = UpstreamPool(replica.host, replica.port, timeout=5)
+            await exact.fetch(format_get("/home", "C1", "1"))
+            assert sent(exact, format_get("/home", "C1", "1")) is None
+
+            pool = UpstreamPool(replica.host, replica.port, timeout=5, coarse_timeout=True)
+            assert sent(pool, format_get("/home", "C1", "1")) is None  # nothing to send on
+            await pool.fetch(format_get("/home", "C1", "1"))
+            for _ in range(5):
+                response, error = await sent(pool, format_get("/home", "C1", "1"))
+                assert error is None and response.status == 200 and b"C1" in response.body
+            assert len(pool._idle) == 1
+
+    run(scenario())
+
+
+def test_send_retries_a_keep_alive_connection_the_server_closed_as_it_was_used():
+    """A server may close an idle keep-alive connection just as a request goes out on it
+    (Tornado does at its idle timeout). This stand-in server, a real TCP peer, does it every
+    time on a connection's second request: the answer must come through a new connection,
+    with no error."""
+    async def scenario():
+        answered = 0
+
+        async def serve(reader, writer):
+            nonlocal answered
+            served_here = 0
+            while await reader.readuntil(b"\r\n\r\n"):
+                if served_here == 1:
+                    writer.close()  # the race: closed with the request unanswered
+                    return
+                served_here += 1
+                answered += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            pool = UpstreamPool("127.0.0.1", port, timeout=5, coarse_timeout=True)
+            await pool.fetch(format_get("/home", "s", "1"))
+            response, error = await sent(pool, format_get("/home", "s", "1"))
+            assert error is None and response.body == b"ok" and answered == 2
+        finally:
+            server.close()
+
+    run(scenario())
+
+
+def test_send_times_out_and_fails_at_once_when_the_pool_closes():
+    async def scenario():
+        async with ProcessSupervisor(REPLICA) as sup:
+            replica = await sup.spawn("D1")
+            timeout = 0.4
+            pool = UpstreamPool(replica.host, replica.port, timeout=timeout, coarse_timeout=True)
+            await pool.fetch(format_get("/home", "D1", "1"))
+            os.kill(sup.pid("D1"), signal.SIGSTOP)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            response, error = await sent(pool, format_get("/home", "D1", "1"))
+            waited = loop.time() - started
+            assert response is None and isinstance(error, UpstreamTimeout)
+            assert timeout * 0.95 < waited < timeout * 1.25 + 0.2, waited  # swept: a quarter late
+            assert not pool._idle  # a half-read exchange is not reused
+
+            os.kill(sup.pid("D1"), signal.SIGCONT)
+            await pool.fetch(format_get("/home", "D1", "1"))
+            os.kill(sup.pid("D1"), signal.SIGSTOP)
+            pending = sent(pool, format_get("/home", "D1", "1"))
+            pool.close()
+            response, error = await asyncio.wait_for(pending, timeout / 2)  # at once, not timed out
+            assert response is None and isinstance(error, UpstreamClosed)
+            os.kill(sup.pid("D1"), signal.SIGCONT)
+
+    run(scenario())

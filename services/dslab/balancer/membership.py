@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..common.errors import BadRequest
 from ..keeper.keeper import ReplicaKeeper, Tenant
-from ..keeper.upstream import UpstreamClosed, UpstreamResponse
+from ..keeper.upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
 from ..ring import HashRing, RingError
 from ..supervisor import Replica, ReplicaSupervisor, random_hostname
 
@@ -62,6 +62,9 @@ class ReplicaSet(Tenant):
         if pool is None:  # removed while the request was on its way
             raise UpstreamClosed(f"replica {name} left the set")
         return await pool.fetch(raw_request)
+
+    def pool(self, name: str) -> UpstreamPool | None:
+        return self.keeper.pool(name)
 
     def suspect(self, name: str, exc: Exception | None = None) -> None:
         """A proxied request failed on ``name``: check the replicas now, not at the next tick."""

@@ -53,8 +53,18 @@ class ProxyMetrics:
                                    registry=own)
         self.latency = Histogram("dslab_request_duration_seconds", "Time to a proxied answer",
                                  buckets=LATENCY_BUCKETS, registry=own)
+        # A counter per (replica, status), looked up once: ``labels()`` costs 1.7 µs a call
+        # here, 9 µs in multiprocess mode, where the counter's own ``inc`` costs 0.4 and 2.5.
+        self._served: dict[tuple[str, int], Counter] = {}
         if shared_dir is not None:
             MultiProcessCollector(self.registry, path=str(shared_dir))  # type: ignore[no-untyped-call]
         for collector in collectors:
             self.registry.register(collector)
         self.registry.register(_InFlightCollector(inflight))
+
+    def served(self, replica: str, status: int) -> Counter:
+        """``requests`` for an answer of ``status`` from ``replica`` (the counter to ``inc``)."""
+        counter = self._served.get((replica, status))
+        if counter is None:
+            counter = self._served[(replica, status)] = self.requests.labels(replica, str(status))
+        return counter

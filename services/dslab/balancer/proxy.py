@@ -3,21 +3,30 @@
 Transport-free: ``Proxy.answer`` takes the URI and the request id and returns what to send
 back, so the front end (``common/front.py``) only parses and writes bytes. ``Proxy.route`` is
 the front end's routing: every GET that is not an admin path is proxied.
+
+The common case runs with no task and no coroutine (``_start``, a ``Direct`` handler): the
+owner's pool sends the request on an idle keep-alive connection and calls back with the
+answer, which goes straight to the client. Everything else takes ``answer``, a coroutine that
+connects, fails over along the ring and applies bounded loads: the first request to a replica,
+a failed owner (its failure is counted and reported first), and ``--balance-factor``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 from ..common.errors import error_body
-from ..common.front import Answer, FrontRequest, Handler
+from ..common.front import Answer, Direct, FrontRequest, Handler, Respond
 from ..common.metrics import metrics_handler
 from ..keeper.bounded import Loads, bounded_walk
+from ..keeper.errors import UpstreamError
 from ..keeper.routing import NoReplicaAvailable, route
-from ..keeper.upstream import UpstreamResponse, format_get
+from ..keeper.upstream import UpstreamPool, UpstreamResponse, format_get
 from ..ring import HashRing, request_number
 from .admin import ADMIN_PATHS
 from .metrics import ProxyMetrics
@@ -31,6 +40,8 @@ class Upstreams(Protocol):
     ring: HashRing
 
     async def fetch(self, name: str, raw_request: bytes) -> UpstreamResponse: ...
+
+    def pool(self, name: str) -> UpstreamPool | None: ...
 
     def suspect(self, name: str, exc: Exception | None = None) -> None: ...
 
@@ -62,23 +73,73 @@ class Proxy:
         self.inflight = inflight
         self.metrics = metrics
         self._metrics_handler = metrics_handler(self.metrics.registry)
+        self._direct = Direct(self._start)
 
-    def route(self, method: bytes, path: str) -> Handler | None:
+    def route(self, method: bytes, path: str) -> Handler | Direct | None:
         if method != b"GET":
             return None
         if path == "/metrics":
             return self._metrics_handler
-        return self._proxied if path not in ADMIN_PATHS else None
+        return self._direct if path not in ADMIN_PATHS else None
 
-    async def _proxied(self, request: FrontRequest) -> Answer:
+    def _start(self, request: FrontRequest, respond: Respond) -> None:
+        """The owner on an idle connection, answered by callback; else ``answer``'s path."""
         uri = request.uri
-        return await self.answer(uri, request_id_from(request.request_id, uri, self.rng))
-
-    async def answer(self, uri: str, request_id: str) -> Answer:
-        replicas, metrics, inflight = self.replicas, self.metrics, self.inflight
-        rid = request_number(request_id)
+        request_id = request_id_from(request.request_id, uri, self.rng)
+        replicas = self.replicas
+        ring = replicas.ring
+        if self.balance_factor is not None or not len(ring):
+            self._answer_later(request, respond, uri, request_id)
+            return
+        owner = ring.lookup(request_number(request_id))
+        pool = replicas.pool(owner)
+        if pool is None:
+            self._answer_later(request, respond, uri, request_id)
+            return
+        inflight = self.inflight
+        token = inflight.take(owner)
         started = time.perf_counter()
-        failed: list[str] = []
+
+        def ended(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+            inflight.release(token)
+            if response is not None:
+                respond(request, self._answered(uri, owner, response, started, retried=False))
+                return
+            assert error is not None
+            self._failed(owner, error)
+            self._answer_later(request, respond, uri, request_id, failed=owner, started=started)
+
+        if not pool.send(format_get(uri, owner, request_id), ended):
+            inflight.release(token)
+            self._answer_later(request, respond, uri, request_id)
+
+    def _answer_later(self, request: FrontRequest, respond: Respond, uri: str, request_id: str,
+                      failed: str | None = None, started: float | None = None) -> None:
+        task = asyncio.ensure_future(self.answer(uri, request_id, failed=failed, started=started))
+
+        def answered(task: asyncio.Task[Answer]) -> None:
+            if task.cancelled():
+                return  # the loop is going down: the connection goes with it
+            error = task.exception()
+            if error is not None:
+                log.error("proxying %s failed", uri, exc_info=error)
+                respond(request, Answer(502, error_body("<Error> Service failure: see its log")))
+            else:
+                respond(request, task.result())
+        task.add_done_callback(answered)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        self.metrics.failures.labels(name).inc()
+        self.replicas.suspect(name, exc)
+
+    async def answer(self, uri: str, request_id: str, *, failed: str | None = None,
+                     started: float | None = None) -> Answer:
+        """``failed``: the owner, tried already and failed (counted and reported): the rest
+        of the ring is tried, from the next replica clockwise."""
+        replicas, inflight = self.replicas, self.inflight
+        rid = request_number(request_id)
+        started = time.perf_counter() if started is None else started
+        retried = failed is not None
 
         async def fetch(name: str) -> UpstreamResponse:
             token = inflight.take(name)  # with the choice, no await between: the bound needs it
@@ -88,22 +149,31 @@ class Proxy:
                 inflight.release(token)
 
         def on_failure(name: str, exc: Exception) -> None:
-            failed.append(name)
-            metrics.failures.labels(name).inc()
-            replicas.suspect(name, exc)
+            nonlocal retried
+            retried = True
+            self._failed(name, exc)
 
-        order = None
-        if self.balance_factor is not None:
+        order: Iterable[str] | None = None
+        if failed is not None:
+            order = [name for name in replicas.ring.walk(rid) if name != failed]
+        elif self.balance_factor is not None:
             order = bounded_walk(replicas.ring, rid, inflight, self.balance_factor)
         try:
-            name, response = await route(rid, replicas.ring, fetch, on_failure, order=order)
+            name, response = await route(rid, replicas.ring, fetch, on_failure, order=order,
+                                         max_attempts=2 if failed is not None else 3)
         except NoReplicaAvailable as exc:
-            log.warning("no replica could serve %s: %s", uri, exc)
-            metrics.unavailable.inc()
+            after = f" (after {failed})" if failed is not None else ""
+            log.warning("no replica could serve %s: %s%s", uri, exc, after)
+            self.metrics.unavailable.inc()
             return Answer(503, error_body("<Error> No replica is available"))
+        return self._answered(uri, name, response, started, retried)
+
+    def _answered(self, uri: str, name: str, response: UpstreamResponse, started: float,
+                  retried: bool) -> Answer:
+        metrics = self.metrics
         metrics.latency.observe(time.perf_counter() - started)
-        metrics.requests.labels(name, str(response.status)).inc()
-        if failed:
+        metrics.served(name, response.status).inc()
+        if retried:
             metrics.retries.inc()
         if response.status == 404:
             path = uri.partition("?")[0]

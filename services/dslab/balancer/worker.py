@@ -92,6 +92,9 @@ class WorkerReplicas:
             raise UpstreamClosed(f"replica {name} left the set")
         return await pool.fetch(raw_request)
 
+    def pool(self, name: str) -> UpstreamPool | None:
+        return self._pools.get(name)
+
     def suspect(self, name: str, exc: Exception | None = None) -> None:
         write_now(self._writer, Suspect(name, str(exc)))
 

@@ -4,7 +4,9 @@ Why not Tornado's AsyncHTTPClient: it builds a request object, a header dict, a 
 a coroutine chain per call and reconnects often; measured here it held the balancer to about a
 fifth of HAProxy's throughput. This module keeps idle connections per replica, writes a
 pre-formatted request in one ``write`` and lets httptools (llhttp, in C) parse the answer inside
-``data_received``: one future per request, no extra task.
+``data_received``: one future per request, no extra task. ``UpstreamPool.send`` goes further
+for the proxy's hot path: on an idle connection it calls back when the answer is parsed, with
+no future and no task at all.
 
 Its errors are the small tree in ``errors.py``, so the router can tell "try the next replica"
 from anything else without importing this client.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httptools
@@ -35,6 +38,7 @@ __all__ = [
     "UpstreamProtocolError",
     "UpstreamResponse",
     "UpstreamTimeout",
+    "Done",
     "format_get",
     "format_json_request",
 ]
@@ -45,6 +49,10 @@ class UpstreamResponse:
     status: int
     content_type: bytes | None
     body: bytes
+
+
+Done = Callable[[UpstreamResponse | None, UpstreamError | None], None]
+"""Called once when an exchange ends: ``(response, None)`` or ``(None, error)``."""
 
 
 def format_get(uri: str, host: str, request_id: str) -> bytes:
@@ -62,15 +70,17 @@ def format_json_request(method: str, uri: str, host: str, body: bytes) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; one request in flight at a time."""
+    """One keep-alive connection; one request in flight at a time, ended through a future
+    (``send``) or a callback (``start``)."""
 
-    __slots__ = ("_body", "_content_type", "_parser", "_received", "_waiter", "closed", "deadline",
-                 "transport")
+    __slots__ = ("_body", "_content_type", "_on_done", "_parser", "_received", "_waiter", "closed",
+                 "deadline", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._on_done: Done | None = None
         self._content_type: bytes | None = None
         self._body: list[bytes] = []
         self._received = False
@@ -106,13 +116,24 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        waiter, self._waiter = self._waiter, None
         response = UpstreamResponse(self._parser.get_status_code(), self._content_type,
                                     b"".join(self._body))
         if not self._parser.should_keep_alive():
             self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+        self._end(response, None)
+
+    def _end(self, response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+        waiter, self._waiter = self._waiter, None
+        on_done, self._on_done = self._on_done, None
+        if waiter is not None:
+            if waiter.done():
+                return
+            if error is None:
+                waiter.set_result(response)  # type: ignore[arg-type]
+            else:
+                waiter.set_exception(error)
+        elif on_done is not None:
+            on_done(response, error)
 
     # used by the pool
     def send(self, raw: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[UpstreamResponse]:
@@ -130,18 +151,34 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(UpstreamClosed(f"connection closed by replica: {exc}"))
         return waiter
 
+    def start(self, raw: bytes, on_done: Done) -> bool:
+        """``send`` with a callback instead of a future; False (nothing sent, ``on_done`` never
+        called) when the connection is closed already."""
+        if self.transport is None or self.transport.is_closing():
+            self.closed = True
+            return False
+        self._received = False
+        try:
+            self.transport.write(raw)
+        except RuntimeError:  # uvloop: the peer closed it an instant ago
+            self.closed = True
+            return False
+        self._on_done = on_done
+        return True
+
     @property
     def received_anything(self) -> bool:
         return self._received
 
     @property
-    def waiter(self) -> asyncio.Future[UpstreamResponse] | None:
-        return self._waiter
+    def in_flight(self) -> bool:
+        return self._waiter is not None or self._on_done is not None
 
     def _fail(self, exc: UpstreamError) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        self._end(None, exc)
+
+    def time_out(self, timeout: float) -> None:
+        self._fail(UpstreamTimeout(f"no response within {timeout:g}s"))
 
     def close(self) -> None:
         self.closed = True
@@ -175,6 +212,8 @@ class UpstreamPool:
         self._idle: deque[_Connection] = deque()
         self._busy: set[_Connection] = set()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # ``send``'s: Python 3.11's
+        # get_running_loop() makes a getpid() system call each time
 
     async def fetch(self, raw_request: bytes) -> UpstreamResponse:
         """Send one request; a reused connection that the replica had closed is retried once."""
@@ -221,16 +260,68 @@ class UpstreamPool:
             if timer is not None:
                 timer.cancel()
             self._busy.discard(conn)
+        self._keep(conn)
+        return response
+
+    def send(self, raw_request: bytes, on_done: Done) -> bool:
+        """The proxy's hot path: ``raw_request`` on an idle connection, ``on_done`` called when
+        the answer is in (or the exchange failed), with no future or task in between. Returns
+        False, having sent nothing, when no idle connection is at hand or the pool keeps exact
+        timers: the caller then uses ``fetch``, which connects (and retries a keep-alive
+        connection the replica had closed)."""
+        if self._closed or not self.coarse_timeout:
+            return False
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.closed:
+                continue
+
+            def ended(response: UpstreamResponse | None, error: UpstreamError | None,
+                      conn: _Connection = conn) -> None:
+                self._busy.discard(conn)
+                if error is None:
+                    self._keep(conn)
+                    on_done(response, None)
+                    return
+                conn.close()  # a half-read exchange leaves the connection unusable
+                if (isinstance(error, UpstreamClosed) and not conn.received_anything
+                        and not self._closed):
+                    self._fetch_then(raw_request, on_done)  # an idle close, not a failure
+                else:
+                    on_done(None, error)
+
+            if conn.start(raw_request, ended):
+                loop = self._loop
+                if loop is None:
+                    loop = self._loop = asyncio.get_running_loop()
+                conn.deadline = loop.time() + self.timeout
+                self._sweep.start()
+                self._busy.add(conn)
+                return True
+        return False
+
+    def _fetch_then(self, raw_request: bytes, on_done: Done) -> None:
+        def delivered(task: asyncio.Task[UpstreamResponse]) -> None:
+            error = UpstreamClosed("exchange cancelled") if task.cancelled() else task.exception()
+            if error is None:
+                on_done(task.result(), None)
+            elif isinstance(error, UpstreamError):
+                on_done(None, error)
+            else:  # a bug, or the loop going down: say so as a failure of this exchange
+                on_done(None, UpstreamClosed(f"exchange failed: {error!r}"))
+        asyncio.ensure_future(self.fetch(raw_request)).add_done_callback(delivered)
+
+    def _keep(self, conn: _Connection) -> None:
+        """An exchange ended well: the connection goes back to the idle ones, if it may."""
         if not conn.closed and not self._closed and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         elif not conn.closed:
             conn.close()
-        return response
 
     def _time_out_due(self, now: float) -> None:
-        for conn in self._busy:
-            if conn.deadline <= now and conn.waiter is not None:
-                _expire(conn.waiter, self.timeout)
+        for conn in list(self._busy):
+            if conn.deadline <= now and conn.in_flight:
+                conn.time_out(self.timeout)
 
     def close(self) -> None:
         """Close every connection; requests in flight fail now (and are retried elsewhere)
