@@ -47,6 +47,8 @@ class Upstreams(Protocol):
 
 log = logging.getLogger(__name__)
 
+_FAILURE = Answer(502, error_body("<Error> Service failure: see its log"))  # a bug, in the log
+
 
 def request_id_from(header: bytes | None, uri: str, rng: random.Random) -> str:
     """The client's ``X-Request-ID``, else its ``?rid=``, else a random 6-digit id."""
@@ -101,13 +103,18 @@ class Proxy:
         started = time.perf_counter()
 
         def ended(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
-            inflight.release(token)
-            if response is not None:
-                respond(request, self._answered(uri, owner, response, started, retried=False))
-                return
-            assert error is not None
-            self._failed(owner, error)
-            self._answer_later(request, respond, uri, request_id, failed=owner, started=started)
+            inflight.release(token)  # called from the pool's parser: nothing may escape
+            try:
+                if response is None:
+                    self._failed(owner, error or UpstreamError("no answer"))
+                    self._answer_later(request, respond, uri, request_id, failed=owner,
+                                       started=started)
+                    return
+                answer = self._answered(uri, owner, response, started, retried=False)
+            except Exception:
+                log.exception("proxying %s failed", uri)
+                answer = _FAILURE
+            respond(request, answer)
 
         if not pool.send(format_get(uri, owner, request_id), ended):
             inflight.release(token)
@@ -123,7 +130,7 @@ class Proxy:
             error = task.exception()
             if error is not None:
                 log.error("proxying %s failed", uri, exc_info=error)
-                respond(request, Answer(502, error_body("<Error> Service failure: see its log")))
+                respond(request, _FAILURE)
             else:
                 respond(request, task.result())
         task.add_done_callback(answered)
