@@ -138,32 +138,31 @@ class _Connection(asyncio.Protocol):
     # used by the pool
     def send(self, raw: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[UpstreamResponse]:
         waiter = loop.create_future()
-        self._waiter = waiter
-        self._received = False
-        if self.transport is None or self.transport.is_closing():
-            self.closed = True
+        if self._write(raw):
+            self._waiter = waiter
+        else:
             waiter.set_exception(UpstreamClosed("connection closed by replica"))
-            return waiter
-        try:
-            self.transport.write(raw)
-        except RuntimeError as exc:  # uvloop: the peer closed it an instant ago
-            self.closed = True
-            waiter.set_exception(UpstreamClosed(f"connection closed by replica: {exc}"))
         return waiter
 
     def start(self, raw: bytes, on_done: Done) -> bool:
         """``send`` with a callback instead of a future; False (nothing sent, ``on_done`` never
         called) when the connection is closed already."""
+        if not self._write(raw):
+            return False
+        self._on_done = on_done
+        return True
+
+    def _write(self, raw: bytes) -> bool:
+        """Write a request; False when the connection turned out to be closed."""
+        self._received = False
         if self.transport is None or self.transport.is_closing():
             self.closed = True
             return False
-        self._received = False
         try:
             self.transport.write(raw)
         except RuntimeError:  # uvloop: the peer closed it an instant ago
             self.closed = True
             return False
-        self._on_done = on_done
         return True
 
     @property
@@ -184,11 +183,6 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
-
-
-def _expire(waiter: asyncio.Future[UpstreamResponse], timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamTimeout(f"no response within {timeout:g}s"))
 
 
 class UpstreamPool:
@@ -225,11 +219,16 @@ class UpstreamPool:
                 continue
             try:
                 return await self._exchange(conn, raw_request)
-            except UpstreamClosed:
-                if conn.received_anything or self._closed:
+            except UpstreamClosed as exc:
+                if not self._closed_while_idle(conn, exc):
                     raise
-                # The replica closed an idle keep-alive connection: not a failure of the replica.
         return await self._exchange(await self._connect(), raw_request)
+
+    def _closed_while_idle(self, conn: _Connection, error: UpstreamError) -> bool:
+        """The replica closed a kept connection as a request went out on it (nothing came
+        back): not a failure of the replica, worth one try on a new connection."""
+        return (isinstance(error, UpstreamClosed) and not conn.received_anything
+                and not self._closed)
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -249,7 +248,7 @@ class UpstreamPool:
             conn.deadline = loop.time() + self.timeout
             self._sweep.start()
         else:
-            timer = loop.call_later(self.timeout, _expire, waiter, self.timeout)
+            timer = loop.call_later(self.timeout, conn.time_out, self.timeout)
         self._busy.add(conn)
         try:
             response = await waiter
@@ -284,9 +283,8 @@ class UpstreamPool:
                     on_done(response, None)
                     return
                 conn.close()  # a half-read exchange leaves the connection unusable
-                if (isinstance(error, UpstreamClosed) and not conn.received_anything
-                        and not self._closed):
-                    self._fetch_then(raw_request, on_done)  # an idle close, not a failure
+                if self._closed_while_idle(conn, error):
+                    self._fetch_then(raw_request, on_done)
                 else:
                     on_done(None, error)
 
