@@ -131,7 +131,3 @@ class RowCache:
         self._shards.pop(shard, None)
         self._too_big.discard(shard)
         self._loads.pop(shard, None)  # its ``finish_load`` will find it gone and keep nothing
-
-    def clear(self) -> None:
-        for shard in [*self._shards, *self._loads]:
-            self.drop(shard)

@@ -66,11 +66,13 @@ class ShardStore:
         self._warming: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
-    def _changing(self, shard: str) -> Iterator[None]:
-        """Around a change to ``shard``: if it does not complete (an error, a cancellation),
-        the engine may or may not hold it, so the cache forgets the shard."""
+    def _changing(self, shard: str, doing: str) -> Iterator[None]:
+        """Around a change to ``shard`` (``doing``: for the error): the engine's errors
+        translated, and if the change does not complete (an error, a cancellation), the engine
+        may or may not hold it, so the cache forgets the shard."""
         try:
-            yield
+            with engine_errors(f"{doing} {shard}"):
+                yield
         except BaseException:
             self.cache.drop(shard)
             raise
@@ -183,7 +185,7 @@ class ShardStore:
         New rows go in as one ``insert_many``: the engine commits it once, where it commits
         each upsert of a bulk on its own (measured here: 10 rows, 10 commits). Only the rows
         already held are then replaced."""
-        with self._changing(shard), engine_errors(f"Writing {shard}"):
+        with self._changing(shard, "Writing"):
             held = await self._insert(shard, rows)
             if held:
                 await self.db[shard].bulk_write(
@@ -195,7 +197,7 @@ class ShardStore:
         """Store the rows whose Stud_id is not here yet, in one ``insert_many``; returns the
         Stud_ids that were here already (those rows are left as they were). The ``_id`` index
         answers "is it new?", so the balancer needs no round trip to ask first."""
-        with self._changing(shard), engine_errors(f"Writing {shard}"):
+        with self._changing(shard, "Writing"):
             held = await self._insert(shard, rows)
         existing = {row["Stud_id"] for row in held}
         self.cache.applied(shard, Change(put=tuple(r for r in rows if r["Stud_id"] not in existing)))
@@ -216,14 +218,14 @@ class ShardStore:
         return []
 
     async def update(self, shard: str, stud_id: int, row: dict[str, Any]) -> bool:
-        with self._changing(shard), engine_errors(f"Updating {shard}"):
+        with self._changing(shard, "Updating"):
             result = await self.db[shard].replace_one({"_id": stud_id}, row)
         if result.matched_count == 1:
             self.cache.applied(shard, Change(put=(row,)))
         return result.matched_count == 1
 
     async def delete(self, shard: str, stud_id: int) -> bool:
-        with self._changing(shard), engine_errors(f"Deleting from {shard}"):
+        with self._changing(shard, "Deleting from"):
             result = await self.db[shard].delete_one({"_id": stud_id})
         self.cache.applied(shard, Change(removed=(stud_id,)))
         return result.deleted_count == 1
@@ -231,6 +233,6 @@ class ShardStore:
     async def delete_many(self, shard: str, stud_ids: list[int]) -> None:
         """One statement, so one commit (a bulk of deletes commits each on its own)."""
         if stud_ids:
-            with self._changing(shard), engine_errors(f"Erasing from {shard}"):
+            with self._changing(shard, "Erasing from"):
                 await self.db[shard].delete_many({"_id": {"$in": stud_ids}})
             self.cache.applied(shard, Change(removed=tuple(stud_ids)))
