@@ -100,7 +100,7 @@ class Proxy:
             return
         inflight = self.inflight
         token = inflight.take(owner)
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
 
         def ended(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
             inflight.release(token)  # called from the pool's parser: nothing may escape
@@ -121,7 +121,7 @@ class Proxy:
             self._answer_later(request, respond, uri, request_id)
 
     def _answer_later(self, request: FrontRequest, respond: Respond, uri: str, request_id: str,
-                      failed: str | None = None, started: float | None = None) -> None:
+                      failed: str | None = None, started: int | None = None) -> None:
         task = asyncio.ensure_future(self.answer(uri, request_id, failed=failed, started=started))
 
         def answered(task: asyncio.Task[Answer]) -> None:
@@ -140,12 +140,13 @@ class Proxy:
         self.replicas.suspect(name, exc)
 
     async def answer(self, uri: str, request_id: str, *, failed: str | None = None,
-                     started: float | None = None) -> Answer:
+                     started: int | None = None) -> Answer:
         """``failed``: the owner, tried already and failed (counted and reported): the rest
-        of the ring is tried, from the next replica clockwise."""
+        of the ring is tried, from the next replica clockwise. ``started``: when the request
+        began (``time.perf_counter_ns``), if before this."""
         replicas, inflight = self.replicas, self.inflight
         rid = request_number(request_id)
-        started = time.perf_counter() if started is None else started
+        started = time.perf_counter_ns() if started is None else started
         retried = failed is not None
 
         async def fetch(name: str) -> UpstreamResponse:
@@ -175,13 +176,11 @@ class Proxy:
             return Answer(503, error_body("<Error> No replica is available"))
         return self._answered(uri, name, response, started, retried)
 
-    def _answered(self, uri: str, name: str, response: UpstreamResponse, started: float,
+    def _answered(self, uri: str, name: str, response: UpstreamResponse, started: int,
                   retried: bool) -> Answer:
-        metrics = self.metrics
-        metrics.latency.observe(time.perf_counter() - started)
-        metrics.served(name, response.status).inc()
+        self.metrics.tally.answered(name, response.status, time.perf_counter_ns() - started)
         if retried:
-            metrics.retries.inc()
+            self.metrics.retries.inc()
         if response.status == 404:
             path = uri.partition("?")[0]
             return Answer(

@@ -31,7 +31,7 @@ from ..keeper.upstream import UpstreamClosed, UpstreamPool, UpstreamResponse
 from ..ring import HashRing
 from .admin import make_admin_app
 from .channel import Ack, Call, Hello, Listening, Membership, Reply, Suspect, receive, write_now
-from .metrics import ProxyMetrics
+from .metrics import ProxyMetrics, SharedFolder
 from .proxy import Proxy
 from .sharedload import SharedInFlight
 
@@ -148,7 +148,8 @@ async def run(channel_fd: int) -> None:
     inflight = SharedInFlight(hello.state_dir / "inflight", hello.workers, hello.index)
     replicas = WorkerReplicas(writer, first, hello.request_timeout, inflight)
     write_now(writer, Ack(first.version))
-    metrics = ProxyMetrics(inflight, [KeeperCollector(replicas)], shared_dir=hello.state_dir)
+    metrics = ProxyMetrics(inflight, [KeeperCollector(replicas)],
+                          shared=SharedFolder(hello.state_dir, hello.index, hello.workers))
     proxy = Proxy(replicas, inflight, metrics, balance_factor=hello.balance_factor)
     front = Front(proxy.route, make_admin_app(replicas, hello.admin_token),
                   max_body=hello.max_body, limits=hello.limits)
