@@ -12,12 +12,20 @@ compare two checkouts in one run (``--compare PATH``, as bench-lb's) and to prof
 the workers' metrics files). Each checkout runs in its own child process; the rounds alternate
 between them. Prints µs per request for each (median over rounds), the ratio, and with
 ``--profile`` the functions (cProfile) this checkout spends its time in.
+
+Time on this machine varies by 20% from run to run. ``--instructions`` counts instead the
+instructions each checkout executes per request (valgrind's callgrind: the same count for the
+same code and inputs, whatever else the machine is doing; the difference between a run of
+``--requests`` and one of twice as many, so start-up cancels out). It takes about a minute per
+checkout.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -135,7 +143,7 @@ def child(requests: int, shared: Path | None, profile: bool) -> None:
             one(gets[i % len(gets)])
         elapsed = time.perf_counter() - started
         assert len(client.written) == requests, "a request went unanswered"
-        print(elapsed / requests * 1e6)
+        print(elapsed / max(requests, 1) * 1e6)
         if profile:
             import cProfile
             import pstats
@@ -149,17 +157,35 @@ def child(requests: int, shared: Path | None, profile: bool) -> None:
     asyncio.run(run())
 
 
-def measure(services: Path, requests: int, workers_mode: bool, profile: bool = False) -> float:
+def run_child(services: Path, requests: int, workers_mode: bool, *, profile: bool = False,
+              under: list[str] = ()) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory(prefix="bench-hotpath-") as shared:
         env = {**os.environ, "PYTHONPATH": str(services)}
-        command = [sys.executable, __file__, "--child", "--requests", str(requests)]
+        command = [*under, sys.executable, __file__, "--child", "--requests", str(requests)]
         if workers_mode:
             env["PROMETHEUS_MULTIPROC_DIR"] = shared  # as the primary gives its workers
             command += ["--shared", shared]
         if profile:
             command.append("--profile")
-        out = subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True)
-        return float(out.stdout.split()[-1])
+        return subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+
+
+def measure(services: Path, requests: int, workers_mode: bool) -> float:
+    """µs per request."""
+    return float(run_child(services, requests, workers_mode).stdout.split()[-1])
+
+
+def instructions(services: Path, requests: int, workers_mode: bool) -> float:
+    """Instructions per request, counted by callgrind."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.exit("--instructions needs valgrind: apt-get install valgrind")
+    under = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    counted = []
+    for n in (requests, 2 * requests):
+        err = run_child(services, n, workers_mode, under=under).stderr
+        counted.append(int(re.findall(r"Collected : (\d+)", err)[-1]))
+    return (counted[1] - counted[0]) / requests
 
 
 def main() -> None:
@@ -170,6 +196,8 @@ def main() -> None:
     p.add_argument("--workers-mode", action="store_true")
     p.add_argument("--compare", type=Path, help="another checkout, measured in the same run")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions per request (valgrind) instead of timing")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shared", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -179,22 +207,31 @@ def main() -> None:
     targets = {"this checkout": HERE / "services"}
     if args.compare is not None:
         targets[f"{args.compare}"] = args.compare.resolve() / "services"
-    found: dict[str, list[float]] = {name: [] for name in targets}
     mode = "as a worker of several" if args.workers_mode else "one process"
-    print(f"{args.requests} requests per round, {args.rounds} rounds, {mode}", flush=True)
-    for round_number in range(1, args.rounds + 1):
+    if args.instructions:
+        requests = min(args.requests, 20_000)  # callgrind runs ~50x slower
+        print(f"instructions per request (callgrind, {requests} requests), {mode}", flush=True)
+        medians = {}
         for name, services in targets.items():
-            found[name].append(measure(services, args.requests, args.workers_mode))
-        print(f"  round {round_number}: " + ", ".join(f"{name} {values[-1]:.2f} µs"
-                                                    for name, values in found.items()), flush=True)
-    medians = {name: statistics.median(values) for name, values in found.items()}
-    for name, median in medians.items():
-        print(f"{name:>40}: {median:6.2f} µs per request (median)")
+            medians[name] = instructions(services, requests, args.workers_mode)
+            print(f"{name:>40}: {medians[name]:9.0f} instructions per request", flush=True)
+    else:
+        found: dict[str, list[float]] = {name: [] for name in targets}
+        print(f"{args.requests} requests per round, {args.rounds} rounds, {mode}", flush=True)
+        for round_number in range(1, args.rounds + 1):
+            for name, services in targets.items():
+                found[name].append(measure(services, args.requests, args.workers_mode))
+            print(f"  round {round_number}: " + ", ".join(
+                f"{name} {values[-1]:.2f} µs" for name, values in found.items()), flush=True)
+        medians = {name: statistics.median(values) for name, values in found.items()}
+        for name, median in medians.items():
+            print(f"{name:>40}: {median:6.2f} µs per request (median)")
     if args.compare is not None:
         this, other = medians["this checkout"], medians[f"{args.compare}"]
         print(f"this checkout / {args.compare} = {this / other:.2f}")
     if args.profile:
-        measure(targets["this checkout"], args.requests, args.workers_mode, profile=True)
+        print(run_child(targets["this checkout"], args.requests, args.workers_mode,
+                        profile=True).stderr)
 
 
 if __name__ == "__main__":

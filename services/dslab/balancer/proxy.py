@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from ..common.errors import error_body
-from ..common.front import Answer, Direct, FrontRequest, Handler, Respond
+from ..common.front import SERVICE_FAILURE, Answer, Direct, FrontRequest, Handler, Respond
 from ..common.metrics import metrics_handler
 from ..keeper.bounded import Loads, bounded_walk
 from ..keeper.errors import UpstreamError
@@ -46,8 +46,6 @@ class Upstreams(Protocol):
     def suspect(self, name: str, exc: Exception | None = None) -> None: ...
 
 log = logging.getLogger(__name__)
-
-_FAILURE = Answer(502, error_body("<Error> Service failure: see its log"))  # a bug, in the log
 
 
 def request_id_from(header: bytes | None, uri: str, rng: random.Random) -> str:
@@ -113,7 +111,7 @@ class Proxy:
                 answer = self._answered(uri, owner, response, started, retried=False)
             except Exception:
                 log.exception("proxying %s failed", uri)
-                answer = _FAILURE
+                answer = SERVICE_FAILURE
             respond(request, answer)
 
         if not pool.send(format_get(uri, owner, request_id), ended):
@@ -130,7 +128,7 @@ class Proxy:
             error = task.exception()
             if error is not None:
                 log.error("proxying %s failed", uri, exc_info=error)
-                respond(request, _FAILURE)
+                respond(request, SERVICE_FAILURE)
             else:
                 respond(request, task.result())
         task.add_done_callback(answered)

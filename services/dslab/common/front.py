@@ -57,8 +57,8 @@ from .edge import EdgeLimits
 from .errors import error_body
 from .runtime import bind_socket, raise_fd_limit, serve_forever
 
-__all__ = ["Answer", "Direct", "EdgeLimits", "Front", "FrontRequest", "Handler", "Respond", "Route",
-           "serve", "start_front"]
+__all__ = ["SERVICE_FAILURE", "Answer", "Direct", "EdgeLimits", "Front", "FrontRequest", "Handler",
+           "Respond", "Route", "serve", "start_front"]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,15 @@ class Answer:
 
 
 class FrontRequest:
+    """A request as parsed; ``uri`` is ``url`` decoded, once its headers are in."""
+
     __slots__ = ("answered", "body", "body_size", "header_bytes", "headers", "keep_alive",
-                 "method", "request_id", "url", "version")
+                 "method", "request_id", "uri", "url", "version")
 
     def __init__(self) -> None:
         self.answered = False
         self.url = b""
+        self.uri = ""
         self.method = b""
         self.version = "1.1"
         self.keep_alive = True
@@ -97,13 +100,12 @@ class FrontRequest:
         self.body_size = 0
         self.header_bytes = 0
 
-    @property
-    def uri(self) -> str:
-        return self.url.decode("latin-1")
-
     def payload(self) -> bytes:
         return b"".join(self.body)
 
+
+SERVICE_FAILURE = Answer(502, error_body("<Error> Service failure: see its log"))
+"""What a handler that failed (a bug) answers; the log says why."""
 
 Handler = Callable[[FrontRequest], Awaitable[Answer]]
 Respond = Callable[[FrontRequest, Answer], None]
@@ -225,6 +227,7 @@ class _FrontProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         request = self._current
+        request.uri = request.url.decode("latin-1")
         request.method = self._parser.get_method()
         request.version = self._parser.get_http_version()
         request.keep_alive = self._parser.should_keep_alive()
@@ -276,7 +279,7 @@ class _FrontProtocol(asyncio.Protocol):
     def _failed(self, request: FrontRequest) -> None:
         """A bug: the client gets a 502 in the error shape, the log says why."""
         log.exception("serving %r failed", request.url)
-        self._respond(request, Answer(502, error_body("<Error> Service failure: see its log")))
+        self._respond(request, SERVICE_FAILURE)
 
     async def _serve(self, request: FrontRequest, handler: Handler | None) -> None:
         try:
