@@ -15,10 +15,17 @@ Then the balancer as the bottleneck: each balancer's own processes (not its repl
 in a cgroup with a CPU quota of ``--caps`` cores in turn, and wrk measures it again:
 throughput should follow the cores a balancer is given, up to what its workers can use.
 
+The balancers' replicas get a heartbeat timeout of ``--heartbeat-timeout`` (2 s, where a
+balancer's default is 0.5 s): on two cores under wrk a replica can miss two 0.5 s heartbeats
+and be replaced, and the HAProxy and direct targets, which keep the replicas' ports from the
+start, would then point at a port nobody listens on. The ports are checked after every round:
+if a replica was replaced all the same, the run stops and says so.
+
 ``--profile`` also samples the one-process balancer with py-spy under load and prints the
-functions it spends its time in. ``--compare PATH`` adds a one-process balancer run from
-another checkout (``PATH/services`` first on its ``PYTHONPATH``: ``git worktree add PATH REV``)
-with its own replicas, measured in the same alternation: before against after in one run.
+functions it spends its time in. ``--compare PATH`` adds the balancers run from
+another checkout (``PATH/services`` first on its ``PYTHONPATH``: ``git worktree add PATH REV``),
+with one process and with W workers, each with its own replicas, measured in the same
+alternation: before against after in one run.
 """
 
 from __future__ import annotations
@@ -117,6 +124,8 @@ def main() -> None:
     ap.add_argument("--hash", default="blake2b", help="balancer hash (HAProxy uses its own)")
     ap.add_argument("--compare", metavar="PATH", default="",
                     help="also a one-process balancer from the checkout at PATH (its services/)")
+    ap.add_argument("--heartbeat-timeout", type=float, default=2.0,
+                    help="the balancers' heartbeat timeout (s): see above")
     ap.add_argument("--profile", action="store_true",
                     help="sample the balancer with py-spy under load; print where its time goes")
     args = ap.parse_args()
@@ -128,21 +137,23 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-lb-"))
     counts = sorted({1, args.workers})
-    balancers = {w: BalancerProcess("dslab.balancer", args=[
-        "-n", str(args.replicas), "--hash", args.hash, "--workers", str(w)]) for w in counts}
-    compared = None
+    common = ["-n", str(args.replicas), "--hash", args.hash,
+              "--heartbeat-timeout", f"{args.heartbeat_timeout:g}"]
+    balancers = {w: BalancerProcess("dslab.balancer", args=[*common, "--workers", str(w)])
+                 for w in counts}
+    compared: dict[int, BalancerProcess] = {}
     if args.compare:
         tree = Path(args.compare).resolve() / "services"
         if not (tree / "dslab").is_dir():
             sys.exit(f"--compare: no services/dslab in {args.compare}")
-        compared = BalancerProcess("dslab.balancer", env={**os.environ, "PYTHONPATH": str(tree)},
-                                   args=["-n", str(args.replicas), "--hash", args.hash,
-                                         "--workers", "1"])
+        compared = {w: BalancerProcess("dslab.balancer",
+                                       env={**os.environ, "PYTHONPATH": str(tree)},
+                                       args=[*common, "--workers", str(w)]) for w in counts}
     try:
         for balancer in balancers.values():
             balancer.start()
-        if compared is not None:
-            compared.start()
+        for balancer in compared.values():
+            balancer.start()
         with contextlib.ExitStack() as stack:
             haproxies = {w: stack.enter_context(HAProxy(
                 b.replica_ports(), [HAProxyBackend("plain")], name_replica=False, threads=w))
@@ -154,12 +165,13 @@ def main() -> None:
                 targets[f"haproxy W={w}"] = ([f"{haproxies[w].urls['plain']}/home"],
                                              [haproxies[w].pid or 0])
                 targets[f"lb W={w}"] = ([f"{balancers[w].url}/home"], balancer_pids(balancers[w]))
-            if compared is not None:
-                targets["compared W=1"] = ([f"{compared.url}/home"], balancer_pids(compared))
+            for w, balancer in compared.items():
+                targets[f"compared W={w}"] = ([f"{balancer.url}/home"], balancer_pids(balancer))
             print(f"{os.cpu_count()} cores, {usable_cores()} usable; {args.replicas} Tornado "
                   f"replicas per balancer; wrk {args.connections} connections, {args.seconds}s "
                   f"x {args.rounds} rounds per target", flush=True)
             results: dict[str, list[Measured]] = {k: [] for k in targets}
+            ports = {w: b.replica_ports() for w, b in balancers.items()}
             for rnd in range(1, args.rounds + 1):
                 for name, (urls, pids) in targets.items():
                     res = measure(urls, pids, args.seconds, args.connections)
@@ -167,6 +179,12 @@ def main() -> None:
                     cpu = f"{res.cpu_us:6.0f} us/req" if res.cpu_us is not None else ""
                     print(f"round {rnd} {name:12s} {res.rps:7.0f} req/s  p99 {res.p99_ms:7.2f} ms"
                           f"  errors {res.errors}  {cpu}", flush=True)
+                for w, balancer in balancers.items():
+                    if balancer.replica_ports() != ports[w]:
+                        sys.exit(f"a replica of the W={w} balancer was replaced during round {rnd}"
+                                 f" (its heartbeats timed out): the HAProxy and direct targets "
+                                 f"no longer match it. Run again, with a longer "
+                                 f"--heartbeat-timeout than {args.heartbeat_timeout:g} s.")
         med = {k: Measured(statistics.median(r.rps for r in v),
                            statistics.median(r.p99_ms for r in v), sum(r.errors for r in v),
                            statistics.median(r.cpu_us for r in v if r.cpu_us is not None)
@@ -182,9 +200,9 @@ def main() -> None:
                          if lb.cpu_us and ha.cpu_us else "")
             print(f"W={w}: lb/haproxy = {lb.rps / ha.rps:.2f}   lb/direct = "
                   f"{lb.rps / med['direct'].rps:.2f}{cpu_ratio}")
-        if compared is not None:
-            lb, other = med["lb W=1"], med["compared W=1"]
-            print(f"this checkout / {args.compare} (W=1): requests/s {lb.rps / other.rps:.2f}"
+        for w in compared:
+            lb, other = med[f"lb W={w}"], med[f"compared W={w}"]
+            print(f"this checkout / {args.compare} (W={w}): requests/s {lb.rps / other.rps:.2f}"
                   f", CPU per request {(lb.cpu_us or 0) / (other.cpu_us or 1):.2f}")
         caps = [float(c) for c in args.caps.split(",") if c.strip()]
         if caps:
@@ -202,7 +220,7 @@ def main() -> None:
                 wrk(targets["lb W=1"][0], args.seconds, args.connections)
             sampler.print_top(15)
     finally:
-        for balancer in [*balancers.values(), *([compared] if compared else [])]:
+        for balancer in [*balancers.values(), *compared.values()]:
             balancer.stop()
         shutil.rmtree(work, ignore_errors=True)
 
