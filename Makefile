@@ -9,7 +9,7 @@ SLOTS  ?= 512
 VNODES ?= 9
 ARGS   ?=
 
-.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images build-images up down swarm-up swarm-down cluster-up cluster-down cluster-env test-cluster run-lb run-db bench-lb bench-db bench-failover clean
+.PHONY: help venv tools compose-check test lint report lab wheelhouse base-image images build-images up down swarm-up swarm-down cluster-up cluster-down cluster-env test-cluster run-lb run-db bench-lb bench-hotpath bench-db bench-failover clean
 
 EXP    ?=
 # The base of the images: built here by debootstrap (no registry reachable); on a machine that
@@ -40,6 +40,7 @@ help:
 	@echo "make bench-failover    kill-to-serving and /add times: process, Docker and Swarm backends"
 	@echo "                       (ARGS='--cluster also' or '--cluster only': a node lost on a 3-engine cluster)"
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
+	@echo "make bench-hotpath     the balancer's own Python per request, no network (ARGS='--instructions --compare PATH')"
 
 $(VENV)/.installed: services/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -166,6 +167,9 @@ run-db: venv
 
 bench-lb: venv tools
 	$(PY) bench/bench_lb.py $(ARGS)
+
+bench-hotpath: venv
+	$(PY) bench/bench_hotpath.py $(ARGS)
 
 bench-db: venv
 	$(PY) bench/bench_db.py $(ARGS)
