@@ -94,6 +94,53 @@ def test_the_backoff_doubles_up_to_its_cap():
     run(scenario())
 
 
+def test_replicas_dead_together_are_replaced_together_each_under_a_name_of_its_own():
+    async def scenario():
+        rs, sup, _ = replica_set()
+        await rs.start(["S1", "S2", "S3"], heartbeats=False)
+        starting: list[str] = []
+        all_starting = asyncio.Event()
+
+        async def gate(name: str) -> None:
+            starting.append(name)
+            if len(starting) == 3:
+                all_starting.set()
+            # Replaced one after the other, the first start would wait here for starts that
+            # never come; together, the others join it within a few turns of the loop (no I/O).
+            await asyncio.wait_for(all_starting.wait(), timeout=rs.keeper.backoff)
+
+        sup.before_spawn = gate
+        for name in ("S1", "S2", "S3"):
+            sup.kill(name)
+        await rs.keeper.heartbeat_round([("S1", "gone"), ("S2", "gone"), ("S3", "gone")])
+        assert len(set(starting)) == 3 and not set(starting) & {"S1", "S2", "S3"}
+        assert sorted(rs.names()) == sorted(starting) == sorted(rs.ring.servers)
+        assert sorted(sup.discarded) == ["S1", "S2", "S3"] and rs.keeper.replacements == 3
+        await rs.close()
+
+    run(scenario())
+
+
+def test_one_replacement_failing_does_not_hold_back_the_others():
+    async def scenario():
+        rs, sup, clock = replica_set()
+        await rs.start(["S1", "S2", "S3"], heartbeats=False)
+        sup.kill("S1")
+        sup.kill("S2")
+        sup.fail_spawns = 1  # whichever start comes first fails
+        await rs.keeper.heartbeat_round([("S1", "gone"), ("S2", "gone")])
+        [waiting] = rs.keeper.evicted()
+        assert rs.keeper.replacements == 1 and len(rs.names()) == 2 and "S3" in rs.names()
+        assert sup.discarded == [{"S1": "S2", "S2": "S1"}[waiting]]  # the replaced one's data
+        clock.now += rs.keeper.backoff
+        await rs.keeper.heartbeat_round([])
+        assert rs.keeper.evicted() == [] and len(rs.names()) == 3 and rs.keeper.replacements == 2
+        assert sorted(sup.discarded) == ["S1", "S2"]
+        await rs.close()
+
+    run(scenario())
+
+
 def test_rm_racing_a_replacement_waits_for_it_and_leaves_no_replica_behind():
     async def scenario():
         rs, sup, _ = replica_set()

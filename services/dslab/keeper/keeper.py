@@ -227,7 +227,8 @@ class ReplicaKeeper:
         self.monitor.wake()
 
     async def heartbeat_round(self, dead: Dead) -> None:
-        """The monitor's hook: evict the dead, then replace every evicted replica still wanted."""
+        """The monitor's hook: evict the dead, then replace every evicted replica still wanted,
+        all at once (a host or a shard lost takes several: a start can take seconds)."""
         for name, why in dead:
             self.evict(name, why)
         if not self._evicted:
@@ -235,26 +236,47 @@ class ReplicaKeeper:
         async with self.lock:
             await self._settle()
             await self.tenant.upkeep()
+            due = []
             for name, waiting in list(self._evicted.items()):
                 if name not in self._evicted:  # the upkeep started it again in place
                     continue
                 if not self.tenant.wanted(name):
                     del self._evicted[name]
                     continue
-                if self.clock() < waiting.next_try:
-                    continue
+                if self.clock() >= waiting.next_try:
+                    due.append(name)
+            # Their data stays until the newcomers have taken over.
+            await asyncio.gather(*(self.stop(name) for name in due))
+            newcomers: dict[str, str] = {}  # dead -> its newcomer's name
+            for name in due:
                 try:
-                    newcomer = await self._replace(name)
+                    self.tenant.check_replaceable(name)
                 except RETRYABLE as exc:
-                    waiting.attempts += 1
-                    waiting.next_try = self.clock() + min(
-                        self.backoff * 2 ** (waiting.attempts - 1), self.max_backoff)
-                    self.log_once(name, f"replacing {name} failed, will retry: {exc}")
+                    self._retry_later(name, exc)
                     continue
-                del self._evicted[name]
-                self._logged.pop(name, None)
-                self.replacements += 1
-                log.warning("%s (%s) replaced by %s", name, waiting.why, newcomer.name)
+                taken = [*self._members, *self._evicted, *newcomers.values()]
+                newcomers[name] = self.tenant.name_replacement(name, taken)
+            outcomes = await asyncio.gather(
+                *(self._take_over(name, newcomer) for name, newcomer in newcomers.items()),
+                return_exceptions=True)
+            for name, outcome in zip(newcomers, outcomes, strict=True):
+                if isinstance(outcome, RETRYABLE):
+                    self._retry_later(name, outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome  # a bug, or the round cancelled
+                else:
+                    waiting = self._evicted.pop(name)
+                    self._logged.pop(name, None)
+                    self.replacements += 1
+                    log.warning("%s (%s) replaced by %s", name, waiting.why, outcome.name)
+
+    def _retry_later(self, name: str, exc: Exception) -> None:
+        """A replacement of ``name`` failed: tried again after a backoff that doubles."""
+        waiting = self._evicted[name]
+        waiting.attempts += 1
+        waiting.next_try = self.clock() + min(self.backoff * 2 ** (waiting.attempts - 1),
+                                              self.max_backoff)
+        self.log_once(name, f"replacing {name} failed, will retry: {exc}")
 
     async def _settle(self) -> None:
         """A replica found dead is rarely alone: a shard or a host lost takes several at once,
@@ -270,10 +292,8 @@ class ReplicaKeeper:
             if name not in self._evicted and not self.supervisor.alive(name):
                 self.evict(name, "process or container is gone")
 
-    async def _replace(self, dead: str) -> Replica:
-        await self.stop(dead)  # its data stays until the newcomer has taken over
-        self.tenant.check_replaceable(dead)
-        name = self.tenant.name_replacement(dead, [*self._members, *self._evicted])
+    async def _take_over(self, dead: str, name: str) -> Replica:
+        """Start ``name`` and have it take ``dead``'s place; then ``dead``'s data goes."""
         [newcomer] = await self.start_all([name])
         try:
             await self.tenant.hand_over(dead, newcomer)
