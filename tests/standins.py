@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import pymongo
@@ -39,18 +39,22 @@ class SteppedSupervisor(ReplicaSupervisor):
         self.discarded: list[str] = []
         self.data: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
         self.fail_spawns = 0  # the next n spawns fail
+        self.nodes: dict[str, str] = {}  # replica -> the node it runs on, if the test says
+        self.avoided: dict[str, set[str]] = {}  # replica -> the nodes its spawn was to avoid
         self.before_spawn: Step | None = None
         self._ports = itertools.count(1)  # never dialled: the stand-in servers answer calls
 
-    async def spawn(self, name: str) -> Replica:
+    async def spawn(self, name: str, *, avoid: Collection[str] = ()) -> Replica:
         self.spawned.append(name)
+        self.avoided[name] = set(avoid)
         if self.before_spawn is not None:
             await self.before_spawn(name)
         if self.fail_spawns:
             self.fail_spawns -= 1
             raise SpawnError(f"{name} could not start")
         self.killed.discard(name)
-        self.running[name] = Replica(name, "127.0.0.1", next(self._ports))
+        self.running[name] = Replica(name, "127.0.0.1", next(self._ports),
+                                     node=self.nodes.get(name))
         self.data.setdefault(name, {})
         return self.running[name]
 

@@ -141,6 +141,24 @@ def test_one_replacement_failing_does_not_hold_back_the_others():
     run(scenario())
 
 
+def test_a_replacement_keeps_off_the_node_its_predecessor_died_on():
+    async def scenario():
+        rs, sup, clock = replica_set()
+        sup.nodes = {"S1": "node1", "S2": "node2"}
+        await rs.start(["S1", "S2"], heartbeats=False)
+        sup.kill("S1")
+        sup.fail_spawns = 1  # and still after a failed try: the node is remembered
+        await rs.keeper.heartbeat_round([("S1", "gone")])
+        clock.now += rs.keeper.backoff
+        await rs.keeper.heartbeat_round([])
+        [first, second] = sup.spawned[2:]
+        assert sup.avoided[first] == sup.avoided[second] == {"node1"}
+        assert rs.keeper.evicted() == [] and second in rs.names()
+        await rs.close()
+
+    run(scenario())
+
+
 def test_rm_racing_a_replacement_waits_for_it_and_leaves_no_replica_behind():
     async def scenario():
         rs, sup, _ = replica_set()

@@ -82,10 +82,10 @@ def test_failed_add_starts_nothing_and_changes_nothing():
     """One replica of a batch fails to start: the others are stopped, the ring is untouched."""
 
     class FailOnName(ProcessSupervisor):
-        async def spawn(self, name):
+        async def spawn(self, name, *, avoid=()):
             if name == "Bad1":
                 raise SpawnError("Bad1 cannot start")
-            return await super().spawn(name)
+            return await super().spawn(name, avoid=avoid)
 
     async def scenario():
         sup = FailOnName(REPLICA)

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +79,7 @@ class _Waiting:
     """An evicted replica whose replacement failed: why, and when to try again."""
 
     why: str
+    node: str | None = None  # where it ran: its replacement keeps off it (it may be dead too)
     attempts: int = 0
     next_try: float = 0.0
 
@@ -143,11 +144,13 @@ class ReplicaKeeper:
             self._members.clear()
             await self.supervisor.close()
 
-    async def start_all(self, names: Sequence[str], *, keep_data: bool = False) -> list[Replica]:
+    async def start_all(self, names: Sequence[str], *, keep_data: bool = False,
+                        avoid: Collection[str] = ()) -> list[Replica]:
         """Start and prepare every replica of ``names``, or none: on any failure the started
         ones are stopped again, their data removed unless ``keep_data`` (a restart in place,
-        which finds its data), and ``Unavailable`` is raised. The caller holds ``lock``."""
-        results = await asyncio.gather(*(self.supervisor.spawn(n) for n in names),
+        which finds its data), and ``Unavailable`` is raised. ``avoid``: nodes to keep off
+        (``ReplicaSupervisor.spawn``). The caller holds ``lock``."""
+        results = await asyncio.gather(*(self.supervisor.spawn(n, avoid=avoid) for n in names),
                                        return_exceptions=True)
         started = [r for r in results if isinstance(r, Replica)]
         for replica in started:
@@ -219,7 +222,7 @@ class ReplicaKeeper:
         self.tenant.leave(name)
         if name in self._members and name not in self._evicted:
             log.warning("%s evicted: %s", name, why)
-            self._evicted[name] = _Waiting(why)
+            self._evicted[name] = _Waiting(why, self._members[name].replica.node)
             self.evictions += 1
             self.monitor.wake()
 
@@ -257,8 +260,8 @@ class ReplicaKeeper:
                 taken = [*self._members, *self._evicted, *newcomers.values()]
                 newcomers[name] = self.tenant.name_replacement(name, taken)
             outcomes = await asyncio.gather(
-                *(self._take_over(name, newcomer) for name, newcomer in newcomers.items()),
-                return_exceptions=True)
+                *(self._take_over(name, newcomer, self._evicted[name].node)
+                  for name, newcomer in newcomers.items()), return_exceptions=True)
             for name, outcome in zip(newcomers, outcomes, strict=True):
                 if isinstance(outcome, RETRYABLE):
                     self._retry_later(name, outcome)
@@ -292,9 +295,11 @@ class ReplicaKeeper:
             if name not in self._evicted and not self.supervisor.alive(name):
                 self.evict(name, "process or container is gone")
 
-    async def _take_over(self, dead: str, name: str) -> Replica:
-        """Start ``name`` and have it take ``dead``'s place; then ``dead``'s data goes."""
-        [newcomer] = await self.start_all([name])
+    async def _take_over(self, dead: str, name: str, dead_node: str | None) -> Replica:
+        """Start ``name`` (off ``dead_node``, if another node can take it) and have it take
+        ``dead``'s place; then ``dead``'s data goes."""
+        avoid = [dead_node] if dead_node is not None else []
+        [newcomer] = await self.start_all([name], avoid=avoid)
         try:
             await self.tenant.hand_over(dead, newcomer)
         except BaseException:

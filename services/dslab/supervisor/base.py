@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -67,8 +67,10 @@ class ReplicaSupervisor(abc.ABC):
         self.spec = spec
 
     @abc.abstractmethod
-    async def spawn(self, name: str) -> Replica:
-        """Start a replica called ``name``; returns once it listens."""
+    async def spawn(self, name: str, *, avoid: Collection[str] = ()) -> Replica:
+        """Start a replica called ``name``; returns once it listens. ``avoid``: nodes not to
+        place it on while another can take it, where the backend spans several (a
+        replacement keeps off the node its predecessor died on, which may be dead itself)."""
 
     @abc.abstractmethod
     async def remove(self, name: str) -> None:

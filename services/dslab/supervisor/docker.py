@@ -30,6 +30,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 import docker.errors
@@ -158,7 +159,7 @@ class DockerSupervisor(ReplicaSupervisor):
             filters={"label": f"{LABEL_STACK}={self.stack}", "status": "running"})}
         self._dead |= set(self._replicas) - running
 
-    async def spawn(self, name: str) -> Replica:
+    async def spawn(self, name: str, *, avoid: Collection[str] = ()) -> Replica:
         if name in self._replicas:
             raise SpawnError(f"replica {name!r} already runs")
         loop = asyncio.get_running_loop()

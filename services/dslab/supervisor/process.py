@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Collection
 
 from .base import Replica, ReplicaSpec, ReplicaSupervisor, SpawnError, UnknownReplica
 from .cgroups import CpuGroups, join_group
@@ -45,7 +46,7 @@ class ProcessSupervisor(ReplicaSupervisor):
         self.cpu_groups = (CpuGroups(spec.cpus, f"dslab-{os.getpid()}-{id(self):x}")
                            if spec.cpus is not None else None)
 
-    async def spawn(self, name: str) -> Replica:
+    async def spawn(self, name: str, *, avoid: Collection[str] = ()) -> Replica:
         if name in self._procs:
             raise SpawnError(f"replica {name!r} already runs")
         procs_file = self.cpu_groups.create(name) if self.cpu_groups is not None else None

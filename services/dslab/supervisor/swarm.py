@@ -32,6 +32,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 import docker.errors
@@ -251,7 +252,7 @@ class SwarmSupervisor(DockerSupervisor):
         except docker.errors.NotFound:
             return False
 
-    def _create_service(self, name: str) -> None:
+    def _create_service(self, name: str, avoid: Collection[str] = ()) -> None:
         self._remove_leftover(name)
         labels = {LABEL_STACK: self.stack, LABEL_ROLE: "replica", LABEL_REPLICA: name}
         mounts, constraints = [], []
@@ -261,6 +262,8 @@ class SwarmSupervisor(DockerSupervisor):
             node = self._remembered_node(name)
             if node is not None:  # started again: only where its data is
                 constraints.append(f"node.id=={node}")
+        if not constraints:
+            constraints += [f"node.hostname!={host}" for host in self._avoidable(avoid)]
         # Host mode, no published port: an ephemeral one on the task's node (the stubs want
         # strings; the API wants the port as a number).
         ports: Any = ([{"Protocol": "tcp", "TargetPort": 5000, "PublishMode": "host"}]
@@ -283,12 +286,12 @@ class SwarmSupervisor(DockerSupervisor):
         tasks = newest_tasks(self.client.api.tasks(filters={"service": self.container_name(name)}))
         return next(iter(tasks.values()), None)
 
-    async def spawn(self, name: str) -> Replica:
+    async def spawn(self, name: str, *, avoid: Collection[str] = ()) -> Replica:
         if name in self._replicas:
             raise SpawnError(f"replica {name!r} already runs")
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, self._create_service, name)
+            await loop.run_in_executor(None, self._create_service, name, avoid)
         except DOCKER_ERRORS as exc:
             raise SpawnError(f"could not create service {self.container_name(name)}: {exc}") from exc
         self._dead.discard(name)
@@ -328,6 +331,18 @@ class SwarmSupervisor(DockerSupervisor):
             await asyncio.sleep(0.1)
         raise SpawnError(f"service {self.container_name(name)} did not run within "
                          f"{self.start_timeout:g}s")
+
+    def _avoidable(self, avoid: Collection[str]) -> list[str]:
+        """Of the nodes ``avoid`` names, those the task can keep off: all of them when a node
+        the manager calls ready is left, else none (a replica on a doubtful node beats none).
+        The manager calls a node that died ready for seconds: a task it places there waits
+        out the start timeout."""
+        if not avoid:
+            return []
+        ready = {node.attrs["Description"]["Hostname"] for node in self.client.nodes.list()
+                 if node.attrs["Status"]["State"] == "ready"
+                 and node.attrs["Spec"]["Availability"] == "active"}
+        return sorted(set(avoid)) if ready - set(avoid) else []
 
     def _hostname(self, node_id: str) -> str:
         """The hostname of a swarm node (what /metrics shows a replica runs on)."""
