@@ -1,5 +1,6 @@
 """Measure, for every backend in one run: the time from killing a replica to its replacement
-serving, and the time of POST /add for n new replicas.
+serving, from killing ``--kill`` replicas at once to every replacement serving, and the time of
+POST /add for n new replicas.
 
 The process backend kills with SIGKILL, the Docker backend with ``docker kill``, the Swarm
 backend with ``docker kill`` of the task's container (on a single-node swarm: this engine's
@@ -38,27 +39,35 @@ def replicas(client: httpx.Client) -> list[str]:
     return client.get("/rep").json()["message"]["replicas"]
 
 
-def kill(backend: str, balancer: BalancerProcess, name: str) -> None:
+def kill(backend: str, balancer: BalancerProcess, name: str, stack: str = STACK) -> None:
     if backend == "process":
         os.kill(balancer.replica_processes()[name].pid, signal.SIGKILL)
     else:  # a container, or a Swarm task's container: both carry the stack's labels
         (container,) = docker_client().containers.list(
-            filters={"label": [f"dslab.stack={STACK}", f"dslab.replica={name}"]})
+            filters={"label": [f"dslab.stack={stack}", f"dslab.replica={name}"]})
         container.kill()
 
 
-def time_to_serving(backend: str, balancer: BalancerProcess, client: httpx.Client) -> float:
+def time_to_serving(backend: str, balancer: BalancerProcess, client: httpx.Client,
+                    victims: int = 1, stack: str = STACK) -> float:
+    """Seconds from ``victims`` replicas killed at once to a replacement of each serving."""
     before = replicas(client)
-    victim = before[0]
-    kill(backend, balancer, victim)
+    for victim in before[:victims]:
+        kill(backend, balancer, victim, stack)
     started = time.perf_counter()
+    served: set[str] = set()
     rid = 0
     while time.perf_counter() - started < 30:
         rid += 1
-        served_by = client.get("/home", headers={"X-Request-ID": str(rid)}).headers.get("X-Served-By")
-        if served_by and served_by not in before:
+        with contextlib.suppress(httpx.HTTPError):
+            served_by = client.get("/home", headers={"X-Request-ID": str(rid)}).headers.get(
+                "X-Served-By")
+            if served_by and served_by not in before:
+                served.add(served_by)
+        if len(served) >= victims:
             return time.perf_counter() - started
-    raise RuntimeError(f"no replacement for {victim} served within 30s")
+    raise RuntimeError(f"no replacement for {before[:victims]} served within 30s "
+                       f"(served: {served})")
 
 
 def time_to_add(client: httpx.Client, n: int) -> float:
@@ -71,15 +80,23 @@ def time_to_add(client: httpx.Client, n: int) -> float:
     return took
 
 
-def measure(backend: str, rounds: int, add_n: int) -> dict[str, list[float]]:
+def measure(backend: str, rounds: int, add_n: int, kill_n: int,
+            code: Path | None = None) -> dict[str, list[float]]:
+    """The rows for one backend, of this checkout's balancer or of the one in ``code``."""
+    stack = STACK if code is None else f"{STACK}-compared"
     args = ["-n", "3", "--hash", "blake2b", "--backend", backend]
     if backend in ("docker", "swarm"):
-        args += ["--docker-address", "loopback", "--stack", STACK]
-    results: dict[str, list[float]] = {"kill -> replacement serves": [], f"POST /add n={add_n}": [],
-                                       "POST /add n=1": []}
-    with BalancerProcess(args=args) as balancer, httpx.Client(base_url=balancer.url, timeout=60) as client:
+        args += ["--docker-address", "loopback", "--stack", stack]
+    env = None if code is None else {**os.environ, "PYTHONPATH": str(code / "services")}
+    killed = f"kill {kill_n} -> all replacements serve"
+    results: dict[str, list[float]] = {"kill -> replacement serves": [], killed: [],
+                                       f"POST /add n={add_n}": [], "POST /add n=1": []}
+    with BalancerProcess(args=args, env=env) as balancer, \
+            httpx.Client(base_url=balancer.url, timeout=60) as client:
         for _ in range(rounds):
-            results["kill -> replacement serves"].append(time_to_serving(backend, balancer, client))
+            results["kill -> replacement serves"].append(
+                time_to_serving(backend, balancer, client, stack=stack))
+            results[killed].append(time_to_serving(backend, balancer, client, kill_n, stack))
             results[f"POST /add n={add_n}"].append(time_to_add(client, add_n))
             results["POST /add n=1"].append(time_to_add(client, 1))
     return results
@@ -145,37 +162,45 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--add", type=int, default=3, help="n of the larger POST /add")
+    ap.add_argument("--kill", type=int, default=2, help="replicas (of 3) killed at once")
+    ap.add_argument("--compare", type=Path, help="also the balancer of the checkout at PATH")
     ap.add_argument("--cluster", choices=["no", "also", "only"], default="no",
                     help="time a worker node lost on a cluster of three engines: "
                          "besides the backends' table, or alone")
     args = ap.parse_args()
     if args.cluster != "only":
-        backends_table(args.rounds, args.add)
+        backends_table(args.rounds, args.add, args.kill, args.compare)
     if args.cluster != "no":
         times = node_loss(args.rounds)
         print(f"\ncluster of 3 engines, 6 replicas: node lost -> all it held replaced and serving: "
               f"{statistics.median(times):.3f} [{min(times):.3f}, {max(times):.3f}] s")
 
 
-def backends_table(rounds: int, add: int) -> None:
+def backends_table(rounds: int, add: int, kill_n: int, compare: Path | None) -> None:
     backends = ["process"]
     try:
         client = docker_client()
         backends += ["docker", "swarm"]
     except DockerUnavailable as exc:
         print(f"(no Docker: {exc})")
+    codes: dict[str, Path | None] = {"": None}
+    if compare is not None:
+        codes[f" ({compare.name})"] = compare.resolve()
+    columns = [(backend + label, backend, code) for backend in backends
+               for label, code in codes.items()]
     print(f"{os.cpu_count()} cores; 3 replicas; {rounds} rounds; median [min, max] seconds\n")
-    print(f"{'':28s}" + "".join(f"{b:>24s}" for b in backends))
     table = {}
-    for backend in backends:
+    for column, backend, code in columns:
         with swarm_for_a_while(client) if backend == "swarm" else contextlib.nullcontext():
-            table[backend] = measure(backend, rounds, add)
-    for metric in table["process"]:
+            table[column] = measure(backend, rounds, add, kill_n, code)
+        print(f"  {column}: measured", flush=True)
+    print(f"\n{'':34s}" + "".join(f"{c:>26s}" for c, _, _ in columns))
+    for metric in table[columns[0][0]]:
         cells = []
-        for backend in backends:
-            values = table[backend][metric]
+        for column, _, _ in columns:
+            values = table[column][metric]
             cells.append(f"{statistics.median(values):7.3f} [{min(values):.3f}, {max(values):.3f}]")
-        print(f"{metric:28s}" + "".join(f"{c:>24s}" for c in cells))
+        print(f"{metric:34s}" + "".join(f"{c:>26s}" for c in cells))
 
 
 if __name__ == "__main__":
