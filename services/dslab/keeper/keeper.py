@@ -267,11 +267,6 @@ class ReplicaKeeper:
                     self._retry_later(name, outcome)
                 elif isinstance(outcome, BaseException):
                     raise outcome  # a bug, or the round cancelled
-                else:
-                    waiting = self._evicted.pop(name)
-                    self._logged.pop(name, None)
-                    self.replacements += 1
-                    log.warning("%s (%s) replaced by %s", name, waiting.why, outcome.name)
 
     def _retry_later(self, name: str, exc: Exception) -> None:
         """A replacement of ``name`` failed: tried again after a backoff that doubles."""
@@ -295,7 +290,7 @@ class ReplicaKeeper:
             if name not in self._evicted and not self.supervisor.alive(name):
                 self.evict(name, "process or container is gone")
 
-    async def _take_over(self, dead: str, name: str, dead_node: str | None) -> Replica:
+    async def _take_over(self, dead: str, name: str, dead_node: str | None) -> None:
         """Start ``name`` (off ``dead_node``, if another node can take it) and have it take
         ``dead``'s place; then ``dead``'s data goes."""
         avoid = [dead_node] if dead_node is not None else []
@@ -305,8 +300,13 @@ class ReplicaKeeper:
         except BaseException:
             await self.retire([name])
             raise
+        # Counted with no await after the hand-over: the tenant's change is published to the
+        # workers as soon as this yields, and the copy they get must count it.
+        waiting = self._evicted.pop(dead)
+        self._logged.pop(dead, None)
+        self.replacements += 1
+        log.warning("%s (%s) replaced by %s", dead, waiting.why, newcomer.name)
         await self.discard_data(dead)
-        return newcomer
 
     def log_once(self, key: str, message: str) -> None:
         """A failure that repeats every round is logged when it changes, not each time."""
