@@ -48,7 +48,19 @@ $(VENV)/.installed: services/pyproject.toml
 	$(PY) -m pip install -q -e 'services[test,bench,lab,docker]'
 	touch $@
 
-venv: $(VENV)/.installed
+# The native data plane (Rust, services/native), built where cargo is: without it the Part 1
+# balancer proxies in Python (--plane auto). Built, it must build: a failure stops here.
+NATIVE_SOURCES := $(wildcard services/native/Cargo.* services/native/pyproject.toml services/native/src/*.rs)
+$(VENV)/.native: $(VENV)/.installed $(NATIVE_SOURCES)
+	@if command -v cargo >/dev/null; then \
+	  echo "building the native data plane (Rust)"; \
+	  $(PY) -m pip install -q ./services/native; \
+	else \
+	  echo "note: no cargo (Rust) here: the native data plane is not built; the balancer proxies in Python"; \
+	fi
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.native
 
 # HAProxy and wrk, the balancer's baselines (A-4, make bench-lb), and Chromium, which the tests
 # render every report in: from Debian's packages.
@@ -82,6 +94,8 @@ WHEEL_PLATFORMS := $(foreach v,2_36 2_35 2_34 2_31 2_28 2_27 2_24 2_17 2_12 2_5,
 wheelhouse: venv
 	rm -rf $(WHEELHOUSE)
 	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) ./services
+	@if command -v cargo >/dev/null; then \
+	  $(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) ./services/native; fi
 	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --python-version $(IMAGE_PYTHON) \
 	  --implementation cp $(WHEEL_PLATFORMS) './services[docker]'
 

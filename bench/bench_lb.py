@@ -43,6 +43,7 @@ from pathlib import Path
 import psutil
 from sampling import Sampler
 
+from dslab.balancer import native
 from dslab.common.runtime import usable_cores
 from dslab.lab.baseline import HAProxy, HAProxyBackend, ToolMissing, WrkResult, require, wrk
 from dslab.stack import BalancerProcess
@@ -83,10 +84,10 @@ def measure(urls: list[str], pids: list[int], seconds: int, connections: int) ->
     return Measured(result.rps, result.p99_ms, result.errors, cpu_us)
 
 
-def capped_runs(balancers: dict[int, BalancerProcess], caps: list[float], seconds: int,
-                connections: int) -> dict[tuple[int, float], float]:
+def capped_runs(balancers: dict[str, BalancerProcess], caps: list[float], seconds: int,
+                connections: int) -> dict[tuple[str, float], float]:
     """requests/s of each balancer with its own processes capped at each of ``caps`` cores."""
-    rates: dict[tuple[int, float], float] = {}
+    rates: dict[tuple[str, float], float] = {}
     for cap in caps:
         try:
             groups = CpuGroups(cap, f"dslab-bench-lb-{os.getpid()}-{cap:g}")
@@ -94,13 +95,13 @@ def capped_runs(balancers: dict[int, BalancerProcess], caps: list[float], second
             print(f"capped runs skipped: {exc}")
             return rates
         try:
-            for workers, balancer in balancers.items():
-                procs = groups.create(f"w{workers}")
+            for label, balancer in balancers.items():
+                procs = groups.create(label.replace(" ", "-").replace("=", ""))
                 for pid in balancer_pids(balancer):
                     procs.write_text(str(pid))
                 res = measure([f"{balancer.url}/home"], [], seconds, connections)
-                rates[(workers, cap)] = res.rps
-                print(f"capped at {cap:g} core(s), W={workers}: {res.rps:7.0f} req/s  "
+                rates[(label, cap)] = res.rps
+                print(f"capped at {cap:g} core(s), {label}: {res.rps:7.0f} req/s  "
                       f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}", flush=True)
                 root = groups.parent.parent / "cgroup.procs"  # back to the root group
                 for pid in balancer_pids(balancer):
@@ -122,10 +123,18 @@ def main() -> None:
     ap.add_argument("--caps", default="0.25,0.5,1.0",
                     help="CPU quotas (cores) for the balancer-as-bottleneck runs; '' skips them")
     ap.add_argument("--hash", default="blake2b", help="balancer hash (HAProxy uses its own)")
+    ap.add_argument("--vnodes", type=int, default=32,
+                    help="the balancers' virtual servers per replica: 32 splits requests within "
+                         "a point or two of even over 3 replicas; the assignment's 9 gives one "
+                         "replica 40%% of them, and the run then measures the ring's evenness "
+                         "more than the proxy")
     ap.add_argument("--compare", metavar="PATH", default="",
                     help="also a one-process balancer from the checkout at PATH (its services/)")
     ap.add_argument("--heartbeat-timeout", type=float, default=2.0,
                     help="the balancers' heartbeat timeout (s): see above")
+    ap.add_argument("--plane", choices=("python", "native", "both"), default="both",
+                    help="which balancers: the Python plane, the native one (--plane native, "
+                         "with W threads), or both (the native one when it is installed)")
     ap.add_argument("--profile", action="store_true",
                     help="sample the balancer with py-spy under load; print where its time goes")
     args = ap.parse_args()
@@ -137,10 +146,20 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-lb-"))
     counts = sorted({1, args.workers})
-    common = ["-n", str(args.replicas), "--hash", args.hash,
+    common = ["-n", str(args.replicas), "--hash", args.hash, "--vnodes", str(args.vnodes),
               "--heartbeat-timeout", f"{args.heartbeat_timeout:g}"]
-    balancers = {w: BalancerProcess("dslab.balancer", args=[*common, "--workers", str(w)])
-                 for w in counts}
+    planes = ["python", "native"] if args.plane == "both" else [args.plane]
+    if "native" in planes and not native.available():
+        if args.plane == "native":
+            sys.exit("the native plane is not installed: make venv")
+        planes.remove("native")
+    labels = {"python": "lb", "native": "native"}
+    # Keyed by label: "lb W=1" is the Python plane with one process, "native W=2" the
+    # native plane with two threads.
+    balancers = {f"{labels[plane]} W={w}": BalancerProcess(
+        "dslab.balancer", args=[*common, "--workers", str(w), "--plane", plane])
+        for plane in planes for w in counts}
+    first = next(iter(balancers.values()))
     compared: dict[int, BalancerProcess] = {}
     if args.compare:
         tree = Path(args.compare).resolve() / "services"
@@ -155,23 +174,25 @@ def main() -> None:
         for balancer in compared.values():
             balancer.start()
         with contextlib.ExitStack() as stack:
+            # HAProxy in front of the first balancer's replicas, with as many threads as W.
             haproxies = {w: stack.enter_context(HAProxy(
-                b.replica_ports(), [HAProxyBackend("plain")], name_replica=False, threads=w))
-                for w, b in balancers.items()}
+                first.replica_ports(), [HAProxyBackend("plain")], name_replica=False,
+                threads=w)) for w in counts}
             targets: dict[str, tuple[list[str], list[int]]] = {
                 "direct": ([f"http://127.0.0.1:{p}/home"
-                            for p in balancers[1].replica_ports().values()], [])}
+                            for p in first.replica_ports().values()], [])}
             for w in counts:
                 targets[f"haproxy W={w}"] = ([f"{haproxies[w].urls['plain']}/home"],
                                              [haproxies[w].pid or 0])
-                targets[f"lb W={w}"] = ([f"{balancers[w].url}/home"], balancer_pids(balancers[w]))
+            for label, balancer in balancers.items():
+                targets[label] = ([f"{balancer.url}/home"], balancer_pids(balancer))
             for w, balancer in compared.items():
                 targets[f"compared W={w}"] = ([f"{balancer.url}/home"], balancer_pids(balancer))
             print(f"{os.cpu_count()} cores, {usable_cores()} usable; {args.replicas} Tornado "
                   f"replicas per balancer; wrk {args.connections} connections, {args.seconds}s "
                   f"x {args.rounds} rounds per target", flush=True)
             results: dict[str, list[Measured]] = {k: [] for k in targets}
-            ports = {w: b.replica_ports() for w, b in balancers.items()}
+            ports = {label: b.replica_ports() for label, b in balancers.items()}
             for rnd in range(1, args.rounds + 1):
                 for name, (urls, pids) in targets.items():
                     res = measure(urls, pids, args.seconds, args.connections)
@@ -179,9 +200,9 @@ def main() -> None:
                     cpu = f"{res.cpu_us:6.0f} us/req" if res.cpu_us is not None else ""
                     print(f"round {rnd} {name:12s} {res.rps:7.0f} req/s  p99 {res.p99_ms:7.2f} ms"
                           f"  errors {res.errors}  {cpu}", flush=True)
-                for w, balancer in balancers.items():
-                    if balancer.replica_ports() != ports[w]:
-                        sys.exit(f"a replica of the W={w} balancer was replaced during round {rnd}"
+                for label, balancer in balancers.items():
+                    if balancer.replica_ports() != ports[label]:
+                        sys.exit(f"a replica of the {label} balancer was replaced during round {rnd}"
                                  f" (its heartbeats timed out): the HAProxy and direct targets "
                                  f"no longer match it. Run again, with a longer "
                                  f"--heartbeat-timeout than {args.heartbeat_timeout:g} s.")
@@ -194,28 +215,30 @@ def main() -> None:
             cpu = f"{m.cpu_us:6.0f} us" if m.cpu_us is not None else ""
             print(f"{name:12s} {m.rps:9.0f} {m.p99_ms:8.2f} {m.errors:7d}   {cpu}")
         print()
-        for w in counts:
-            lb, ha = med[f"lb W={w}"], med[f"haproxy W={w}"]
-            cpu_ratio = (f"   CPU per request lb/haproxy = {lb.cpu_us / ha.cpu_us:.2f}"
+        for label in balancers:
+            w = label.partition("W=")[2]
+            lb, ha = med[label], med[f"haproxy W={w}"]
+            cpu_ratio = (f"   CPU per request /haproxy = {lb.cpu_us / ha.cpu_us:.2f}"
                          if lb.cpu_us and ha.cpu_us else "")
-            print(f"W={w}: lb/haproxy = {lb.rps / ha.rps:.2f}   lb/direct = "
+            print(f"{label:10s}: /haproxy = {lb.rps / ha.rps:.2f}   /direct = "
                   f"{lb.rps / med['direct'].rps:.2f}{cpu_ratio}")
         for w in compared:
-            lb, other = med[f"lb W={w}"], med[f"compared W={w}"]
+            lb, other = med[f"{labels[planes[0]]} W={w}"], med[f"compared W={w}"]
             print(f"this checkout / {args.compare} (W={w}): requests/s {lb.rps / other.rps:.2f}"
                   f", CPU per request {(lb.cpu_us or 0) / (other.cpu_us or 1):.2f}")
         caps = [float(c) for c in args.caps.split(",") if c.strip()]
         if caps:
             print("\nthe balancer as the bottleneck (its own processes capped, replicas not):")
             rates = capped_runs(balancers, caps, args.seconds, args.connections)
-            for w in counts:
-                line = [f"{rates[(w, c)]:.0f} at {c:g}" for c in caps if (w, c) in rates]
+            for label in balancers:
+                line = [f"{rates[(label, c)]:.0f} at {c:g}" for c in caps
+                        if (label, c) in rates]
                 if len(line) > 1:
-                    grown = rates[(w, caps[-1])] / rates[(w, caps[0])]
-                    print(f"W={w}: {', '.join(line)} core(s): x{grown:.2f} from "
+                    grown = rates[(label, caps[-1])] / rates[(label, caps[0])]
+                    print(f"{label}: {', '.join(line)} core(s): x{grown:.2f} from "
                           f"{caps[0]:g} to {caps[-1]:g}")
-        if args.profile:
-            with Sampler({"balancer profile (W=1)": balancers[1].pid}, args.seconds,
+        if args.profile and "lb W=1" in balancers:
+            with Sampler({"balancer profile (W=1)": balancers["lb W=1"].pid}, args.seconds,
                          work) as sampler:
                 wrk(targets["lb W=1"][0], args.seconds, args.connections)
             sampler.print_top(15)

@@ -41,6 +41,14 @@ class Load(Workers):
             return sum(self.ok.values()) + len(self.failures)
 
 
+# Worker processes are the Python plane's; the native plane's workers are threads.
+PLANES = [("python", 1), ("python", 2), ("native", 2)]
+
+
+def worker_processes(plane: str, workers: int) -> int:
+    return workers if plane == "python" and workers > 1 else 0
+
+
 def replica_names(url: str) -> list[str]:
     return httpx.get(f"{url}/rep", timeout=10).json()["message"]["replicas"]
 
@@ -100,30 +108,32 @@ def test_requests_to_a_hung_replica_fail_over_once_it_leaves_the_ring(start_bala
     assert load.failures == []
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigterm_stops_every_replica(start_balancer, workers):
-    b = start_balancer("-n", "4", "--workers", str(workers))
+@pytest.mark.parametrize(("plane", "workers"), PLANES)
+def test_sigterm_stops_every_replica(start_balancer, plane, workers):
+    b = start_balancer("-n", "4", "--workers", str(workers), "--plane", plane)
     procs = b.descendants()
     assert len(b.replica_processes()) == 4
-    assert len(procs) == 4 + (workers if workers > 1 else 0)  # replicas, and workers if any
+    assert len(procs) == 4 + worker_processes(plane, workers)  # replicas, and workers if any
     assert b.stop() == 0
     assert_all_gone(procs)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigkilled_balancer_takes_its_replicas_with_it(workers):
-    b = BalancerProcess(args=["-n", "3", "--workers", str(workers)]).start()
+@pytest.mark.parametrize(("plane", "workers"), PLANES)
+def test_sigkilled_balancer_takes_its_replicas_with_it(plane, workers):
+    b = BalancerProcess(args=["-n", "3", "--workers", str(workers), "--plane", plane]).start()
     procs = b.descendants()
-    assert len(procs) == 3 + (workers if workers > 1 else 0)
+    assert len(procs) == 3 + worker_processes(plane, workers)
     b.kill()  # SIGKILL: no cleanup code runs; the kernel's parent-death signal does it
     assert_all_gone(procs)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_balancer_that_cannot_bind_its_port_exits_and_leaves_nothing(start_balancer, workers):
+@pytest.mark.parametrize(("plane", "workers"), PLANES)
+def test_balancer_that_cannot_bind_its_port_exits_and_leaves_nothing(start_balancer, plane,
+                                                                     workers):
     # Workers share their port (SO_REUSEPORT): a second balancer must still be refused it.
-    first = start_balancer("-n", "1", "--workers", str(workers))
-    second = BalancerProcess(args=["-n", "2", "--workers", str(workers)], port=first.port)
+    first = start_balancer("-n", "1", "--workers", str(workers), "--plane", plane)
+    second = BalancerProcess(args=["-n", "2", "--workers", str(workers), "--plane", plane],
+                             port=first.port)
     try:
         second.start()
     except Exception as exc:  # the ready pipe closes: it exited before listening
@@ -132,4 +142,4 @@ def test_balancer_that_cannot_bind_its_port_exits_and_leaves_nothing(start_balan
         raise AssertionError("a second balancer bound an occupied port")
     assert second.proc is not None and second.proc.returncode not in (None, 0)
     assert len(first.replica_processes()) == 1  # only the first balancer's replica exists
-    assert len(first.descendants()) == 1 + (workers if workers > 1 else 0)
+    assert len(first.descendants()) == 1 + worker_processes(plane, workers)

@@ -72,9 +72,12 @@ def counters(balancer: BalancerProcess) -> dict[str, float]:
     return out
 
 
-@pytest.fixture(scope="module")
-def lb():
-    balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", *EDGE]).start()
+@pytest.fixture(scope="module", params=["native", "python"])
+def lb(request):
+    """Both planes: the native one hands what it does not proxy to the Python front end, which
+    must refuse it as when it is the only front end."""
+    balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--plane", request.param,
+                                     *EDGE]).start()
     try:
         yield balancer
     finally:
@@ -163,10 +166,12 @@ def test_thousands_of_half_sent_requests_are_closed_while_a_client_is_served(lb,
             sock.close()
 
 
-def test_past_max_connections_a_new_connection_gets_503():
+@pytest.mark.parametrize("plane", ["native", "python"])
+def test_past_max_connections_a_new_connection_gets_503(plane):
     # The limit is per process (each worker's, as nginx's worker_connections): one worker here.
     balancer = BalancerProcess(args=["-n", "1", "--workers", "1", "--max-connections", "5",
-                                     "--idle-timeout", "30", "--header-timeout", "30"]).start()
+                                     "--idle-timeout", "30", "--header-timeout", "30",
+                                     "--plane", plane]).start()
     held = []
     try:
         for _ in range(5):

@@ -1,5 +1,7 @@
-"""The Part 1 balancer on several cores (``--workers 2``): workers that accept on one port and
-route over the primary's ring, kept in step with it, restarted when they die, counted as one.
+"""The Part 1 balancer's Python plane on several cores (``--plane python --workers 2``): worker
+processes that accept on one port and route over the primary's ring, kept in step with it,
+restarted when they die, counted as one. (The native plane's workers are threads:
+``test_native_plane.py``.)
 
 Each burst opens many TCP connections at once, so the kernel spreads them over the workers
 (SO_REUSEPORT); every burst checks that each worker held some of them, so no check below can
@@ -88,7 +90,7 @@ def ring_of(names: list[str], *args: str):
 def test_every_add_and_rm_is_on_every_workers_ring_before_it_is_answered(start_balancer):
     """Right after each answer, a burst over many connections: every request lands where the
     new ring puts it, whichever worker took it."""
-    args = ("--hash", "blake2b", "--workers", str(WORKERS))
+    args = ("--hash", "blake2b", "--workers", str(WORKERS), "--plane", "python")
     balancer = start_balancer("-n", "1", *args)
     names, rng = ["Server1"], random.Random(7)
     with httpx.Client(base_url=balancer.url, timeout=30) as client:
@@ -111,7 +113,7 @@ def test_every_add_and_rm_is_on_every_workers_ring_before_it_is_answered(start_b
 
 
 def test_a_worker_killed_under_load_fails_only_what_it_held_and_comes_back(start_balancer):
-    balancer = start_balancer("-n", "3", "--hash", "blake2b", "--workers", str(WORKERS))
+    balancer = start_balancer("-n", "3", "--hash", "blake2b", "--workers", str(WORKERS), "--plane", "python")
     before = {w.pid for w in balancer.worker_processes()}
     with HomeLoad(balancer.url) as load:
         wait_until(lambda: load.ok > 300, 30, what="load on both workers")
@@ -146,7 +148,7 @@ def counted(balancer: BalancerProcess) -> tuple[Counter, float]:
 
 
 def test_metrics_sum_every_workers_requests_even_a_dead_ones(start_balancer):
-    balancer = start_balancer("-n", "3", "--hash", "blake2b", "--workers", str(WORKERS))
+    balancer = start_balancer("-n", "3", "--hash", "blake2b", "--workers", str(WORKERS), "--plane", "python")
     rng = random.Random(3)
     clients_saw: Counter = Counter()
     served, held = burst(balancer, [rng.randrange(1, 10**6) for _ in range(150)])
@@ -165,7 +167,7 @@ def test_metrics_sum_every_workers_requests_even_a_dead_ones(start_balancer):
 
 
 def test_sigterm_removes_the_workers_shared_files():
-    balancer = BalancerProcess(args=["-n", "1", "--workers", str(WORKERS)]).start()
+    balancer = BalancerProcess(args=["-n", "1", "--workers", str(WORKERS), "--plane", "python"]).start()
     shared = {w.environ()["PROMETHEUS_MULTIPROC_DIR"] for w in balancer.worker_processes()}
     assert len(shared) == 1 and os.path.isdir(folder := shared.pop()) is True
     assert balancer.stop() == 0
@@ -173,6 +175,6 @@ def test_sigterm_removes_the_workers_shared_files():
 
 
 def test_one_worker_is_a_single_process(start_balancer):
-    balancer = start_balancer("-n", "2", "--workers", "1")
+    balancer = start_balancer("-n", "2", "--workers", "1", "--plane", "python")
     assert balancer.worker_processes() == []
     assert len(balancer.descendants()) == 2  # its replicas only

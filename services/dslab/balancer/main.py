@@ -34,10 +34,12 @@ from ..keeper.cli import (
 from ..keeper.metrics import KeeperCollector
 from ..ring import ALGORITHMS, HASH_PAIRS, PROBING, make_ring
 from ..supervisor import ReplicaSpec, make_supervisor
+from . import native
 from .admin import make_admin_app
 from .channel import Hello
 from .membership import ReplicaSet
 from .metrics import ProxyMetrics
+from .native import NativePlane
 from .proxy import Proxy
 from .sharedload import create_table
 from .workers import WorkerPool
@@ -92,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_workers(_env("WORKERS", "") or str(usable_cores())),
                    help="processes that accept and proxy requests; 1 is a single process; "
                         "default: the cores this process may use (env WORKERS)")
+    p.add_argument("--plane", choices=("auto", "python", "native"),
+                   default=_env("PLANE", "auto"),
+                   help="what proxies: the native data plane (Rust, --workers threads, this "
+                        "process its control plane; the ring algorithm only, no bounded "
+                        "loads), or this Python (--workers processes); auto: native where it "
+                        "is installed and the options allow (env PLANE)")
     add_capacity_option(p, "--replica-cpus", "REPLICA_CPUS", "replica")
     add_heartbeat_options(p, interval=0.25, timeout=0.5, misses=2)
     p.add_argument("--request-timeout", type=float,
@@ -116,11 +124,15 @@ def _replica_set(args: argparse.Namespace) -> ReplicaSet:
 
 def _log_listening(args: argparse.Namespace, port: int) -> None:
     log.info("balancer on port %d: %d replicas, %s, hash=%s, slots=%d, K=%d, %s probing, "
-             "balance factor %s, %d worker(s)", port, args.replicas, args.algorithm, args.hash,
-             args.slots, args.vnodes, args.probing, args.balance_factor or "off", args.workers)
+             "balance factor %s, %d worker(s), %s plane", port, args.replicas, args.algorithm,
+             args.hash, args.slots, args.vnodes, args.probing, args.balance_factor or "off",
+             args.workers, args.plane)
 
 
 async def run(args: argparse.Namespace) -> None:
+    if args.plane == "native":
+        await run_native(args)
+        return
     if args.workers > 1:
         await run_workers(args)
         return
@@ -140,6 +152,39 @@ async def run(args: argparse.Namespace) -> None:
 
     await serve(front, args.host, args.port, args.ready_fd, start=start, stop=stop,
                 listening=lambda port: _log_listening(args, port))
+
+
+async def run_native(args: argparse.Namespace) -> None:
+    """The native data plane on the port, this process its control plane (``native.py``);
+    what the plane hands over is served here as with ``--workers 1``."""
+    replicas = _replica_set(args)
+    inflight = InFlight()
+    metrics = ProxyMetrics(inflight, [KeeperCollector(replicas.keeper)])
+    proxy = Proxy(replicas, inflight, metrics)
+    front = Front(proxy.route, make_admin_app(replicas, args.token), max_body=MAX_ADMIN_BODY,
+                  limits=edge_limits(args))
+    planes: list[NativePlane] = []
+
+    async def start() -> int:
+        await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])
+        plane = NativePlane(replicas, front, metrics, host=args.host, port=args.port,
+                            threads=args.workers, request_timeout=args.request_timeout,
+                            limits=edge_limits(args))
+        planes.append(plane)
+        replicas.on_change = plane.publish
+        metrics.count_also(plane)
+        _log_listening(args, plane.port)
+        return plane.port
+
+    async def stop() -> None:
+        for plane in planes:
+            plane.stop()
+        for conn in list(front.connections):
+            conn.close()
+        await replicas.close()
+        log.info("stopped; every replica removed")
+
+    await serve_forever(start, stop, args.ready_fd)
 
 
 def _state_dir() -> Path:
@@ -196,5 +241,10 @@ async def run_workers(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.plane != "python":
+        why = native.refusal(make_ring(args.algorithm, args.hash), args.balance_factor)
+        if why is not None and args.plane == "native":
+            parser.error(why)
+        args.plane = "python" if why is not None else "native"
     args.token = admin_token(args, parser)  # the file's read once, here; never logged
     run_main(run, args)

@@ -12,9 +12,11 @@ and the shared table.
 
 from __future__ import annotations
 
+from collections import Counter as CounterOf
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -22,9 +24,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ..keeper.bounded import Loads
-from .tally import Tally, TallyCollector, read_folder
+from .tally import Tallied, Tally, TallyCollector, read_folder
 
-__all__ = ["ProxyMetrics", "SharedFolder"]
+__all__ = ["Counted", "ProxyMetrics", "SharedFolder"]
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,26 @@ class SharedFolder:
     rows: int
 
 
+class Counted(Protocol):
+    """Another proxy's counts, served beside this process's own (the native plane's)."""
+
+    def tallied(self) -> Tallied: ...
+
+    def loads(self) -> dict[str, int]: ...
+
+
 class _InFlightCollector(Collector):
-    def __init__(self, inflight: Loads) -> None:
+    def __init__(self, inflight: Loads, also: list[Counted]) -> None:
         self.inflight = inflight
+        self.also = also
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily("dslab_requests_in_flight", "Proxied requests waiting for "
                                   "a replica's answer", labels=["replica"])
-        for name, count in sorted(self.inflight.loads().items()):
+        loads = CounterOf(self.inflight.loads())
+        for other in self.also:
+            loads.update(other.loads())
+        for name, count in sorted(loads.items()):
             gauge.add_metric([name], count)
         yield gauge
 
@@ -62,13 +76,25 @@ class ProxyMetrics:
                                "the first one tried", registry=own)
         self.unavailable = Counter("dslab_unavailable", "Requests no replica answered (503)",
                                    registry=own)
+        self._also: list[Counted] = []
         if shared is None:
             self.tally = Tally.in_memory()
-            self.registry.register(TallyCollector(self.tally.tallied))
+            self.registry.register(TallyCollector(self._tallied))
         else:
             self.tally = Tally.in_folder(shared.path, shared.row)
             self.registry.register(TallyCollector(lambda: read_folder(shared.path, shared.rows)))
             MultiProcessCollector(self.registry, path=str(shared.path))  # type: ignore[no-untyped-call]
         for collector in collectors:
             self.registry.register(collector)
-        self.registry.register(_InFlightCollector(inflight))
+        self.registry.register(_InFlightCollector(inflight, self._also))
+
+    def count_also(self, other: Counted) -> None:
+        """Serve ``other``'s answers and loads summed with this process's (one process)."""
+        self._also.append(other)
+
+    def _tallied(self) -> Tallied:
+        total = Tallied()
+        total.add(self.tally.tallied())
+        for other in self._also:
+            total.add(other.tallied())
+        return total

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -143,6 +144,12 @@ class Front:
     def protocol(self) -> _FrontProtocol:
         return _FrontProtocol(self)
 
+    async def adopt(self, sock: socket.socket, preread: bytes) -> None:
+        """Serve a connection accepted elsewhere (the native data plane hands over what it
+        does not proxy itself), ``preread`` being what was read off it already."""
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: _FrontProtocol(self, preread), sock)
+
     def watch(self, conn: _FrontProtocol) -> None:
         self.connections.add(conn)
         self._sweep.start()
@@ -153,8 +160,9 @@ class Front:
 
 
 class _FrontProtocol(asyncio.Protocol):
-    def __init__(self, front: Front) -> None:
+    def __init__(self, front: Front, preread: bytes = b"") -> None:
         self._front = front
+        self._preread = preread  # read off the connection before it came here
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._current = FrontRequest()
@@ -181,6 +189,9 @@ class _FrontProtocol(asyncio.Protocol):
         # Nothing sent yet is idle, not slow: closed without a word when it lasts (a 408 on a
         # connection a pool keeps open would be read as the answer to its next request).
         self._arm(self._limits.idle_timeout, self.close)
+        if self._preread:  # before the transport reads anything: the bytes stay in order
+            preread, self._preread = self._preread, b""
+            self.data_received(preread)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._front.connections.discard(self)

@@ -134,11 +134,15 @@ class ConsistentHashRing(HashRing):
 
     def walk(self, request_id: int) -> Iterator[str]:
         """Distinct servers clockwise from the request's slot; the owner first."""
+        return self.walk_from(self.slot_of(request_id))
+
+    def walk_from(self, slot: int) -> Iterator[str]:
+        """Distinct servers clockwise from ``slot``; its owner first."""
         # Snapshot: add/remove replace these lists, so a caller may await between steps.
         owner_of, occupied, total = self._owner, self._occupied, len(self._servers)
         if not occupied:
             return
-        start = bisect_left(occupied, self.slot_of(request_id))
+        start = bisect_left(occupied, slot)
         seen: set[str] = set()
         for k in range(len(occupied)):
             owner = owner_of[occupied[(start + k) % len(occupied)]]

@@ -1,0 +1,299 @@
+//! HTTP/1.1 as pure logic: which requests this plane proxies itself, the replica's answer read
+//! off its connection, and the answer written to the client, byte for byte as the Python front
+//! end (`dslab.common.front`) writes it.
+//!
+//! The plane proxies only the common case: a complete GET head, no body, not an admin path,
+//! within the edge's limits. Anything else (another method, an admin path, a body, an upgrade,
+//! a head cut short, a limit passed, what httparse will not read) is `Handover`: the
+//! connection goes to the Python front end, which serves or refuses it as it always has.
+
+/// What the plane needs of the edge's limits (`dslab.common.edge.EdgeLimits`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_request_line: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Get<'a> {
+    pub uri: &'a [u8],
+    pub request_id: Option<&'a [u8]>,
+    pub keep_alive: bool,
+    pub http10: bool,
+    pub len: usize, // bytes of the head, CRLF CRLF included
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head<'a> {
+    Proxy(Get<'a>),
+    Handover,
+}
+
+fn header_is(name: &str, expected: &str) -> bool {
+    name.len() == expected.len() && name.eq_ignore_ascii_case(expected)
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The head at the start of `buf`, if the plane proxies it. `not_proxied`: the paths the
+/// control plane serves (admin, metrics).
+pub fn read_request<'a>(buf: &'a [u8], limits: &Limits, not_proxied: &[Vec<u8>]) -> Head<'a> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        _ => return Head::Handover, // cut short, malformed, or too many headers
+    };
+    let (Some("GET"), Some(uri), Some(version)) = (request.method, request.path, request.version)
+    else {
+        return Head::Handover;
+    };
+    let uri = uri.as_bytes();
+    let path = uri.split(|&b| b == b'?').next().unwrap_or(uri);
+    if uri.len() > limits.max_request_line || not_proxied.iter().any(|p| p == path) {
+        return Head::Handover;
+    }
+    let (mut request_id, mut header_bytes, mut connection) = (None, 0usize, None::<&[u8]>);
+    for header in request.headers.iter() {
+        header_bytes += header.name.len() + header.value.len() + 4;
+        let name = header.name;
+        if header_is(name, "x-request-id") {
+            request_id = Some(header.value);
+        } else if header_is(name, "connection") {
+            if connection.is_some() {
+                return Head::Handover; // two Connection fields: the Python parser decides
+            }
+            connection = Some(header.value);
+        } else if header_is(name, "content-length") {
+            if header.value.trim_ascii() != b"0" {
+                return Head::Handover;
+            }
+        } else if header_is(name, "transfer-encoding") || header_is(name, "upgrade") {
+            return Head::Handover;
+        }
+    }
+    if header_bytes > limits.max_header_bytes {
+        return Head::Handover;
+    }
+    let http10 = version == 0;
+    let keep_alive = match connection {
+        Some(value) if has_token(value, b"upgrade") => return Head::Handover,
+        Some(value) if http10 => has_token(value, b"keep-alive"),
+        Some(value) => !has_token(value, b"close"),
+        None => !http10,
+    };
+    Head::Proxy(Get { uri, request_id, keep_alive, http10, len })
+}
+
+/// A replica's answer, as read off its connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: Option<std::ops::Range<usize>>,
+    pub body: std::ops::Range<usize>,
+    pub keep_alive: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    Complete(Answer),
+    Partial,
+    Bad(String),
+}
+
+/// The answer at the start of `buf`. A replica (Tornado) frames every answer by its length;
+/// one framed otherwise is a protocol error here, as a malformed one is.
+pub fn read_answer(buf: &[u8]) -> Reply {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Reply::Partial,
+        Err(e) => return Reply::Bad(format!("bad response from replica: {e}")),
+    };
+    let status = response.code.unwrap_or(0);
+    let mut keep_alive = response.version == Some(1);
+    let (mut length, mut content_type) = (None, None);
+    for header in response.headers.iter() {
+        if header_is(header.name, "content-length") {
+            match std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse().ok()) {
+                Some(n) => length = Some(n),
+                None => return Reply::Bad("bad response from replica: Content-Length".into()),
+            }
+        } else if header_is(header.name, "content-type") {
+            let start = header.value.as_ptr() as usize - buf.as_ptr() as usize;
+            content_type = Some(start..start + header.value.len());
+        } else if header_is(header.name, "connection") {
+            if has_token(header.value, b"close") {
+                keep_alive = false;
+            } else if has_token(header.value, b"keep-alive") {
+                keep_alive = true;
+            }
+        } else if header_is(header.name, "transfer-encoding") {
+            return Reply::Bad("bad response from replica: not framed by its length".into());
+        }
+    }
+    let length = match (status, length) {
+        (100..=199 | 204 | 304, _) => 0,
+        (_, Some(n)) => n,
+        (_, None) => return Reply::Bad("bad response from replica: no Content-Length".into()),
+    };
+    if buf.len() < head + length {
+        return Reply::Partial;
+    }
+    Reply::Complete(Answer { status, content_type, body: head..head + length, keep_alive })
+}
+
+/// What the client gets, as the Python front end's `_write` frames it.
+#[allow(clippy::too_many_arguments)]
+pub fn write_answer(out: &mut Vec<u8>, status: u16, reason: &[u8], content_type: Option<&[u8]>,
+                    served_by: &[u8], body: &[u8], keep_alive: bool, http10: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_number(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_number(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    if let Some(content_type) = content_type {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(content_type);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !served_by.is_empty() {
+        out.extend_from_slice(b"X-Served-By: ");
+        out.extend_from_slice(served_by);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// The request a replica gets, as `dslab.keeper.upstream.format_get` writes it.
+pub fn write_get(out: &mut Vec<u8>, uri: &[u8], host: &[u8], request_id: &[u8]) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(uri);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nX-Request-ID: ");
+    out.extend_from_slice(request_id);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Latin-1 text as Python's `json.dumps` writes it inside a string (`ensure_ascii`).
+pub fn push_json_latin1(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in text {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x20..=0x7f => out.push(b),
+            _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize],
+                                         HEX[(b & 15) as usize]]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_request_line: 8192, max_headers: 100, max_header_bytes: 61440 }
+    }
+
+    fn admin() -> Vec<Vec<u8>> {
+        vec![b"/rep".to_vec(), b"/metrics".to_vec()]
+    }
+
+    #[test]
+    fn a_plain_get_is_proxied_with_its_id() {
+        let head = b"GET /home?x=1 HTTP/1.1\r\nHost: a\r\nX-Request-ID: 42\r\n\r\nGET";
+        let Head::Proxy(get) = read_request(head, &limits(), &admin()) else { panic!() };
+        assert_eq!(get.uri, b"/home?x=1");
+        assert_eq!(get.request_id, Some(&b"42"[..]));
+        assert!(get.keep_alive && !get.http10);
+        assert_eq!(get.len, head.len() - 3);
+    }
+
+    #[test]
+    fn what_the_python_front_end_decides_is_handed_over() {
+        for head in [
+            &b"GET /home HTTP/1.1\r\nHost: a\r\n"[..], // cut short
+            b"POST /home HTTP/1.1\r\n\r\n",
+            b"GET /rep HTTP/1.1\r\n\r\n",
+            b"GET /metrics?x HTTP/1.1\r\n\r\n",
+            b"GET /home HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"GET /home HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /home HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            b"GET /ho me HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(read_request(head, &limits(), &admin()), Head::Handover, "{head:?}");
+        }
+        let tight = Limits { max_request_line: 4, max_headers: 1, max_header_bytes: 10 };
+        for head in [&b"GET /home HTTP/1.1\r\n\r\n"[..], b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n",
+                     b"GET / HTTP/1.1\r\nA: 12345678\r\n\r\n"] {
+            assert_eq!(read_request(head, &tight, &admin()), Head::Handover, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        let cases: [(&[u8], bool); 4] = [
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\n\r\n", true),
+        ];
+        for (head, keep_alive) in cases {
+            let Head::Proxy(get) = read_request(head, &limits(), &admin()) else { panic!() };
+            assert_eq!(get.keep_alive, keep_alive, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_is_complete_once_its_body_is_in() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(read_answer(&answer[..answer.len() - 1]), Reply::Partial);
+        let Reply::Complete(a) = read_answer(answer) else { panic!() };
+        assert_eq!((a.status, &answer[a.body.clone()]), (200, &b"hi"[..]));
+        assert_eq!(&answer[a.content_type.unwrap()], b"text/plain");
+        assert!(matches!(read_answer(b"HTTP/1.1 200 OK\r\n\r\n"), Reply::Bad(_)));
+        assert!(matches!(read_answer(b"HTTP/1.1 204 No Content\r\n\r\n"), Reply::Complete(_)));
+    }
+
+    #[test]
+    fn json_text_is_escaped_as_python_escapes_it() {
+        let mut out = vec![];
+        push_json_latin1(&mut out, b"a\"\\\n\x01\xe9\x7f");
+        assert_eq!(out, br#"a\"\\\n\u0001\u00e9"#.iter().copied().chain([0x7f]).collect::<Vec<_>>());
+    }
+}
