@@ -70,6 +70,8 @@ tools:
 	  (echo "error: A-4, bench-lb and the tests need HAProxy, wrk and Chromium: apt-get install haproxy wrk chromium (as root)"; exit 1)
 
 test: venv tools
+	@if command -v cargo >/dev/null; then \
+	  cargo test -q --release --manifest-path services/native/Cargo.toml; fi
 	$(PY) -m pytest tests
 
 report: venv tools
