@@ -102,14 +102,16 @@ def test_no_engine_is_a_clear_error(monkeypatch):
     assert "error: Docker was asked for but no engine answers" in result.stderr
 
 
-def test_process_tree_is_untouched_by_docker_mode(docker, stack):
-    """The balancer's own children are its workers alone: replicas are containers, not
-    processes."""
+@pytest.mark.parametrize(("plane", "worker_processes"), [("python", 2), ("native", 0)])
+def test_process_tree_is_untouched_by_docker_mode(docker, stack, plane, worker_processes):
+    """The balancer's own children are its workers alone (the Python plane's; the native
+    plane's are threads): replicas are containers, not processes."""
     balancer = BalancerProcess(args=["-n", "2", "--backend", "docker", "--docker-address",
-                                     "loopback", "--stack", stack, "--workers", "2"]).start()
+                                     "loopback", "--stack", stack, "--workers", "2",
+                                     "--plane", plane]).start()
     try:
         assert balancer.descendants() == balancer.worker_processes()
-        assert len(balancer.worker_processes()) == 2
+        assert len(balancer.worker_processes()) == worker_processes
         assert len(docker.containers.list(filters={"label": f"dslab.stack={stack}"})) == 2
     finally:
         assert balancer.stop() == 0

@@ -58,11 +58,15 @@ class HashConfig:
     # The experiments compare hashes and replicas, beside HAProxy on one thread: one balancer
     # process keeps the balancer's own speed out of the comparison (bench-lb measures it).
     workers: int = 1
+    # One proxy for every configuration compared: the Python plane routes every algorithm and
+    # bounded loads (the native plane, the ring only), so a difference between two
+    # configurations is theirs, not the planes'.
+    plane: str = "python"
 
     def args(self, n: int) -> list[str]:
         args = ["-n", str(n), "--hash", self.hashes, "--vnodes", str(self.vnodes),
                 "--slots", str(self.slots), "--algorithm", self.algorithm,
-                "--workers", str(self.workers)]
+                "--workers", str(self.workers), "--plane", self.plane]
         if self.balance_factor is not None:
             args += ["--balance-factor", str(self.balance_factor)]
         if self.cpus is not None:
