@@ -1,15 +1,17 @@
 """Benchmark: the balancer vs HAProxy vs the replicas directly, with wrk, in one run.
 
-Two balancers are started, ``--workers 1`` and ``--workers W`` (W: the cores this machine
-gives, unless ``--workers`` says), each with its own N replicas; beside each, HAProxy with as
-many threads (``nbthread``) in front of *that balancer's replica processes* (found through
-their environment), ``balance hdr(X-Request-ID)`` and ``hash-type consistent``. wrk sends
+Balancers are started with ``--workers 1`` and ``--workers W`` (W: the cores this machine
+gives, unless ``--workers`` says), on each plane (``--plane``: the Python plane, the native
+one, or both), each with its own N replicas; beside them, HAProxy with 1 and W threads
+(``nbthread``) in front of *the first balancer's replica processes* (found through their
+environment), ``balance hdr(X-Request-ID)`` and ``hash-type consistent``. The balancers get
+``--vnodes 32`` (see ``--vnodes``), so that the replicas' shares are near even, as HAProxy's. wrk sends
 GET /home with a random X-Request-ID per request. The targets are measured in alternation,
 ``--rounds`` times, so drift of this noisy machine hits all of them.
 
 Prints, per target (median over rounds): requests/s, p99, and for the balancers and HAProxy
 the CPU each used per request (its processes' CPU time from /proc over the requests wrk
-counted), then lb/haproxy and lb/direct for each W.
+counted), then each balancer's throughput over HAProxy's (same W) and over direct.
 
 Then the balancer as the bottleneck: each balancer's own processes (not its replicas) are put
 in a cgroup with a CPU quota of ``--caps`` cores in turn, and wrk measures it again:
@@ -120,7 +122,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--caps", default="0.25,0.5,1.0",
+    ap.add_argument("--caps", default="0.05,0.1,0.25,1.0",
                     help="CPU quotas (cores) for the balancer-as-bottleneck runs; '' skips them")
     ap.add_argument("--hash", default="blake2b", help="balancer hash (HAProxy uses its own)")
     ap.add_argument("--vnodes", type=int, default=32,
