@@ -113,6 +113,13 @@ def test_within_the_limits_is_served(lb, untouched):
     assert code == 200 and b"Hello from Server" in body
 
 
+@pytest.mark.parametrize("path", ["/rep", "/openapi.json"])
+def test_an_http11_request_with_no_host_to_a_balancer_path_is_400(lb, untouched, path):
+    """Tornado refuses it (found by the planes' differential fuzz): a 400, not a 502."""
+    code, _, body = send(lb, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+    assert code == 400 and "Missing Host header" in error_message(body)
+
+
 @pytest.mark.parametrize("raw, part", [
     (b"GET /home HTTP/1.1\r\nHost: x\r\n", "headers"),  # headers never finished
     (b"G", "headers"),  # one byte: a request has begun

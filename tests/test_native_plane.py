@@ -19,7 +19,7 @@ from itertools import islice
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -141,6 +141,25 @@ def test_every_answer_is_the_python_planes_byte_for_byte(start_balancer):
         assert ours.startswith(b"HTTP/1.1 "), raw
 
 
+def first_answer(port: int, raw: bytes) -> bytes:
+    """The first answer to ``raw``, head and body (framed by its Content-Length): whether the
+    connection stays open after it is the answer's own Connection header's to say."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(raw)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length and (chunk := sock.recv(65536)):
+            body += chunk
+        return head + b"\r\n\r\n" + body[:length]
+
+
 # ---- live: routing, admin changes, counts ---------------------------------------------------
 def burst(balancer: BalancerProcess, rids: list[str]) -> list[str]:
     """One GET /home per id, each on a connection of its own, all open at once (the kernel
@@ -249,3 +268,48 @@ def test_a_stopped_replica_fails_over_is_counted_and_wakes_the_heartbeats(start_
             time.sleep(0.1)
     finally:
         victim.resume()
+
+
+# ---- live, generated: the two planes answer any GET alike -----------------------------------
+visible = st.sampled_from([*range(0x21, 0x7f), *range(0xa0, 0x100)]).map(lambda b: bytes([b]))
+field_value = st.lists(st.one_of(visible, st.just(b" "), st.just(b"\t")), max_size=12).map(
+    b"".join)
+header = st.one_of(
+    st.tuples(st.sampled_from([b"X-Request-ID", b"x-request-id", b"Connection", b"Accept",
+                               b"Upgrade", b"X-Other"]), field_value),
+    st.tuples(st.just(b"Connection"), st.sampled_from([b"keep-alive", b"close", b"Upgrade",
+                                                       b"keep-alive, close", b"TE"])),
+    # no body follows: a length above 0 would wait out the body timeout
+    st.tuples(st.just(b"Content-Length"), st.sampled_from([b"0", b"00", b" 0 ", b"x", b"-1"])))
+path = st.one_of(st.sampled_from([b"/home", b"/rep", b"/metrics", b"/nope", b"/", b"/home/x"]),
+                 st.lists(visible, min_size=1, max_size=10).map(lambda p: b"/" + b"".join(p)))
+
+
+@pytest.fixture(scope="module")
+def both_planes():
+    started = [BalancerProcess(args=[*ARGS, "--plane", plane, "--workers", "1"]).start()
+               for plane in ("native", "python")]
+    yield started
+    for balancer in started:
+        assert balancer.stop() == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(path=path, query=st.sampled_from([b"", b"?rid=12", b"?rid=", b"?a=b&rid=x y"]),
+       version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), headers=st.lists(header, max_size=5))
+def test_any_get_is_answered_by_both_planes_alike(both_planes, path, query, version, headers):
+    """Generated GETs (any path, ids of any bytes, whitespace, Connection tokens, a
+    Content-Length, an Upgrade): each plane's answer byte for byte the other's, /metrics'
+    framing aside. The id must not be drawn at random, so every request names one."""
+    ids = [value for name, value in headers if name.lower() == b"x-request-id"]
+    if not ids or not ids[-1].strip():  # the last one counts
+        headers = [*headers, (b"X-Request-ID", b"42")]
+    head = b"GET " + path + query + b" " + version + b"\r\n"
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    raw = head + b"Connection: close\r\n\r\n"
+    note(repr(raw))
+    native_lb, python_lb = both_planes
+    ours, theirs = first_answer(native_lb.port, raw), first_answer(python_lb.port, raw)
+    if path.startswith(b"/metrics") and ours.startswith(b"HTTP/1.1 200"):
+        ours, theirs = ours.partition(b"\r\n")[0], theirs.partition(b"\r\n")[0]
+    assert ours == theirs

@@ -303,6 +303,10 @@ class _FrontProtocol(asyncio.Protocol):
                 self._write_raw(status, headers, body, request)
                 self._served()
                 return
+        except httputil.HTTPInputError as exc:  # Tornado's refusal (an HTTP/1.1 with no Host)
+            self._respond(request, Answer(400, error_body(f"<Error> Malformed HTTP request: "
+                                                          f"{exc}")))
+            return
         except Exception:
             self._failed(request)
             return

@@ -38,6 +38,20 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// A header value as llhttp (the Python front end) reads it: leading whitespace dropped, as
+/// httparse drops it, trailing whitespace kept, where httparse drops it. `value` lies in `buf`.
+fn as_llhttp_reads<'a>(buf: &'a [u8], value: &'a [u8]) -> &'a [u8] {
+    if value.is_empty() {
+        return value; // only whitespace: nothing, for both
+    }
+    let start = value.as_ptr() as usize - buf.as_ptr() as usize;
+    let mut end = start + value.len();
+    while end < buf.len() && (buf[end] == b' ' || buf[end] == b'\t') {
+        end += 1;
+    }
+    &buf[start..end]
+}
+
 /// The head at the start of `buf`, if the plane proxies it. `not_proxied`: the paths the
 /// control plane serves (admin, metrics).
 pub fn read_request<'a>(buf: &'a [u8], limits: &Limits, not_proxied: &[Vec<u8>]) -> Head<'a> {
@@ -56,21 +70,29 @@ pub fn read_request<'a>(buf: &'a [u8], limits: &Limits, not_proxied: &[Vec<u8>])
     if uri.len() > limits.max_request_line || not_proxied.iter().any(|p| p == path) {
         return Head::Handover;
     }
+    // llhttp takes only visible ASCII in a request target (httparse takes more): the front
+    // end refuses the rest.
+    if !uri.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+        return Head::Handover;
+    }
     let (mut request_id, mut header_bytes, mut connection) = (None, 0usize, None::<&[u8]>);
+    let mut length_seen = false;
     for header in request.headers.iter() {
         header_bytes += header.name.len() + header.value.len() + 4;
         let name = header.name;
         if header_is(name, "x-request-id") {
-            request_id = Some(header.value);
+            request_id = Some(as_llhttp_reads(buf, header.value));
         } else if header_is(name, "connection") {
             if connection.is_some() {
                 return Head::Handover; // two Connection fields: the Python parser decides
             }
             connection = Some(header.value);
         } else if header_is(name, "content-length") {
-            if header.value.trim_ascii() != b"0" {
+            // A body, or a length given twice (llhttp refuses that): the front end decides.
+            if length_seen || header.value.trim_ascii() != b"0" {
                 return Head::Handover;
             }
+            length_seen = true;
         } else if header_is(name, "transfer-encoding") || header_is(name, "upgrade") {
             return Head::Handover;
         }
@@ -253,8 +275,10 @@ mod tests {
             b"GET /metrics?x HTTP/1.1\r\n\r\n",
             b"GET /home HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
             b"GET /home HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /home HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"GET /home HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
             b"GET /ho me HTTP/1.1\r\n\r\n",
+            b"GET /\xe9t\xe9 HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(read_request(head, &limits(), &admin()), Head::Handover, "{head:?}");
         }
@@ -263,6 +287,16 @@ mod tests {
                      b"GET / HTTP/1.1\r\nA: 12345678\r\n\r\n"] {
             assert_eq!(read_request(head, &tight, &admin()), Head::Handover, "{head:?}");
         }
+    }
+
+    #[test]
+    fn a_request_ids_trailing_whitespace_is_kept_as_llhttp_keeps_it() {
+        let head = b"GET / HTTP/1.1\r\nX-Request-ID: \t a b\t \r\nX-Other: 1\r\n\r\n";
+        let Head::Proxy(get) = read_request(head, &limits(), &admin()) else { panic!() };
+        assert_eq!(get.request_id, Some(&b"a b\t "[..]));
+        let blank = b"GET / HTTP/1.1\r\nX-Request-ID:  \t \r\n\r\n";
+        let Head::Proxy(get) = read_request(blank, &limits(), &admin()) else { panic!() };
+        assert_eq!(get.request_id, Some(&b""[..]));
     }
 
     #[test]

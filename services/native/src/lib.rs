@@ -106,18 +106,19 @@ impl Plane {
             wake_fd,
             connections: AtomicUsize::new(0),
         });
-        let (mut stops, mut handles) = (Vec::new(), Vec::new());
+        let mut plane = Plane { shared, stops: Vec::new(), threads: Vec::new(), port };
         for (index, listener) in listeners.into_iter().enumerate() {
             let (stop, stopped) = oneshot::channel();
-            let shared = shared.clone();
+            let shared = plane.shared.clone();
+            // On failure `plane` is dropped, which stops the threads already started.
             let handle = std::thread::Builder::new()
                 .name(format!("dataplane-{index}"))
                 .spawn(move || plane::run_thread(index, listener, shared, stopped))
                 .map_err(|e| PyOSError::new_err(format!("cannot start a thread: {e}")))?;
-            stops.push(stop);
-            handles.push(handle);
+            plane.stops.push(stop);
+            plane.threads.push(handle);
         }
-        Ok(Plane { shared, stops, threads: handles, port })
+        Ok(plane)
     }
 
     /// A new ring: `walks[slot]` are indices into `replicas`, each `(name, (host, port))` or
