@@ -12,6 +12,7 @@ added delay: this machine's kernel has no netem.)
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -87,6 +88,7 @@ class LoopbackRules:
         self.chain = f"{PREFIX}{os.getpid()}"
         self._open = False
         self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
 
     def _open_locked(self) -> None:
         if not self._open:
@@ -107,10 +109,28 @@ class LoopbackRules:
                 self._open = False
 
     def add(self, rule: list[str]) -> list[str]:
+        """Append ``rule``; returns it as added (named by a comment, so that its counters can
+        be read and it can be deleted): pass that to ``packets`` and ``delete``."""
         with self._lock:
             self._open_locked()
-            _iptables("-A", self.chain, *rule)
-        return rule
+            named = [*rule[:-2], "-m", "comment", "--comment",
+                     f"dslab-{next(self._numbers)}", *rule[-2:]]
+            _iptables("-A", self.chain, *named)
+        return named
+
+    def packets(self, rule: list[str]) -> int:
+        """The packets ``rule`` (as ``add`` returned it) has matched so far: a fault's proof
+        that it took effect."""
+        name = rule[rule.index("--comment") + 1]
+        with self._lock:
+            if not self._open:
+                return 0
+            listing = _iptables("-v", "-S", self.chain)
+        for line in listing.splitlines():
+            if re.search(rf"--comment \"?{name}\"? ", line):
+                found = re.search(r" -c (\d+) \d+", line)
+                return int(found.group(1)) if found else 0
+        return 0
 
     def delete(self, rule: list[str]) -> None:
         with self._lock:

@@ -1,8 +1,8 @@
 """The nemesis: faults injected into a running Part 2 stack on a schedule, each recorded with
 its start and end, every one undone on exit (Ctrl-C included).
 
-    kill        a shard server SIGKILLed (with its engine: the server's process group)
-    pause       a shard server SIGSTOPped, SIGCONTed at the fault's end
+    kill        a shard server SIGKILLed, with every process it started (its engine)
+    pause       a shard server and its engine SIGSTOPped, SIGCONTed at the fault's end
     partition   a shard server's port cut off from everyone both ways (iptables), healed later
     lossy       a share of the packets to and from a server's port dropped at random
     shard_loss  every server of one shard SIGKILLed at once
@@ -11,6 +11,11 @@ its start and end, every one undone on exit (Ctrl-C included).
 
 Faults touch only the stack's own processes and its servers' loopback ports. The stack is a
 ``Target``: ``ProcessTarget`` for the process backend, ``DockerTarget`` for containers.
+
+A fault is shown to have happened: each event records its effect (``FaultEvent.effect``: the
+processes found stopped or killed, the packets a rule dropped). A server that vanished or was
+replaced between being listed and being signalled (the balancer replaces dead servers all
+the time) is looked up again, or recorded as gone, and the schedule goes on.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -32,11 +36,15 @@ import psutil
 from ..stack import BalancerProcess, StackError
 from .iptables import LoopbackRules
 
-__all__ = ["FAULTS", "DockerTarget", "FaultEvent", "Nemesis", "ProcessTarget", "Step", "Target",
+__all__ = ["FAULTS", "DockerTarget", "FaultEvent", "Gone", "Nemesis", "ProcessTarget", "Step", "Target",
            "run_schedule"]
 
 
 FAULTS = ("kill", "pause", "partition", "lossy", "shard_loss", "power_loss")
+
+
+class Gone(LookupError):
+    """The server named is not running (any more): it died or was replaced meanwhile."""
 
 
 class Target(Protocol):
@@ -44,9 +52,9 @@ class Target(Protocol):
 
     def servers(self) -> dict[str, int]: ...  # name -> the loopback port the balancer uses
     def shard_servers(self, shard: str) -> list[str]: ...
-    def kill(self, names: Sequence[str]) -> None: ...  # all at once
-    def pause(self, name: str) -> Callable[[], None]: ...  # returns the resume
-    def power_off(self) -> None: ...
+    def kill(self, names: Sequence[str]) -> list[psutil.Process]: ...  # all at once; the killed
+    def pause(self, name: str) -> tuple[list[psutil.Process], Callable[[], None]]: ...
+    def power_off(self) -> list[psutil.Process]: ...  # the processes killed
     def power_on(self) -> None: ...
 
 
@@ -76,26 +84,40 @@ class _StackTarget:
 
 
 class ProcessTarget(_StackTarget):
-    """The process backend: a shard server and its engine are one process group."""
+    """The process backend: a shard server, and its engine, which runs in a session of its
+    own (so a signal to the server's process group would miss it)."""
 
     def servers(self) -> dict[str, int]:
         return self.stack.replica_ports()
 
-    def _pid(self, name: str) -> int:
-        return self.stack.replica_processes()[name].pid
+    def _tree(self, name: str) -> list[psutil.Process]:
+        """The server named and every process it started, looked up now."""
+        proc = self.stack.replica_processes().get(name)
+        if proc is None:
+            raise Gone(name)
+        try:
+            return [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess as exc:
+            raise Gone(name) from exc
 
-    def kill(self, names: Sequence[str]) -> None:
-        _freeze_then_kill([functools.partial(_signal_group, self._pid(n)) for n in names])
+    def kill(self, names: Sequence[str]) -> list[psutil.Process]:
+        procs = []
+        for name in names:
+            with contextlib.suppress(Gone):
+                procs += self._tree(name)
+        _freeze_then_kill([functools.partial(_signal_each, procs)])
+        return procs
 
-    def pause(self, name: str) -> Callable[[], None]:
-        pid = self._pid(name)
-        _signal_group(pid, signal.SIGSTOP)
-        return lambda: _signal_group(pid, signal.SIGCONT)
+    def pause(self, name: str) -> tuple[list[psutil.Process], Callable[[], None]]:
+        procs = self._tree(name)
+        _signal_each(procs, signal.SIGSTOP)
+        return procs, lambda: _signal_each(procs, signal.SIGCONT)
 
-    def power_off(self) -> None:
+    def power_off(self) -> list[psutil.Process]:
         procs = self._balancer_tree()
         _freeze_then_kill([functools.partial(_signal_each, procs)])
         self._reap(procs)
+        return procs
 
 
 class DockerTarget(_StackTarget):
@@ -134,22 +156,28 @@ class DockerTarget(_StackTarget):
         except (psutil.NoSuchProcess, ValueError):
             return []
 
-    def kill(self, names: Sequence[str]) -> None:
+    def kill(self, names: Sequence[str]) -> list[psutil.Process]:
         containers = self._containers()
         chosen = [containers[n] for n in names if n in containers]
-        for container in chosen:  # frozen first (SIGSTOP: this host has no cgroup freezer)
-            _signal_each(self._procs(container), signal.SIGSTOP)
+        procs = [p for container in chosen for p in self._procs(container)]
+        # frozen first (SIGSTOP: this host has no cgroup freezer), so none outlives another
+        _signal_each(procs, signal.SIGSTOP)
         for container in chosen:
-            container.kill()
+            with contextlib.suppress(Exception):  # one already gone is as good as killed
+                container.kill()
+        return procs
 
-    def pause(self, name: str) -> Callable[[], None]:
+    def pause(self, name: str) -> tuple[list[psutil.Process], Callable[[], None]]:
         """Every process of the container SIGSTOPped (``docker pause`` needs the cgroup
         freezer, which this machine's engine cannot use), SIGCONTed on resume."""
-        procs = self._procs(self._containers()[name])
+        container = self._containers().get(name)
+        procs = self._procs(container) if container is not None else []
+        if not procs:
+            raise Gone(name)
         _signal_each(procs, signal.SIGSTOP)
-        return lambda: _signal_each(procs, signal.SIGCONT)
+        return procs, lambda: _signal_each(procs, signal.SIGCONT)
 
-    def power_off(self) -> None:
+    def power_off(self) -> list[psutil.Process]:
         procs = self._balancer_tree()
         containers = list(self._containers().values())
         inside = [p for c in containers for p in self._procs(c)]
@@ -159,6 +187,7 @@ class DockerTarget(_StackTarget):
             with contextlib.suppress(Exception):  # one already gone is as good as killed
                 container.kill()
         self._reap(procs)
+        return procs + inside
 
 @dataclass
 class FaultEvent:
@@ -168,12 +197,15 @@ class FaultEvent:
     end: float | None = None  # None: still on
     note: str = ""
     undo: Callable[[], None] | None = field(default=None, repr=False)
+    # What the fault was seen to do: processes found killed or stopped, packets dropped.
+    effect: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Step:
-    """One fault of a schedule: at ``at`` seconds, for ``seconds`` (0: instantaneous).
-    ``target``: a server's or a shard's name; None: the first server alive, by name."""
+    """One fault of a schedule: at ``at`` seconds, for ``seconds`` (0: instantaneous; a power
+    loss lasts until the stack is started again). ``target``: a server's or a shard's name;
+    None: the first server alive, by name."""
 
     at: float
     kind: str
@@ -186,6 +218,10 @@ class Step:
             raise ValueError(f"unknown fault {self.kind!r}; known: {', '.join(FAULTS)}")
         if self.seconds < 0 or not 0 < self.share <= 1:
             raise ValueError(f"a fault lasts 0 s or more and drops a share in (0, 1]: {self}")
+
+
+SIGNALLED_WITHIN = 5.0  # a signal's effect (stopped, dead) is seen within it, or never
+_LOOKUPS = 3  # "the first server alive": looked up again this often if it vanishes meanwhile
 
 
 class Nemesis:
@@ -209,8 +245,12 @@ class Nemesis:
         return self.clock() - self.t0
 
     def _event(self, kind: str, target: str, note: str = "",
-               undo: Callable[[], None] | None = None) -> FaultEvent:
-        event = FaultEvent(kind, target, self.now(), None if undo else self.now(), note, undo)
+               undo: Callable[[], None] | None = None, began: float | None = None,
+               **effect: int) -> FaultEvent:
+        """Record a fault that ``began`` (default: now), its effect seen by now."""
+        now = self.now()
+        event = FaultEvent(kind, target, now if began is None else began,
+                           None if undo else now, note, undo, dict(effect))
         self.events.append(event)
         return event
 
@@ -231,45 +271,73 @@ class Nemesis:
         if not servers:
             raise StackError("no shard server runs")
         name = name if name is not None else sorted(servers)[0]
+        if name not in servers:
+            raise Gone(name)
         return name, servers[name]
+
+    def _on_a_server(self, kind: str, name: str | None,
+                     fault: Callable[[str, int], FaultEvent]) -> FaultEvent:
+        """``fault`` on the server named, or on the first alive: looked up again when it
+        vanished between the listing and the fault (a server named and gone is recorded so)."""
+        for _ in range(_LOOKUPS if name is None else 1):
+            try:
+                return fault(*self._server(name))
+            except Gone as gone:
+                missing = str(gone)
+        return self._event(kind, missing, "gone before the fault: not running", processes=0)
 
     # ---- the faults --------------------------------------------------------------------------
     def kill(self, name: str | None = None) -> FaultEvent:
-        name, _ = self._server(name)
-        self.target.kill([name])
-        return self._event("kill", name)
+        def kill(server: str, _port: int) -> FaultEvent:
+            began = self.now()
+            procs = self.target.kill([server])
+            if not procs:
+                raise Gone(server)
+            return self._event("kill", server, began=began, processes=len(procs),
+                               killed=_dead(procs))
+        return self._on_a_server("kill", name, kill)
 
     def pause(self, name: str | None = None) -> FaultEvent:
-        name, _ = self._server(name)
-        return self._event("pause", name, undo=self.target.pause(name))
+        def pause(server: str, _port: int) -> FaultEvent:
+            began = self.now()
+            procs, resume = self.target.pause(server)
+            return self._event("pause", server, f"{len(procs)} processes", undo=resume,
+                               began=began, processes=len(procs), stopped=_stopped(procs))
+        return self._on_a_server("pause", name, pause)
 
     def partition(self, name: str | None = None) -> FaultEvent:
-        name, port = self._server(name)
-        return self._rules("partition", name, LoopbackRules.cut(port), f"port {port}")
+        return self._on_a_server("partition", name, lambda server, port: self._rules(
+            "partition", server, LoopbackRules.cut(port), f"port {port}"))
 
     def lossy(self, name: str | None = None, share: float = 0.3) -> FaultEvent:
-        name, port = self._server(name)
-        return self._rules("lossy", name, LoopbackRules.lossy(port, share),
-                           f"{share:.0%} of packets dropped, port {port}")
+        return self._on_a_server("lossy", name, lambda server, port: self._rules(
+            "lossy", server, LoopbackRules.lossy(port, share),
+            f"{share:.0%} of packets dropped, port {port}"))
 
     def _rules(self, kind: str, name: str, rules: list[list[str]], note: str) -> FaultEvent:
-        for rule in rules:
-            self.rules.add(rule)
+        rules = [self.rules.add(rule) for rule in rules]
 
         def heal() -> None:
+            event.effect["dropped"] = sum(self.rules.packets(rule) for rule in rules)
             for rule in rules:
                 self.rules.delete(rule)
 
-        return self._event(kind, name, note, undo=heal)
+        event = self._event(kind, name, note, undo=heal)
+        return event
 
     def shard_loss(self, shard: str) -> FaultEvent:
         names = self.target.shard_servers(shard)
-        self.target.kill(names)  # all at once: none answers after another died
-        return self._event("shard_loss", shard, ", ".join(names))
+        began = self.now()
+        procs = self.target.kill(names)  # all at once: none answers after another died
+        return self._event("shard_loss", shard, ", ".join(names), began=began,
+                           processes=len(procs), killed=_dead(procs))
 
     def power_loss(self) -> FaultEvent:
-        self.target.power_off()
-        return self._event("power_loss", "stack", undo=self.target.power_on)
+        """The stack off; ``end`` starts it again (the event ends when it is up)."""
+        began = self.now()
+        procs = self.target.power_off()
+        return self._event("power_loss", "stack", undo=self.target.power_on, began=began,
+                           processes=len(procs), killed=_dead(procs))
 
     # ---- a schedule --------------------------------------------------------------------------
     def begin(self, step: Step) -> FaultEvent:
@@ -297,6 +365,36 @@ async def run_schedule(nemesis: Nemesis, steps: Sequence[Step]) -> list[FaultEve
     return list(await asyncio.gather(*(one(s) for s in steps)))
 
 
+def _count_within(procs: Sequence[psutil.Process], state: Callable[[psutil.Process], bool],
+                  seconds: float = SIGNALLED_WITHIN) -> int:
+    """How many of ``procs`` are in ``state``, polled until all are or ``seconds`` passed (a
+    signal is delivered at the process's next scheduling, not at once)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        count = sum(state(p) for p in procs)
+        if count == len(procs) or time.monotonic() > deadline:
+            return count
+        time.sleep(0.01)
+
+
+def _status(proc: psutil.Process) -> str | None:
+    try:
+        return str(proc.status())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _stopped(procs: Sequence[psutil.Process]) -> int:
+    return _count_within(procs, lambda p: _status(p) in (psutil.STATUS_STOPPED,
+                                                         psutil.STATUS_TRACING_STOP))
+
+
+def _dead(procs: Sequence[psutil.Process]) -> int:
+    """Killed: gone, or a zombie its parent has not reaped yet."""
+    return _count_within(procs, lambda p: _status(p) in (None, psutil.STATUS_ZOMBIE,
+                                                         psutil.STATUS_DEAD))
+
+
 def _freeze_then_kill(senders: Sequence[Callable[[int], None]]) -> None:
     """SIGSTOP through every sender, then SIGKILL: all frozen first, so none outlives another."""
     for sig in (signal.SIGSTOP, signal.SIGKILL):
@@ -308,10 +406,3 @@ def _signal_each(procs: Sequence[psutil.Process], sig: int) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(sig)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """A server and what it started (its engine) are one process group (its own session)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
-

@@ -113,22 +113,26 @@ async def _run(stack: BalancerProcess, steps: Sequence[Step], seconds: float,
         await asyncio.gather(workload.run(seconds, history, nemesis.t0),
                              run_schedule(nemesis, steps))
         held = await read_back(stack.url, workload.ids)
+        held_at = nemesis.now()
         run = FaultRun(read_consistency, seconds, history, nemesis.events, held,
-                       check(history, held, nemesis.now(), before=before), revival=revival_seconds(stack.url))
+                       check(history, held, held_at, before=before),
+                       revival=revival_seconds(stack.url))
         if power_loss:
             event = await asyncio.to_thread(nemesis.power_loss)
             await asyncio.to_thread(nemesis.end, event)
             run.held_after_power_loss = await read_back(stack.url, workload.ids)
-            run.after_power_loss = check(history, run.held_after_power_loss,
-                                         nemesis.now(), before=before)
+            # checked with the read-back before it: what was seen then must still be there
+            run.after_power_loss = check(history, run.held_after_power_loss, nemesis.now(),
+                                         before=before, earlier=[(held_at, held)])
     return run
 
 
 def run_faults(stack: BalancerProcess, steps: Sequence[Step], seconds: float, *,
                power_loss: bool = False, read_consistency: str = "linearizable",
                **workload: Any) -> FaultRun:
-    """The workload against ``stack`` for ``seconds`` while the nemesis runs ``steps``; the
-    rows read back and checked, then (``power_loss``) the stack killed whole, started again
-    on its state, and checked again."""
+    """The workload against ``stack`` for ``seconds`` while the nemesis runs ``steps`` (a
+    ``power_loss`` step among them lands with writes in flight); the rows read back and
+    checked, then (``power_loss``) the stack killed whole once more, started again on its
+    state, and read back and checked again, against the first read-back too."""
     return run_sync(_run(stack, steps, seconds, Workload(stack.url, **workload), power_loss,
                             read_consistency))

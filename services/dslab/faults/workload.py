@@ -6,11 +6,17 @@ versions 1, 2, 3... (the first by POST /write, the next by PUT /update), so a re
 write it saw. A writer inserts rows of fresh ids, each once. A reader reads one register at a
 time (POST /read of one id). A timeout, a dropped connection or a 5xx is an ``unknown``
 outcome: the operation may have taken effect.
+
+As in Jepsen, a client whose operation came out ``unknown`` goes on as a new process (a fresh
+number): the unknown operation may still be in flight, and one process has one at a time.
+A client that got no answer at all (the stack down) waits ``no_answer_pause`` before its next
+operation, so that a power loss does not fill the history with refused connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -35,6 +41,7 @@ class Workload:
     timeout: float = 10.0  # a client's patience: beyond it, an unknown outcome
     seed: int = 0
     taken: frozenset[int] = frozenset()  # ids held already (an earlier run's): left alone
+    no_answer_pause: float = 0.05
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
@@ -50,10 +57,13 @@ class Workload:
         """Every client for ``seconds``; each operation recorded in ``history`` with times
         from ``t0`` on ``clock`` (the nemesis's)."""
         deadline = t0 + seconds
+        clients = self.writers + self.updaters + self.readers
+        numbers = itertools.count(clients)  # the new processes of clients after an unknown
+        process_of = list(range(clients))  # client -> its process now
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(self.url, timeout=timeout, connector=connector) as s:
-            async def call(process: int, kind: Kind, key: int, value: int | None, method: str,
+            async def call(client: int, kind: Kind, key: int, value: int | None, method: str,
                            path: str, body: dict[str, Any]) -> tuple[Outcome, Any]:
                 start = clock() - t0
                 status: int | None = None
@@ -70,16 +80,21 @@ class Workload:
                 if kind is Kind.READ and outcome is Outcome.OK:
                     rows = answer["data"]
                     value = rows[0]["Stud_marks"] if rows else None
-                history.add(process, kind, key, value, start, clock() - t0, outcome, detail)
+                history.add(process_of[client], kind, key, value, start, clock() - t0, outcome,
+                            detail)
+                if outcome is Outcome.UNKNOWN:
+                    process_of[client] = next(numbers)
+                if status is None:
+                    await asyncio.sleep(self.no_answer_pause)
                 return outcome, status
 
-            async def writer(process: int) -> None:
+            async def writer(client: int) -> None:
                 while clock() < deadline:
                     key = next(self._fresh)
-                    await call(process, Kind.INSERT, key, 1, "POST", "/write",
+                    await call(client, Kind.INSERT, key, 1, "POST", "/write",
                                {"data": [_row(key, 1)]})
 
-            async def updater(process: int, keys: list[int]) -> None:
+            async def updater(client: int, keys: list[int]) -> None:
                 version = dict.fromkeys(keys, 0)
                 exists = dict.fromkeys(keys, False)
                 k = 0
@@ -89,17 +104,17 @@ class Workload:
                     version[key] += 1
                     v = version[key]
                     if not exists[key]:
-                        outcome, status = await call(process, Kind.WRITE, key, v, "POST",
+                        outcome, status = await call(client, Kind.WRITE, key, v, "POST",
                                                      "/write", {"data": [_row(key, v)]})
                         exists[key] = outcome is Outcome.OK or status == 409
                     else:
-                        await call(process, Kind.WRITE, key, v, "PUT", "/update",
+                        await call(client, Kind.WRITE, key, v, "PUT", "/update",
                                    {"Stud_id": key, "data": _row(key, v)})
 
-            async def reader(process: int, rng: random.Random) -> None:
+            async def reader(client: int, rng: random.Random) -> None:
                 while clock() < deadline:
                     key = rng.choice(self.register_keys)
-                    await call(process, Kind.READ, key, None, "POST", "/read",
+                    await call(client, Kind.READ, key, None, "POST", "/read",
                                {"Stud_id": {"low": key, "high": key}})
 
             rng = random.Random(self.seed + 1)
