@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from dslab.faults.checks import check
 from dslab.faults.history import History, Kind, Outcome
+from dslab.faults.linearizable import Undecided
 from dslab.faults.nemesis import FaultEvent
 from dslab.faults.run import FaultRun
 from dslab.lab import faults
@@ -45,9 +48,11 @@ def test_tables_list_the_faults_the_anomalies_and_the_timeline():
     assert "read key 5000 returned 1" in found["what the checker shows"].iloc[0]
     text = faults.anomalies_markdown(found)
     assert text.startswith("The checker found **1 anomaly**")
-    assert "**any** reads, after the faults:\n\n```\nkey 5000:" in text
+    assert ("**any** reads, after the faults, outside every fault window:\n\n```\nkey 5000:"
+            in text)
+    assert list(found["verdict"]) == ["not linearizable"]
     assert "no anomaly" in faults.anomalies_markdown(found.iloc[0:0])
-    assert list(faults.events(runs)["fault"]) == ["shard_loss", "power_loss"] * 2
+    assert list(faults.events(runs)["fault"]) == ["shard loss", "power loss"] * 2
     timeline = faults.timeline(runs)
     ok = timeline[(timeline["read consistency"] == "any") & (timeline["outcome"] == "ok")]
     assert dict(zip(ok["second"], ok["operations"])) == {0: 4, 4: 1}
@@ -73,3 +78,47 @@ def test_every_number_in_the_observations_comes_from_the_runs():
     assert "served 80 reads/s against 160 with any (0.50×), p99 160 ms against 40 ms" in text
     assert ("without faults the checker found 0 non-linearizable registers with linearizable "
             "reads and 2 non-linearizable registers with any reads.") in text
+
+
+def test_an_undecided_register_is_said_undecided_never_linearizable():
+    """A run whose only register the checker gave up on, holding no anomaly: the prose says
+    undecided and not passed, and never "every register linearizable"."""
+    run = a_run("linearizable", stale=False)
+    run.report = dataclasses.replace(run.report, undecided=[Undecided(5000, 123)])
+    run.after_power_loss = None
+    runs = {"linearizable": run}
+    found = faults.anomalies(runs)
+    assert list(found["verdict"]) == ["undecided"]
+    text = faults.anomalies_markdown(found)
+    assert "no anomaly**, but did not decide every register" in text
+    assert "**1 register undecided**" in text and "not passed" in text
+    assert "every register linearizable" not in text
+    costs = pd.DataFrame(columns=["read consistency", "operation", "per_s", "p99_ms"])
+    assert "could not decide 1 (not passed" in faults.observations(runs, costs)
+    decided = faults.anomalies_markdown(faults.anomalies({"linearizable": a_run("x", False)}))
+    assert "decided every register" in decided and "undecided" not in decided
+
+
+def test_anomalies_are_placed_in_the_fault_window_they_fell_in():
+    """The stale read at 0.5 s falls in a pause from 0.4 s, or outside every window when the
+    pause began later: the sentence says which, and draws no lesson about faults from reads
+    that go back in time without one."""
+    inside = a_run("any", stale=True)
+    inside.events.insert(0, FaultEvent("pause", "Server1", 0.4, 1.0, effect={"processes": 2,
+                                                                             "stopped": 2}))
+    outside = a_run("any", stale=True)
+    costs = pd.DataFrame(columns=["read consistency", "operation", "per_s", "p99_ms"])
+    assert faults.window_of(0.5, inside) == "during the pause of Server1"
+    assert "It fell inside a fault window." in faults.observations({"any": inside}, costs)
+    assert ("It fell outside every fault window: these reads go back in time with or without "
+            "faults.") in faults.observations({"any": outside}, costs)
+    assert list(faults.events({"any": inside})["effect"])[0] == "2 of 2 processes stopped"
+
+
+def test_a_fault_effect_is_put_in_words():
+    assert faults.effect(FaultEvent("lossy", "S", 0, 1, effect={"dropped": 1234})) == \
+        "1,234 packets dropped"
+    assert faults.effect(FaultEvent("kill", "S", 0, 0, effect={"processes": 0})) == \
+        "nothing: the server was gone"
+    assert faults.effect(FaultEvent("kill", "S", 0, 0, effect={"processes": 2, "killed": 1})) \
+        == "1 of 2 processes killed"

@@ -2,10 +2,13 @@
 reads cost. Runs return ``FaultRun``s (``dslab.faults.run``); the tables, the timeline chart
 and the sentences of the notebook are computed here from them.
 
-    schedule       the A-5 nemesis schedule, scaled (kill, pause, partition, lossy, shard loss)
+    schedule       the A-5 nemesis schedule, scaled (kill, pause, partition, lossy, shard loss,
+                   a power loss with writes in flight)
     under_faults   one run per read consistency: the schedule, then a power loss
     cost           each read consistency without faults: reads/s and p99 of each kind
-    timeline       operations per second by outcome; events: the faults as a table
+    timeline       operations per second by outcome; events: the faults and their effect
+    anomalies      what the checker found (not linearizable, or undecided), each placed in the
+                   fault window it fell in, or in none
     shard_back     how long the lost shard took to serve again, and where the time went
     observations   the findings, every number from the runs
 """
@@ -17,17 +20,22 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from ..db.seed import shard_of
+from ..faults.checks import Report
 from ..faults.history import Kind, Outcome
-from ..faults.nemesis import Step
+from ..faults.nemesis import FaultEvent, Step
 from ..faults.run import FaultRun, fault_stack, run_faults
+from .anomalyplot import plot_anomaly
 from .progress import RunProgress
 
-__all__ = ["anomalies", "anomalies_markdown", "cost", "events", "observations", "plot_timeline", "schedule",
-           "shard_back", "timeline", "under_faults"]
+__all__ = ["anomalies", "anomalies_markdown", "cost", "effect", "events", "observations",
+           "plot_anomalies", "plot_timeline", "schedule", "shard_back", "timeline",
+           "under_faults", "window_of"]
 
 HEARTBEATS = ("--heartbeat-interval", "0.25", "--heartbeat-timeout", "1.0",
               "--heartbeat-misses", "3")
@@ -36,16 +44,21 @@ FAULT_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#8c564b",
                 "lossy": "#e377c2", "shard_loss": "#ff7f0e", "power_loss": "#7f7f7f"}
 
 
+RESTART = 8.0  # a power loss's restart of the whole stack takes about 6 s here
+
+
 def schedule(scale: float = 1.0) -> tuple[list[Step], float]:
     """(the steps, the run's length): one server SIGKILLed; one paused and one cut off, each
-    for twice the time to find a hung server; a lossy link; a whole shard lost."""
+    for twice the time to find a hung server; a lossy link; a whole shard lost; the whole
+    stack's power lost with writes in flight, the clients running on after its restart."""
     hang = 2 * DETECTION * scale
     steps = [Step(6 * scale, "kill"),
              Step(14 * scale, "pause", hang),
              Step(30 * scale, "partition", hang),
              Step(46 * scale, "lossy", 6 * scale, share=0.3),
-             Step(58 * scale, "shard_loss", target="sh2")]
-    return steps, 70 * scale
+             Step(58 * scale, "shard_loss", target="sh2"),
+             Step(66 * scale, "power_loss")]
+    return steps, 70 * scale + RESTART
 
 
 def under_faults(modes: Sequence[str], steps: Sequence[Step], seconds: float,
@@ -91,49 +104,133 @@ def timeline(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
             .rename("operations").reset_index())
 
 
+def effect(event: FaultEvent) -> str:
+    """What a fault was seen to do, in words."""
+    e = event.effect
+    if "dropped" in e:
+        return f"{e['dropped']:,} packets dropped"
+    if e.get("processes") == 0:
+        return "nothing: the server was gone"
+    for key, verb in (("stopped", "stopped"), ("killed", "killed")):
+        if key in e:
+            return f"{e[key]} of {e['processes']} processes {verb}"
+    return ""
+
+
 def events(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
-    return pd.DataFrame([{"read consistency": mode, "fault": e.kind, "target": e.target,
-                          "start_s": round(e.start, 2),
-                          "end_s": None if e.end is None else round(e.end, 2), "note": e.note}
-                         for mode, run in runs.items() for e in run.events])
+    return pd.DataFrame([{"read consistency": mode, "fault": e.kind.replace("_", " "),
+                          "target": e.target, "start_s": round(e.start, 1),
+                          "end_s": None if e.end is None else round(e.end, 1),
+                          "effect": effect(e)}
+                         for mode, run in runs.items() for e in run.events],
+                        columns=["read consistency", "fault", "target", "start_s", "end_s",
+                                 "effect"])
+
+
+def window_of(t: float, run: FaultRun) -> str:
+    """The fault window that time ``t`` of the run falls in ("no fault" if none); a window
+    runs from the fault's start to its end (an instant one: for the time to find a dead
+    server after it)."""
+    for e in run.events:
+        end = e.end if e.end is not None and e.end > e.start else e.start + DETECTION
+        if e.start <= t <= end:
+            return f"during the {e.kind.replace('_', ' ')} of {e.target}"
+    return "outside every fault window"
+
+
+COLUMNS = ["read consistency", "checked", "key", "verdict", "when", "what the checker shows"]
 
 
 def anomalies(runs: Mapping[str, FaultRun]) -> pd.DataFrame:
-    """One row per anomaly found (a key, and the operations that show it)."""
+    """One row per anomaly found (a key, the fault window its operation fell in, and the
+    operations that show it), and one per register the checker could not decide."""
     rows = []
     for mode, run in runs.items():
         for when, report in (("after the faults", run.report),
                              ("after the power loss", run.after_power_loss)):
             if report is None:
                 continue
-            shown = {a.key for a in run.report.anomalies} if report is not run.report else set()
+            shown: set[int] = set()
+            if report is not run.report:  # found after the faults already: not shown twice
+                shown = ({a.key for a in run.report.anomalies}
+                         | {u.key for u in run.report.undecided})
             for a in report.anomalies:
                 if a.key in shown:  # found after the faults already: the same operations
                     continue
+                stuck = a.stuck_op
                 rows.append({"read consistency": mode, "checked": when, "key": a.key,
+                             "verdict": "not linearizable",
+                             "when": "" if stuck is None else window_of(stuck.start, run),
                              "what the checker shows": a.explain()})
-            if report.lost:
-                rows.append({"read consistency": mode, "checked": when, "key": None,
-                             "what the checker shows": f"{len(report.lost)} acknowledged "
-                             "inserts lost"})
-            if report.phantoms or report.altered:
-                rows.append({"read consistency": mode, "checked": when, "key": None,
-                             "what the checker shows": f"{len(report.phantoms)} phantom rows, "
-                             f"{len(report.altered)} altered"})
-    return pd.DataFrame(rows, columns=["read consistency", "checked", "key",
-                                       "what the checker shows"])
+            for u in report.undecided:
+                if u.key not in shown:
+                    rows.append({"read consistency": mode, "checked": when, "key": u.key,
+                                 "verdict": "undecided", "when": "",
+                                 "what the checker shows": f"key {u.key}: undecided, the search "
+                                 f"gave up after {u.states:,} states ({u.spent} budget spent): "
+                                 "not passed"})
+            rows += [{"read consistency": mode, "checked": when, "key": None,
+                      "verdict": "rows", "when": "", "what the checker shows": text}
+                     for text in _row_findings(report)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _row_findings(report: Report) -> list[str]:
+    found = []
+    if report.lost:
+        found.append(f"{len(report.lost)} acknowledged inserts lost")
+    if report.refused:
+        found.append(f"{len(report.refused)} refused inserts held all the same")
+    if report.vanished:
+        found.append(f"{len(report.vanished)} rows seen by the read-back before the power "
+                     "loss and gone after it")
+    if report.phantoms or report.altered:
+        found.append(f"{len(report.phantoms)} phantom rows, {len(report.altered)} altered")
+    return found
 
 
 def anomalies_markdown(found: pd.DataFrame) -> str:
-    """The anomalies for a reader: each with the operations that show it, verbatim."""
+    """The anomalies for a reader: each with the operations that show it, verbatim. A
+    register the checker could not decide is said so: it has not passed."""
+    undecided = found[found["verdict"] == "undecided"]
+    wrong = found[found["verdict"] != "undecided"]
     if found.empty:
-        return ("The checker found **no anomaly** in any run: nothing lost, nothing phantom, "
-                "every register linearizable, after the faults and after the power loss.")
-    parts = [f"The checker found **{len(found)} anomal{'y' if len(found) == 1 else 'ies'}**:"]
-    for r in found.to_dict("records"):
-        parts.append(f"**{r['read consistency']}** reads, {r['checked']}:\n\n```\n"
+        return ("The checker found **no anomaly** in any run and decided every register: "
+                "nothing lost, nothing phantom, every register linearizable, after the faults "
+                "and after the power loss.")
+    parts = []
+    if wrong.empty:
+        parts.append("The checker found **no anomaly**, but did not decide every register.")
+    else:
+        parts.append(f"The checker found **{len(wrong)} "
+                     f"anomal{'y' if len(wrong) == 1 else 'ies'}**:")
+    for r in wrong.to_dict("records"):
+        where = f", {r['when']}" if r["when"] else ""
+        parts.append(f"**{r['read consistency']}** reads, {r['checked']}{where}:\n\n```\n"
                      f"{r['what the checker shows']}\n```")
+    if not undecided.empty:
+        parts.append(f"**{len(undecided)} register{'s' if len(undecided) != 1 else ''} "
+                     "undecided**: the search gave up within its budget, so "
+                     f"{'it has' if len(undecided) == 1 else 'they have'} not passed: "
+                     + "; ".join(f"key {r['key']} ({r['read consistency']} reads, "
+                                 f"{r['checked']})" for r in undecided.to_dict("records")) + ".")
     return "\n\n".join(parts)
+
+
+def plot_anomalies(runs: Mapping[str, FaultRun], most: int = 2) -> Figure | None:
+    """The first ``most`` anomalies of each run, each key's operations around it drawn as
+    Porcupine draws them; None when there is none."""
+    shown = [(mode, a, run) for mode, run in runs.items()
+             for a in run.report.anomalies[:most]]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 2.6 * len(shown)), squeeze=False,
+                             layout="constrained")
+    for ax, (mode, a, run) in zip(axes[:, 0], shown):
+        plot_anomaly(ax, a, run.history.ops)
+        ax.set_title("")  # its own title, replaced by one that names the run
+        ax.set_title(f"{mode} reads: {a.short()}", fontsize=8, loc="left", wrap=True)
+    return fig
 
 
 def plot_timeline(ax: Axes, frame: pd.DataFrame, run: FaultRun, title: str) -> None:
@@ -171,6 +268,23 @@ def shard_back(run: FaultRun) -> dict[str, float] | None:
             "serving_s": phases.get("serving", math.nan)}
 
 
+def _windows_sentence(run: FaultRun) -> str:
+    """Where the anomalies fell: inside fault windows, or outside every one."""
+    places = [window_of(op.start, run) for a in run.report.anomalies
+              if (op := a.stuck_op) is not None]
+    outside = sum(p == "outside every fault window" for p in places)
+    inside = len(places) - outside
+    if not places:
+        return ""
+    if inside == 0:
+        return (f"{'It' if outside == 1 else f'All {outside}'} fell outside every fault window: "
+                "these reads go back in time with or without faults.")
+    if outside == 0:
+        return (f"{'It' if inside == 1 else f'All {inside}'} fell inside a fault window.")
+    return (f"{inside} fell inside a fault window and {outside} outside every one: these reads "
+            "go back in time with or without faults.")
+
+
 def _failed(run: FaultRun) -> tuple[int, int]:
     """(operations not acknowledged, operations) of a run."""
     return sum(op.outcome is not Outcome.OK for op in run.history), len(run.history)
@@ -181,6 +295,7 @@ def observations(runs: Mapping[str, FaultRun], costs: pd.DataFrame) -> str:
     for mode, run in runs.items():
         failed, total = _failed(run)
         found = len(run.report.anomalies)
+        undecided = len(run.report.undecided)
         lost = len(run.report.lost) + (len(run.after_power_loss.lost)
                                        if run.after_power_loss else 0)
         phantom = len(run.report.phantoms) + len(run.report.altered)
@@ -189,11 +304,15 @@ def observations(runs: Mapping[str, FaultRun], costs: pd.DataFrame) -> str:
                     f"found {found} register{'s' if found != 1 else ''} of "
                     f"{run.report.registers_checked} that {'is' if found == 1 else 'are'} "
                     "not linearizable")
+        if undecided:
+            sentence += (f", and could not decide {undecided} (not passed: the search gave up "
+                         "within its budget)")
         sentence += (f", {lost} acknowledged insert{'s' if lost != 1 else ''} lost and "
                      f"{phantom} row{'s' if phantom != 1 else ''} nobody wrote.")
         if run.report.anomalies:
             sentence += (" For example " + run.report.anomalies[0].short() + " (each one is "
                          "shown above with the operations that show it).")
+            sentence += " " + _windows_sentence(run)
         if run.after_power_loss is not None:
             after = run.after_power_loss
             before_keys = {a.key for a in run.report.anomalies}
