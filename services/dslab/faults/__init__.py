@@ -1,9 +1,13 @@
 """Faults and what a client can see under them (issue 22's A-5).
 
-    history.py       every client operation: invoked, completed, ok / fail / unknown
-    linearizable.py  per-key linearizability of registers (Wing-Gong search, Lowe's memo)
-    checks.py        the checks of a run: lost, phantom, linearizable, failures per second
-    iptables.py      loopback rules owned by one nemesis, removed on exit
-    nemesis.py       kill, pause, partition, lossy link, shard loss, power loss
+    history.py       every client operation: invoked, completed, ok / fail / unknown; as JSON
+                     lines in a file
+    linearizable.py  per-key linearizability of registers (Wing-Gong search, Lowe's memo,
+                     Porcupine's lift/unlift, never-read unknown writes pruned)
+    check.py         ``python -m dslab.faults.check FILE``: a history file's verdict
+    checks.py        the checks of a run: lost, refused, vanished, phantom, linearizable
+    iptables.py      loopback rules owned by one nemesis, counted, removed on exit
+    nemesis.py       kill, pause, partition, lossy link, shard loss, power loss; each effect
+    clustertarget.py a node killed or cut off, on the three-engine cluster
     workload.py      the client: writers, single-writer registers, readers, all recorded
 """
