@@ -8,6 +8,8 @@ its start and end, every one undone on exit (Ctrl-C included).
     shard_loss  every server of one shard SIGKILLed at once
     power_loss  every process of the stack stopped at once and SIGKILLed (no process sees
                 another die first), then started again on its state
+    node_kill   a node of a three-engine cluster dies whole (``ClusterTarget``)
+    node_cut    a node of that cluster loses its network, reconnected at the fault's end
 
 Faults touch only the stack's own processes and its servers' loopback ports. The stack is a
 ``Target``: ``ProcessTarget`` for the process backend, ``DockerTarget`` for containers.
@@ -28,7 +30,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 import psutil
@@ -36,11 +38,12 @@ import psutil
 from ..stack import BalancerProcess, StackError
 from .iptables import LoopbackRules
 
-__all__ = ["FAULTS", "DockerTarget", "FaultEvent", "Gone", "Nemesis", "ProcessTarget", "Step", "Target",
+__all__ = ["FAULTS", "DockerTarget", "FaultEvent", "Gone", "Nemesis", "NodeTarget", "ProcessTarget", "Step", "Target",
            "run_schedule"]
 
 
-FAULTS = ("kill", "pause", "partition", "lossy", "shard_loss", "power_loss")
+FAULTS = ("kill", "pause", "partition", "lossy", "shard_loss", "power_loss", "node_kill",
+          "node_cut")
 
 
 class Gone(LookupError):
@@ -56,6 +59,14 @@ class Target(Protocol):
     def pause(self, name: str) -> tuple[list[psutil.Process], Callable[[], None]]: ...
     def power_off(self) -> list[psutil.Process]: ...  # the processes killed
     def power_on(self) -> None: ...
+
+
+@runtime_checkable
+class NodeTarget(Protocol):
+    """A stack on several machines: whole nodes can be faulted (``ClusterTarget``)."""
+
+    def node_kill(self, node: str) -> dict[str, int]: ...  # the effect seen
+    def node_cut(self, node: str) -> tuple[dict[str, int], Callable[[], None]]: ...
 
 
 class _StackTarget:
@@ -339,8 +350,34 @@ class Nemesis:
         return self._event("power_loss", "stack", undo=self.target.power_on, began=began,
                            processes=len(procs), killed=_dead(procs))
 
+    def node_kill(self, node: str) -> FaultEvent:
+        """A node of a cluster dies whole (the target must be a ``ClusterTarget``)."""
+        began = self.now()
+        effect = self._nodes().node_kill(node)
+        event = self._event("node_kill", node, began=began)
+        event.effect.update(effect)
+        return event
+
+    def node_cut(self, node: str) -> FaultEvent:
+        """A node of a cluster cut off from the others until the fault ends."""
+        began = self.now()
+        effect, undo = self._nodes().node_cut(node)
+        event = self._event("node_cut", node, undo=undo, began=began)
+        event.effect.update(effect)
+        return event
+
+    def _nodes(self) -> NodeTarget:
+        if not isinstance(self.target, NodeTarget):
+            raise TypeError(f"node faults need a stack on a cluster, not a "
+                            f"{type(self.target).__name__}")
+        return self.target
+
     # ---- a schedule --------------------------------------------------------------------------
     def begin(self, step: Step) -> FaultEvent:
+        if step.kind in ("node_kill", "node_cut"):
+            if step.target is None:
+                raise ValueError(f"a {step.kind} names its node (target='node1')")
+            return (self.node_kill if step.kind == "node_kill" else self.node_cut)(step.target)
         if step.kind == "shard_loss":
             return self.shard_loss(step.target or "sh1")
         if step.kind == "lossy":

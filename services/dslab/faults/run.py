@@ -26,7 +26,8 @@ from .history import History
 from .nemesis import DockerTarget, FaultEvent, Nemesis, ProcessTarget, Step, Target, run_schedule
 from .workload import Workload, read_back
 
-__all__ = ["FaultRun", "fault_stack", "revival_seconds", "run_faults", "target_for"]
+__all__ = ["FaultRun", "fault_stack", "revival_seconds", "run_against", "run_faults",
+           "target_for"]
 
 
 @dataclass
@@ -104,23 +105,23 @@ def revival_seconds(url: str) -> dict[str, tuple[int, float]]:
     return {phase: (int(count), total) for phase, (count, total) in found.items()}
 
 
-async def _run(stack: BalancerProcess, steps: Sequence[Step], seconds: float,
+async def _run(url: str, target: Target, steps: Sequence[Step], seconds: float,
                workload: Workload, power_loss: bool, read_consistency: str) -> FaultRun:
     history = History()
-    before = await read_back(stack.url, workload.ids)
+    before = await read_back(url, workload.ids)
     workload = dataclasses.replace(workload, taken=frozenset(before))
-    with Nemesis(target_for(stack)) as nemesis:
+    with Nemesis(target) as nemesis:
         await asyncio.gather(workload.run(seconds, history, nemesis.t0),
                              run_schedule(nemesis, steps))
-        held = await read_back(stack.url, workload.ids)
+        held = await read_back(url, workload.ids)
         held_at = nemesis.now()
         run = FaultRun(read_consistency, seconds, history, nemesis.events, held,
                        check(history, held, held_at, before=before),
-                       revival=revival_seconds(stack.url))
+                       revival=revival_seconds(url))
         if power_loss:
             event = await asyncio.to_thread(nemesis.power_loss)
             await asyncio.to_thread(nemesis.end, event)
-            run.held_after_power_loss = await read_back(stack.url, workload.ids)
+            run.held_after_power_loss = await read_back(url, workload.ids)
             # checked with the read-back before it: what was seen then must still be there
             run.after_power_loss = check(history, run.held_after_power_loss, nemesis.now(),
                                          before=before, earlier=[(held_at, held)])
@@ -134,5 +135,14 @@ def run_faults(stack: BalancerProcess, steps: Sequence[Step], seconds: float, *,
     ``power_loss`` step among them lands with writes in flight); the rows read back and
     checked, then (``power_loss``) the stack killed whole once more, started again on its
     state, and read back and checked again, against the first read-back too."""
-    return run_sync(_run(stack, steps, seconds, Workload(stack.url, **workload), power_loss,
-                            read_consistency))
+    return run_against(stack.url, target_for(stack), steps, seconds, power_loss=power_loss,
+                       read_consistency=read_consistency, **workload)
+
+
+def run_against(url: str, target: Target, steps: Sequence[Step], seconds: float, *,
+                power_loss: bool = False, read_consistency: str = "linearizable",
+                **workload: Any) -> FaultRun:
+    """``run_faults`` for a Part 2 stack at ``url`` faulted through ``target`` (a stack this
+    process did not start: on a cluster, ``ClusterTarget``)."""
+    return run_sync(_run(url, target, steps, seconds, Workload(url, **workload), power_loss,
+                         read_consistency))
