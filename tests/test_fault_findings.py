@@ -122,3 +122,14 @@ def test_a_fault_effect_is_put_in_words():
         "nothing: the server was gone"
     assert faults.effect(FaultEvent("kill", "S", 0, 0, effect={"processes": 2, "killed": 1})) \
         == "1 of 2 processes killed"
+
+
+def test_a_shard_back_with_no_restart_in_place_is_said_so():
+    """/metrics counted no revival: the shard was held by a server the nemesis did not reach,
+    and the sentence says that instead of printing nan."""
+    run = a_run("linearizable", stale=False)
+    run.revival = {}
+    costs = pd.DataFrame(columns=["read consistency", "operation", "per_s", "p99_ms"])
+    text = faults.observations({"linearizable": run}, costs)
+    assert "served again 2.5 s after its servers died, with no restart in place" in text
+    assert "nan" not in text

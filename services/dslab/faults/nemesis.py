@@ -340,6 +340,14 @@ class Nemesis:
         names = self.target.shard_servers(shard)
         began = self.now()
         procs = self.target.kill(names)  # all at once: none answers after another died
+        # A server that joined the shard meanwhile (a replacement just refilled) is listed
+        # now: killed too, or the shard was never lost.
+        for _ in range(_LOOKUPS):
+            joined = [n for n in self.target.shard_servers(shard) if n not in names]
+            if not joined:
+                break
+            names += joined
+            procs += self.target.kill(joined)
         return self._event("shard_loss", shard, ", ".join(names), began=began,
                            processes=len(procs), killed=_dead(procs))
 
