@@ -9,8 +9,10 @@ Timeouts and limits are configured short here; deadlines derive from them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import select
 import socket
 import subprocess
 import sys
@@ -25,7 +27,8 @@ from dslab.openapi import document_json
 from dslab.stack import BalancerProcess
 
 EDGE = ["--max-request-line", "1024", "--max-header-bytes", "4096", "--max-headers", "20",
-        "--header-timeout", "0.5", "--body-timeout", "0.5", "--idle-timeout", "0.5"]
+        "--header-timeout", "0.5", "--body-timeout", "0.5", "--idle-timeout", "0.5",
+        "--send-timeout", "0.5"]
 SHORT = 0.5  # the timeouts above
 
 
@@ -275,3 +278,140 @@ def test_every_method_a_shard_server_path_does_not_serve_is_405_with_allow(tmp_p
              "/erase": ["POST"]}
     with ShardServer(tmp_path) as client:
         assert_405s(str(client.base_url), shard)
+
+
+
+# ---- the issue's table (#34), each row on both planes ------------------------------------------
+def metric(balancer: BalancerProcess, name: str) -> float:
+    text = httpx.get(f"{balancer.url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name)
+
+
+@contextlib.contextmanager
+def soft_open_file_limit(soft: int):
+    """This process's soft limit lowered to ``soft`` meanwhile (a child started meanwhile
+    inherits it, as from a shell's ``ulimit -n``), then restored."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+IDLE_CONNECTIONS = 2500
+
+
+@pytest.mark.parametrize("plane", ["native", "python"])
+def test_thousands_of_idle_connections_under_a_1024_soft_limit_leave_a_client_served(plane):
+    """Started with a soft limit of 1024 (the usual shell's), the balancer raises it: with
+    2 500 idle keep-alive connections open, a normal client's 20 requests and /rep are all
+    served in time, and no replica is blamed for the balancer's descriptors."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2 * IDLE_CONNECTIONS + 200:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    with soft_open_file_limit(1024):
+        balancer = BalancerProcess(args=["-n", "3", "--hash", "blake2b", "--plane", plane,
+                                         "--idle-timeout", "60"]).start()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(IDLE_CONNECTIONS):
+            idle.append(socket.create_connection(("127.0.0.1", balancer.port), timeout=10))
+        with httpx.Client(base_url=balancer.url, timeout=5,
+                          limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            statuses = [client.get("/home", params={"rid": str(k)}).status_code
+                        for k in range(20)]
+            assert statuses == [200] * 20
+            assert client.get("/rep").status_code == 200
+        # failed tries (per replica: none counted, none listed), retries, evictions, ...
+        assert not any(counters(balancer).values())
+        if plane == "native":  # served by the plane itself, not handed over
+            assert metric(balancer, "dslab_plane_answers_total") == 20
+            assert metric(balancer, "dslab_plane_descriptors_exhausted_total") == 0
+    finally:
+        for sock in idle:
+            sock.close()
+        balancer.stop()
+
+
+def test_a_client_that_pipelines_and_never_reads_is_read_no_further_then_dropped(lb, untouched):
+    """GETs pipelined without end, no answer read: the balancer stops reading them (the
+    client's sending blocks), and drops the connection within the send timeout."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # answers back up soon
+        sock.connect(("127.0.0.1", lb.port))
+        sock.setblocking(False)
+        batch = b"GET /home?rid=7 HTTP/1.1\r\nHost: x\r\n\r\n" * 500
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT | select.POLLERR | select.POLLHUP)
+        sent, dropped = 0, False
+        deadline = time.monotonic() + 30 + SHORT  # answers fill the buffers first: seconds
+        while time.monotonic() < deadline:
+            try:
+                sent += sock.send(batch)
+            except BlockingIOError:
+                events = poller.poll(100)
+                if any(e & (select.POLLERR | select.POLLHUP) for _, e in events):
+                    dropped = True
+                    break
+            except (ConnectionResetError, BrokenPipeError):
+                dropped = True
+                break
+        assert dropped, f"still open after {sent} bytes"
+        # The kernel's buffers on both sides hold some MB; an unbounded reader takes more.
+        assert sent < 64 << 20
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b"GET /home HTTP/1.1\r\nX-Request-ID: 1\r\n\r\n", "Missing Host header"),
+    (b"GET /home HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "Multiple Host headers"),
+    (b"GET /home HTTP/1.0\r\nHost: x\r\nhost: x\r\n\r\n", "Multiple Host headers"),
+    (b"GET /home HTTP/1.1\nHost: x\n\n", "Malformed HTTP request"),  # bare LF
+], ids=["no-host", "two-hosts", "two-hosts-1.0", "bare-lf"])
+def test_no_host_two_hosts_or_bare_lf_is_400(lb, untouched, raw, fragment):
+    """RFC 9112 §3.2 (Host) and llhttp's framing, on the proxied path of both planes."""
+    code, headers, body = send(lb, raw)
+    assert code == 400 and headers.get("connection") == "close"
+    assert fragment in error_message(body)
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /home HTTP/1.0\r\nX-Request-ID: 3\r\n\r\n",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 3\r\nConnection: close\r\n\r\n",
+], ids=["http10", "connection-close"])
+def test_a_request_that_asks_to_close_is_answered_and_closed(lb, untouched, raw):
+    with socket.create_connection(("127.0.0.1", lb.port)) as sock:
+        sock.sendall(raw)
+        sock.settimeout(5)
+        data = b""
+        while chunk := sock.recv(65536):  # a timeout (not closed) raises
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in data
+
+
+def test_connections_handed_over_count_under_max_connections_until_closed():
+    """The native plane's count is the one count: connections it handed to the Python front
+    end (here: kept-alive /rep clients) hold their places until that front end closes them."""
+    balancer = BalancerProcess(args=["-n", "1", "--workers", "2", "--max-connections", "3",
+                                     "--idle-timeout", "30", "--plane", "native"]).start()
+    held = []
+    try:
+        for _ in range(3):  # each handed over on its first request, and kept open there
+            sock = socket.create_connection(("127.0.0.1", balancer.port), timeout=10)
+            sock.sendall(b"GET /rep HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            held.append(sock)
+        code, _, body = send(balancer, b"GET /home HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert code == 503 and "Too many connections" in error_message(body)
+        held.pop().close()  # the front end closes its side: the place is free again
+        deadline = time.monotonic() + 5
+        while True:
+            code, _, _ = send(balancer, b"GET /home HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if code == 200 or time.monotonic() > deadline:
+                break
+        assert code == 200
+    finally:
+        for sock in held:
+            sock.close()
+        balancer.stop()

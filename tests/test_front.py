@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import tornado.web
 
+from dslab.common.edge import EdgeLimits
 from dslab.common.front import Answer, Direct, Front, FrontRequest, Respond, start_front
 from dslab.common.runtime import bind_socket
 
@@ -78,3 +80,62 @@ def test_a_handler_that_raises_gets_a_502_and_the_connection_goes_on():
 
 def test_a_second_answer_to_one_request_is_dropped():
     assert exchange(["/twice", "/now"]) == [(200, b"first"), (200, b"now")]
+
+
+def test_a_request_refused_at_the_edge_is_answered_after_the_ones_before_it():
+    """Pipelined: an answer still on its way (``/later``), then a request with no Host (400,
+    RFC 9112 §3.2): the 400 leaves after the earlier answer, not before it."""
+    async def main() -> bytes:
+        front = Front(lambda method, path: ROUTES.get(path), tornado.web.Application(),
+                      max_body=1024)
+        sock = bind_socket("127.0.0.1", 0)
+        server = await start_front(front, sock)
+        try:
+            reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            writer.write(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\nGET /now HTTP/1.1\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 5)  # until the server closes
+            writer.close()
+            return data
+        finally:
+            server.close()
+    data = asyncio.run(main())
+    first, _, rest = data.partition(b"later")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"Missing Host header" in rest
+
+
+def test_a_client_that_does_not_read_its_answers_is_dropped_after_the_send_timeout():
+    """Answers pile up unread (pipelined GETs, nothing read): the front end stops reading
+    and serving, and drops the connection once they have waited the send timeout."""
+    limits = EdgeLimits(send_timeout=0.3)
+
+    def big(request: FrontRequest, respond: Respond) -> None:
+        respond(request, Answer(200, b"x" * 65536, None))
+
+    async def main() -> tuple[bool, float]:
+        front = Front(lambda method, path: Direct(big), tornado.web.Application(),
+                      max_body=1024, limits=limits)
+        sock = bind_socket("127.0.0.1", 0)
+        server = await start_front(front, sock)
+        try:
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(client, sock.getsockname()[:2])
+            await asyncio.wait_for(loop.sock_sendall(
+                client, b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * 200), 5)
+            while not front.connections:  # accepted (within the wait_for below)
+                await asyncio.sleep(0.01)
+            started = loop.time()
+            deadline = started + limits.send_timeout + 5  # a sweep or two late at most
+            while loop.time() < deadline:
+                if not front.connections:  # dropped
+                    return True, loop.time() - started
+                await asyncio.sleep(0.05)
+            return False, loop.time() - started
+        finally:
+            client.close()
+            server.close()
+    dropped, waited = asyncio.run(main())
+    assert dropped and waited >= limits.send_timeout * 0.9

@@ -100,21 +100,32 @@ def test_auto_runs_the_python_plane_where_the_native_one_cannot_serve(start_bala
 # ---- live: byte for byte as the Python plane ------------------------------------------------
 EXCHANGES = [
     b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 123456\r\nConnection: close\r\n\r\n",
-    b"GET /home?a=1&rid=77 HTTP/1.1\r\nConnection: close\r\n\r\n",
-    b"GET /home HTTP/1.1\r\nX-Request-ID: not-a-number-\xe9\r\nConnection: close\r\n\r\n",
-    b"GET /nope HTTP/1.1\r\nX-Request-ID: 5\r\nConnection: close\r\n\r\n",
-    b'GET /a"b\\c?d HTTP/1.1\r\nX-Request-ID: 5\r\nConnection: close\r\n\r\n',
-    b"GET /home HTTP/1.0\r\nX-Request-ID: 9\r\n\r\n",
-    b"GET /home HTTP/1.0\r\nConnection: keep-alive\r\nX-Request-ID: 9\r\n\r\n"
-    b"GET /home HTTP/1.1\r\nX-Request-ID: 10\r\nConnection: close\r\n\r\n",
+    b"GET /home?a=1&rid=77 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: not-a-number-\xe9\r\nConnection: close\r\n\r\n",
+    b"GET /nope HTTP/1.1\r\nHost: x\r\nX-Request-ID: 5\r\nConnection: close\r\n\r\n",
+    b'GET /a"b\\c?d HTTP/1.1\r\nHost: x\r\nX-Request-ID: 5\r\nConnection: close\r\n\r\n',
+    b"GET /home HTTP/1.0\r\nHost: x\r\nX-Request-ID: 9\r\n\r\n",
+    b"GET /home HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nX-Request-ID: 9\r\n\r\n"
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 10\r\nConnection: close\r\n\r\n",
     # pipelined, with requests the native plane hands over between its own
-    b"GET /home HTTP/1.1\r\nX-Request-ID: 1\r\n\r\nGET /rep HTTP/1.1\r\n\r\n"
-    b"GET /home HTTP/1.1\r\nX-Request-ID: 2\r\nConnection: close\r\n\r\n",
-    b"GET /home HTTP/1.1\r\nX-Request-ID: 3\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
-    b"GET /home HTTP/1.1\r\nX-Request-ID: 4\r\nConnection: keep-alive, close\r\n\r\n",
-    b"GET /home HTTP/1.1\r\nX-Request-ID: 4\r\nConnection: close\r\nConnection: close\r\n\r\n",
-    b"POST /home HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    b"GET /metrics?x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 1\r\n\r\nGET /rep HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 2\r\nConnection: close\r\n\r\n",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 3\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 4\r\nConnection: keep-alive, close\r\n\r\n",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 4\r\nConnection: close\r\nConnection: close\r\n\r\n",
+    b"POST /home HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"GET /metrics?x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    # RFC 9112 §3.2: no Host in HTTP/1.1, or two in any version, is 400; HTTP/1.0 needs none
+    b"GET /home HTTP/1.1\r\nX-Request-ID: 5\r\n\r\n",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nHost: y\r\nX-Request-ID: 5\r\n\r\n",
+    b"GET /home HTTP/1.0\r\nHost: x\r\nhost: x\r\nX-Request-ID: 5\r\n\r\n",
+    b"GET /home HTTP/1.0\r\nX-Request-ID: 5\r\n\r\n",
+    # bare LF: llhttp's verdict (400) on both planes
+    b"GET /home HTTP/1.1\nHost: x\nX-Request-ID: 5\n\n",
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 5\n\r\n",
+    # a refused request pipelined after proxied ones: their answers first, in order
+    b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 1\r\n\r\n"
+    b"GET /home HTTP/1.1\r\nX-Request-ID: 2\r\n\r\n",
 ]
 
 
@@ -167,8 +178,8 @@ def burst(balancer: BalancerProcess, rids: list[str]) -> list[str]:
     socks = [socket.create_connection(("127.0.0.1", balancer.port), timeout=20) for _ in rids]
     try:
         for sock, rid in zip(socks, rids):
-            sock.sendall(b"GET /home HTTP/1.1\r\nX-Request-ID: %s\r\nConnection: close\r\n\r\n"
-                         % rid.encode())
+            sock.sendall(b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: %s\r\n"
+                         b"Connection: close\r\n\r\n" % rid.encode())
         served = []
         for sock in socks:
             data = b""
@@ -213,6 +224,13 @@ def test_every_add_and_rm_is_on_the_planes_ring_before_it_is_answered(start_bala
             assert burst(balancer, rids) == [ring.lookup(request_number(r)) for r in rids]
 
 
+def metric(balancer: BalancerProcess, name: str) -> float:
+    """One sample's value, summed over its labels (0 when absent)."""
+    text = httpx.get(f"{balancer.url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name)
+
+
 def counted(balancer: BalancerProcess) -> tuple[Counter, float, float]:
     text = httpx.get(f"{balancer.url}/metrics", timeout=10).text
     per_replica: Counter = Counter()
@@ -228,6 +246,15 @@ def counted(balancer: BalancerProcess) -> tuple[Counter, float, float]:
     return per_replica, timed, failures
 
 
+def served_by_the_plane(balancer: BalancerProcess, requests: int, scrapes: int) -> None:
+    """The plane answered ``requests`` plain GETs itself and handed over nothing but the
+    ``scrapes`` /metrics requests (this one's included): a plane that handed everything to
+    the Python front end would be counted here, and fail."""
+    answers = metric(balancer, "dslab_plane_answers_total")
+    handovers = metric(balancer, "dslab_plane_handovers_total")
+    assert (answers, handovers) == (requests, scrapes)
+
+
 def test_metrics_count_what_every_thread_served(start_balancer):
     balancer = start_balancer(*ARGS, "--plane", "native", "--workers", "2")
     rng = random.Random(3)
@@ -237,6 +264,7 @@ def test_metrics_count_what_every_thread_served(start_balancer):
             saw[client.get("/home").headers["X-Served-By"]] += 1
     per_replica, timed, failures = counted(balancer)
     assert per_replica == saw and timed == 200 and failures == 0
+    served_by_the_plane(balancer, requests=200, scrapes=3)
 
 
 def test_a_stopped_replica_fails_over_is_counted_and_wakes_the_heartbeats(start_balancer):
@@ -296,14 +324,18 @@ def both_planes():
 
 @settings(max_examples=150, deadline=None)
 @given(path=path, query=st.sampled_from([b"", b"?rid=12", b"?rid=", b"?a=b&rid=x y"]),
-       version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), headers=st.lists(header, max_size=5))
-def test_any_get_is_answered_by_both_planes_alike(both_planes, path, query, version, headers):
+       version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]), headers=st.lists(header, max_size=5),
+       hosts=st.sampled_from([[b"x"], [b"x"], [b"x"], [], [b"x", b"y"]]))
+def test_any_get_is_answered_by_both_planes_alike(both_planes, path, query, version, headers,
+                                                  hosts):
     """Generated GETs (any path, ids of any bytes, whitespace, Connection tokens, a
-    Content-Length, an Upgrade): each plane's answer byte for byte the other's, /metrics'
-    framing aside. The id must not be drawn at random, so every request names one."""
+    Content-Length, an Upgrade, no Host or two): each plane's answer byte for byte the
+    other's, /metrics' framing aside. The id must not be drawn at random, so every request
+    names one."""
     ids = [value for name, value in headers if name.lower() == b"x-request-id"]
     if not ids or not ids[-1].strip():  # the last one counts
         headers = [*headers, (b"X-Request-ID", b"42")]
+    headers = [(b"Host", host) for host in hosts] + headers
     head = b"GET " + path + query + b" " + version + b"\r\n"
     head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     raw = head + b"Connection: close\r\n\r\n"
@@ -313,3 +345,77 @@ def test_any_get_is_answered_by_both_planes_alike(both_planes, path, query, vers
     if path.startswith(b"/metrics") and ours.startswith(b"HTTP/1.1 200"):
         ours, theirs = ours.partition(b"\r\n")[0], theirs.partition(b"\r\n")[0]
     assert ours == theirs
+
+
+# ---- live, generated: raw framing, pipelined, answered by both planes alike ------------------
+eol = st.sampled_from([b"\r\n"] * 5 + [b"\n"])  # bare LF now and then, anywhere
+framing_header = st.sampled_from([
+    b"Host: x", b"Host: x", b"Host: y", b"host:x", b"X-Request-ID: 7", b"X-Request-ID: 123456",
+    b"Content-Length: 0", b"Content-Length: 2", b"Content-Length: 02", b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: identity", b"Transfer-Encoding: gzip, chunked", b"X-Fold: a\r\n b",
+    b"X-Fold: a\r\n\tb", b"Connection: keep-alive", b"Connection: Keep-Alive", b"Connection: TE",
+    b"Connection: upgrade", b"Upgrade: h2c", b"X-Other: 1"])
+last_connection = st.sampled_from([b"", b"Connection: close", b"Connection: CLOSE",
+                                   b"Connection: keep-alive, close", b"Connection: keep-alive"])
+
+
+@st.composite
+def framed_request(draw, last: bool) -> bytes:
+    """One request as raw bytes, its framing drawn: version, line endings, Host (none, one,
+    two), lengths (twice, with their body), Transfer-Encoding (with a chunked body), folded
+    fields, Connection tokens. Only the last one of a pipeline may ask to close."""
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]) if last
+                   else st.just(b"HTTP/1.1"))
+    # an id in every query (a drawn one differs from plane to plane); the header may win
+    path = draw(st.sampled_from([b"/home?rid=5", b"/home?rid=77", b"/nope?rid=1", b"/rep"]))
+    fields = draw(st.lists(framing_header, max_size=4))
+    if last and (connection := draw(last_connection)):
+        fields.append(connection)
+    lines = [b"GET " + path + b" " + version] + fields
+    head = b"".join(line + draw(eol) for line in lines) + draw(eol)
+    text = b"\n".join(fields).lower()
+    if b"chunked" in text:
+        return head + b"0\r\n\r\n"
+    return head + (b"hi" if b"content-length: 2" in text or b"content-length: 02" in text
+                   else b"")
+
+
+def closes(raw: bytes) -> bool:
+    """Whether the server closes after this request, as the client asked (a request it
+    refuses closes the connection too, and what follows is drained, not answered)."""
+    first = raw.split(b"\n", 1)[0]
+    connection = b"".join(line for line in raw.lower().split(b"\n")
+                          if line.startswith(b"connection:"))
+    if first.rstrip(b"\r").endswith(b"HTTP/1.0"):
+        return b"keep-alive" not in connection
+    return b"close" in connection
+
+
+def read_all(port: int, raw: bytes, wait: float) -> bytes:
+    """Everything sent back until the balancer closes, or ``wait`` passes with nothing new."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(raw)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except TimeoutError:
+            data += b"<still open>"
+    return data
+
+
+@settings(max_examples=120, deadline=None)
+@given(first=st.lists(framed_request(last=False), max_size=2), last=framed_request(last=True))
+def test_raw_framing_is_answered_by_both_planes_byte_for_byte(both_planes, first, last):
+    """Pipelines of raw requests (bare LF, folding, Transfer-Encoding, duplicate Host and
+    Content-Length, Connection variants, HTTP/1.0): whatever either plane proxies itself or
+    hands over, the bytes sent back are the same, to the last one. A request ends the
+    pipeline with ``Connection: close`` unless the last one asks to close."""
+    raw = b"".join(first) + last
+    if not closes(last):
+        raw += b"GET /home HTTP/1.1\r\nHost: x\r\nX-Request-ID: 9\r\nConnection: close\r\n\r\n"
+    note(repr(raw))
+    native_lb, python_lb = both_planes
+    ours, theirs = read_all(native_lb.port, raw, 5), read_all(python_lb.port, raw, 5)
+    assert ours == theirs
+    assert ours.startswith(b"HTTP/1.1 ")

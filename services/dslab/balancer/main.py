@@ -22,7 +22,7 @@ from pathlib import Path
 from ..common.auth import add_admin_token_options, admin_token
 from ..common.edge import add_edge_options, edge_limits
 from ..common.front import Front, serve
-from ..common.runtime import bind_socket, serve_forever, usable_cores
+from ..common.runtime import bind_socket, raise_fd_limit, serve_forever, usable_cores
 from ..keeper.bounded import InFlight
 from ..keeper.cli import (
     add_backend_options,
@@ -157,6 +157,9 @@ async def run(args: argparse.Namespace) -> None:
 async def run_native(args: argparse.Namespace) -> None:
     """The native data plane on the port, this process its control plane (``native.py``);
     what the plane hands over is served here as with ``--workers 1``."""
+    # Every connection is a descriptor, the plane's as the Python plane's (``serve`` raises it
+    # there): take what the system allows, before the replicas inherit the limit.
+    log.info("open-file limit: %d", raise_fd_limit())
     replicas = _replica_set(args)
     inflight = InFlight()
     metrics = ProxyMetrics(inflight, [KeeperCollector(replicas.keeper)])

@@ -22,9 +22,15 @@ The split:
   the ring is published to the plane (``publish``) before ``/add`` or ``/rm`` is answered: a
   table per slot of the replicas to try, and their addresses. The plane hashes request ids
   itself, bit for bit as ``dslab.ring`` does (tested on generated ids).
-* The plane tells this process, through a socket it reads, of every failed try (counted and
-  reported to the keeper, whose heartbeats check at once), retry, 503 and handover; /metrics
-  reads the plane's counts beside this process's own.
+* The plane tells this process, through a socket it reads, of failed tries (counted per
+  replica and reported to the keeper, whose heartbeats check at once), retries, 503s,
+  descriptors run out, and handovers; /metrics reads the plane's counts beside this process's
+  own. All but the handovers come as counts, and wake this process at most once per
+  ``_EVENT_INTERVAL`` (a drain that found counts drains again an interval later, so none
+  waits longer): a dead replica under full load costs the control loop a few wake-ups a
+  second, not one per failed request.
+* One count of connections under ``max_connections``, the plane's: a connection handed over
+  keeps its place until the front end closes it (``release``).
 
 What it does not do: the ring algorithm only (not maglev, rendezvous, multiprobe, jump) and no
 bounded loads; the balancer refuses those options with this plane rather than ignore them.
@@ -34,10 +40,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from collections import Counter
+from collections.abc import Iterator
 from http import HTTPStatus
 from itertools import islice
+
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..common.edge import EdgeLimits
 from ..common.errors import error_body
@@ -56,6 +67,7 @@ log = logging.getLogger(__name__)
 
 _TRIES = 3  # the owner and two more, as the Python proxy tries
 _MARK = "\x00"  # where the path goes in the 404 -> 400 message
+_EVENT_INTERVAL = 0.1  # seconds: at most one wake-up for counts alone per interval
 
 
 def available() -> bool:
@@ -115,6 +127,7 @@ class NativePlane:
             max_request_line=limits.max_request_line, max_headers=limits.max_headers,
             max_header_bytes=limits.max_header_bytes, max_connections=limits.max_connections,
             idle_timeout=limits.idle_timeout, request_timeout=request_timeout,
+            send_timeout=limits.send_timeout, event_interval=_EVENT_INTERVAL,
             bounds_ns=[round(b * 1e9) for b in LATENCY_BUCKETS],
             reasons=[(s.value, s.phrase.encode()) for s in HTTPStatus],
             not_found=(prefix, suffix), unavailable=error_body("<Error> No replica is available"),
@@ -123,6 +136,17 @@ class NativePlane:
                      % (len(too_many), too_many))
         self.port: int = self._plane.port
         self._adopting: set[asyncio.Task[None]] = set()
+        self._again: asyncio.TimerHandle | None = None  # the drain an interval after one
+        self._drains = PromCounter("dslab_plane_drains", "Times the control loop took the native "
+                                   "plane's events (woken, or an interval after counts)",
+                                   registry=metrics.registry)
+        self._handovers = PromCounter("dslab_plane_handovers", "Connections the native plane "
+                                      "handed over to this process's front end",
+                                      registry=metrics.registry)
+        metrics.registry.register(_PlaneCollector(self))
+        self._exhausted = PromCounter("dslab_plane_descriptors_exhausted", "Accepts and upstream "
+                                      "connects the native plane could not make for want of "
+                                      "descriptors", registry=metrics.registry)
         self.publish()
         asyncio.get_running_loop().add_reader(self._wake.fileno(), self._drain)
 
@@ -149,24 +173,37 @@ class NativePlane:
                 pass
         except BlockingIOError:
             pass
-        for event in self._plane.take_events():
-            match event:
-                case ("failed", str(name), str(error)):
-                    self._metrics.failures.labels(name).inc()
-                    self._replicas.suspect(name, UpstreamError(error))
-                case ("retried",):
-                    self._metrics.retries.inc()
-                case ("unavailable",):
-                    log.warning("no replica could serve a request")
-                    self._metrics.unavailable.inc()
-                case ("handover", int(fd), bytes(data)):
-                    self._adopt(fd, data)
-                case _:
-                    log.error("unknown event from the native plane: %r", event)
+        self._drains.inc()
+        handovers, failed, retried, unavailable, exhausted = self._plane.take_events()
+        for fd, data in handovers:
+            self._adopt(fd, data)
+        if handovers:
+            self._handovers.inc(len(handovers))
+        for name, tries, error in failed:  # one suspicion per replica, however many tries
+            self._metrics.failures.labels(name).inc(tries)
+            self._replicas.suspect(name, UpstreamError(f"{error}; {tries} failed tries"))
+        if retried:
+            self._metrics.retries.inc(retried)
+        if unavailable:
+            log.warning("no replica could serve %d request(s)", unavailable)
+            self._metrics.unavailable.inc(unavailable)
+        if exhausted:
+            # The balancer's own condition, not a replica's: no one is suspected.
+            log.warning("out of descriptors: %d accept(s) or connect(s) refused (limit %d)",
+                        exhausted, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            self._exhausted.inc(exhausted)
+        if (failed or retried or unavailable or exhausted) and self._again is None:
+            # The plane stays quiet for an interval after a wake-up: look again then.
+            self._again = asyncio.get_running_loop().call_later(_EVENT_INTERVAL, self._later)
+
+    def _later(self) -> None:
+        self._again = None
+        self._drain()
 
     def _adopt(self, fd: int, data: bytes) -> None:
         sock = socket.socket(fileno=fd)
-        task = asyncio.ensure_future(self._front.adopt(sock, data))
+        # The plane counted it under max_connections; its place is freed when it closes here.
+        task = asyncio.ensure_future(self._front.adopt(sock, data, on_close=self._plane.release))
         self._adopting.add(task)
 
         def adopted(task: asyncio.Task[None]) -> None:
@@ -174,12 +211,34 @@ class NativePlane:
             if not task.cancelled() and task.exception() is not None:
                 log.info("a connection handed over was lost: %s", task.exception())
                 sock.close()
+                self._plane.release()
         task.add_done_callback(adopted)
 
     def stop(self) -> None:
         """Stop the plane's threads (and every connection they hold), then stop listening to
         it; what it handed over and was not taken yet is closed."""
         self._plane.stop()
+        if self._again is not None:
+            self._again.cancel()
         asyncio.get_running_loop().remove_reader(self._wake.fileno())
         self._wake.close()
         self._wake_plane.close()
+
+
+class _PlaneCollector:
+    """What the plane did itself: the answers it proxied (none handed over), its connections,
+    and its wake-ups of this process."""
+
+    def __init__(self, plane: NativePlane) -> None:
+        self._plane = plane
+
+    def collect(self) -> Iterator[Metric]:
+        plane = self._plane._plane
+        answers, _, _ = plane.tallied()
+        yield CounterMetricFamily("dslab_plane_answers", "Replica answers the native plane "
+                                  "proxied itself", value=sum(n for _, _, n in answers))
+        yield CounterMetricFamily("dslab_plane_wakeups", "Wake-ups the native plane sent this "
+                                  "process", value=plane.wakeups)
+        yield GaugeMetricFamily("dslab_plane_connections", "Connections counted under "
+                                "max_connections (the plane's and those handed over)",
+                                value=plane.connections)

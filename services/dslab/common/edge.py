@@ -1,7 +1,7 @@
 """The limits of every service's edge: what a client may send and how long it may take.
 
 Defaults follow the proxies a client on the internet meets (``../shared/REFERENCES.md``):
-nginx's 8 KiB request line and its 60 s header and body timeouts and 75 s keep-alive, Envoy's
+nginx's 8 KiB request line, its 60 s header, body and send timeouts and 75 s keep-alive, Envoy's
 60 KiB and 100 header fields. ``front.py`` enforces them before anything is routed or
 forwarded, so a client's bad request is answered at the edge and never counts against a
 replica. Each is an option of both balancers (``add_edge_options``), with an environment
@@ -27,6 +27,7 @@ class EdgeLimits:
     header_timeout: float = 60.0  # from a request's first byte to its last header: nginx; 408
     body_timeout: float = 60.0  # from its headers to its body's last byte: nginx; 408
     idle_timeout: float = 75.0  # a connection with no request begun: nginx's keep-alive; closed
+    send_timeout: float = 60.0  # for an answer to leave to a client that does not read: nginx's
     max_connections: int = 10_000  # open at once; a new one past it is answered 503 and closed
 
 
@@ -44,6 +45,9 @@ _OPTIONS: dict[str, tuple[str, str, type, str]] = {
                      "seconds from a request's headers to its body's last byte; then 408"),
     "idle_timeout": ("--idle-timeout", "IDLE_TIMEOUT", float,
                      "seconds a connection may sit with no request begun; then closed"),
+    "send_timeout": ("--send-timeout", "SEND_TIMEOUT", float,
+                     "seconds an answer may wait on a client that does not read it (nginx's "
+                     "send_timeout, HAProxy's timeout client); then the connection is dropped"),
     "max_connections": ("--max-connections", "MAX_CONNECTIONS", int,
                         "connections open at once in one process (each worker of a balancer "
                         "with --workers, as nginx's worker_connections); past it a new one "

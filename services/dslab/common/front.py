@@ -27,9 +27,17 @@ answered 414, a header block over its size or count 431, before anything is rout
 forwarded; a client that has begun a request and takes too long to send its headers or its
 body gets 408; a connection with no request begun (new, or between keep-alive requests) is
 closed silently after the idle timeout; past ``max_connections`` a new connection gets 503.
-Each of these closes the connection: its answer is written, the sending side shut, and what
-the client still sends read and dropped for a moment (closing at once, with unread data,
-would reset the connection and lose the answer).
+An HTTP/1.1 request with no Host field, or any with two, is answered 400 (RFC 9112 §3.2), as
+is anything llhttp refuses (bare LF line endings, obs-fold, ...): the native plane hands such
+requests over here, so this is the one verdict of both planes.
+Each of these closes the connection: its answer is written (after the answers to the requests
+before it on the connection, in order), the sending side shut, and what the client still
+sends read and dropped for a moment (closing at once, with unread data, would reset the
+connection and lose the answer).
+
+A client that does not read its answers: once the transport's buffer passes its high-water
+mark (``pause_writing``), nothing more is read off the connection nor answered on it, and if it
+stays so for the send timeout the connection is dropped (nginx's ``send_timeout``).
 
 The timeouts cost nothing per request: a connection keeps one deadline (a float moved at each
 phase of a request) and ``Front`` sweeps its connections (``deadlines.Sweep``) four times per
@@ -85,8 +93,8 @@ class Answer:
 class FrontRequest:
     """A request as parsed; ``uri`` is ``url`` decoded, once its headers are in."""
 
-    __slots__ = ("answered", "body", "body_size", "header_bytes", "headers", "keep_alive",
-                 "method", "request_id", "uri", "url", "version")
+    __slots__ = ("answered", "body", "body_size", "header_bytes", "headers", "hosts",
+                 "keep_alive", "method", "request_id", "uri", "url", "version")
 
     def __init__(self) -> None:
         self.answered = False
@@ -100,6 +108,7 @@ class FrontRequest:
         self.body: list[bytes] = []
         self.body_size = 0
         self.header_bytes = 0
+        self.hosts = 0  # Host fields
 
     def payload(self) -> bytes:
         return b"".join(self.body)
@@ -137,32 +146,42 @@ class Front:
         self.connections: set[_FrontProtocol] = set()
         self.refused = 0  # connections answered 503 past max_connections
         limits = self.limits
-        shortest = min(limits.header_timeout, limits.body_timeout, limits.idle_timeout)
+        shortest = min(limits.header_timeout, limits.body_timeout, limits.idle_timeout,
+                       limits.send_timeout)
         self._sweep = Sweep(sweep_interval(shortest), self._expire_due,
                             lambda: bool(self.connections))
 
     def protocol(self) -> _FrontProtocol:
         return _FrontProtocol(self)
 
-    async def adopt(self, sock: socket.socket, preread: bytes) -> None:
+    async def adopt(self, sock: socket.socket, preread: bytes,
+                    on_close: Callable[[], None] | None = None) -> None:
         """Serve a connection accepted elsewhere (the native data plane hands over what it
-        does not proxy itself), ``preread`` being what was read off it already."""
+        does not proxy itself), ``preread`` being what was read off it already. With
+        ``on_close``, it was counted under ``max_connections`` where it was accepted (not
+        again here), and ``on_close`` is called once when it closes."""
         loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(lambda: _FrontProtocol(self, preread), sock)
+        await loop.connect_accepted_socket(lambda: _FrontProtocol(self, preread, on_close),
+                                           sock)
 
     def watch(self, conn: _FrontProtocol) -> None:
         self.connections.add(conn)
         self._sweep.start()
 
     def _expire_due(self, now: float) -> None:
-        for conn in [c for c in self.connections if c.deadline <= now]:
-            conn.expire()
+        for conn in [c for c in self.connections if c.deadline <= now or c.stalled <= now]:
+            if conn.stalled <= now:  # its answers have waited on it too long
+                conn.abort()
+            else:
+                conn.expire()
 
 
 class _FrontProtocol(asyncio.Protocol):
-    def __init__(self, front: Front, preread: bytes = b"") -> None:
+    def __init__(self, front: Front, preread: bytes = b"",
+                 on_close: Callable[[], None] | None = None) -> None:
         self._front = front
         self._preread = preread  # read off the connection before it came here
+        self._on_close = on_close  # counted elsewhere (the native plane): told when closed
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._current = FrontRequest()
@@ -171,6 +190,9 @@ class _FrontProtocol(asyncio.Protocol):
         self._paused = False
         self._receiving = False  # a request has begun and is not complete yet
         self._refused = False  # answered with an error and closing: input is dropped
+        self._deferred: tuple[int, str] | None = None  # that error, after earlier answers
+        self._refusal_sent = False
+        self.stalled = math.inf  # when a client not reading its answers is dropped
         self._loop = asyncio.get_running_loop()
         self.deadline = math.inf  # when ``_expiry`` runs (the front's sweep calls ``expire``)
         self._expiry: tuple[Callable[..., None], tuple[Any, ...]] = (self.close, ())
@@ -180,7 +202,7 @@ class _FrontProtocol(asyncio.Protocol):
     # ---- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        if len(self._front.connections) >= self._limits.max_connections:
+        if self._on_close is None and len(self._front.connections) >= self._limits.max_connections:
             self._front.refused += 1
             self._reject(503, f"<Error> Too many connections: this process holds "
                               f"{self._limits.max_connections}, the most it takes")
@@ -198,6 +220,25 @@ class _FrontProtocol(asyncio.Protocol):
         self._disarm()
         self._transport = None
         self._queue.clear()
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than it is answered: answer and read nothing more until it
+        catches up, and drop it if it has not within the send timeout."""
+        self.stalled = self._loop.time() + self._limits.send_timeout
+        if self._transport is not None and not self._paused:
+            self._transport.pause_reading()
+            self._paused = True
+
+    def resume_writing(self) -> None:
+        self.stalled = math.inf
+        if (self._transport is not None and self._paused and not self._refused
+                and len(self._queue) <= _MAX_QUEUED // 2):
+            self._transport.resume_reading()
+            self._paused = False
+        self._next()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -235,6 +276,8 @@ class _FrontProtocol(asyncio.Protocol):
             self._refuse(431, f"<Error> Header fields over {limits.max_header_bytes} bytes")
         if len(name) == 12 and name.lower() == b"x-request-id":
             request.request_id = value
+        elif len(name) == 4 and name.lower() == b"host":
+            request.hosts += 1
 
     def on_headers_complete(self) -> None:
         request = self._current
@@ -242,6 +285,10 @@ class _FrontProtocol(asyncio.Protocol):
         request.method = self._parser.get_method()
         request.version = self._parser.get_http_version()
         request.keep_alive = self._parser.should_keep_alive()
+        if request.hosts > 1:  # RFC 9112 §3.2: 400, whatever the version
+            self._refuse(400, "<Error> Malformed HTTP request: Multiple Host headers")
+        if request.hosts == 0 and request.version != "1.0":
+            self._refuse(400, "<Error> Malformed HTTP request: Missing Host header")
         self._arm(self._limits.body_timeout, self._too_slow, "body")
 
     def on_body(self, body: bytes) -> None:
@@ -259,8 +306,7 @@ class _FrontProtocol(asyncio.Protocol):
         if len(self._queue) > _MAX_QUEUED and self._transport is not None:
             self._transport.pause_reading()
             self._paused = True
-        if not self._busy:
-            self._serve_next()
+        self._next()
 
     # ---- serving ----------------------------------------------------------------------------
     def _serve_next(self) -> None:
@@ -315,14 +361,23 @@ class _FrontProtocol(asyncio.Protocol):
     def _served(self) -> None:
         """The request in service was answered: serve the next one, or wait for it."""
         self._busy = False
-        if self._transport is None or self._refused:
-            return
-        if self._paused and len(self._queue) <= _MAX_QUEUED // 2:
+        if (self._transport is not None and self._paused and not self._refused
+                and self.stalled == math.inf and len(self._queue) <= _MAX_QUEUED // 2):
             self._transport.resume_reading()
             self._paused = False
+        self._next()
+
+    def _next(self) -> None:
+        """Serve the next request queued, else send the refusal that waited on the requests
+        before it, else wait for a request; nothing while one is in service or while the
+        client is not reading its answers."""
+        if self._transport is None or self._busy or self.stalled < math.inf:
+            return
         if self._queue:
             self._serve_next()
-        elif not self._receiving:
+        elif self._deferred is not None:
+            self._send_refusal(*self._deferred)
+        elif not self._receiving and not self._refused:
             self._arm(self._limits.idle_timeout, self.close)
 
     def _write(self, status: int, body: bytes, content_type: bytes | None, served_by: str,
@@ -343,7 +398,7 @@ class _FrontProtocol(asyncio.Protocol):
         self._finish_write(head, body, request)
 
     def _finish_write(self, head: list[bytes], body: bytes, request: FrontRequest) -> None:
-        if self._transport is None or self._refused or self._transport.is_closing():
+        if self._transport is None or self._refusal_sent or self._transport.is_closing():
             return  # closed, or refused at the edge meanwhile: its answer went out already
         if not request.keep_alive:
             head.append(b"Connection: close\r\n")
@@ -384,13 +439,24 @@ class _FrontProtocol(asyncio.Protocol):
         raise _Refused(message)
 
     def _reject(self, status: int, message: str) -> None:
-        """Answer ``status`` in the error shape and close: the answer goes out, the sending
-        side is shut, and the client's input is drained for ``_LINGER`` before the close."""
-        transport = self._transport
-        if transport is None or self._refused:
+        """Answer ``status`` in the error shape and close: the answer goes out (after the
+        answers to the requests before it, pipelined), the sending side is shut, and the
+        client's input is drained for ``_LINGER`` before the close."""
+        if self._transport is None or self._refused:
             return
-        self._refused = True
+        self._refused = True  # nothing more is parsed
         self._disarm()
+        if self._busy or self._queue:
+            self._deferred = (status, message)  # sent by ``_next`` once they are answered
+            return
+        self._send_refusal(status, message)
+
+    def _send_refusal(self, status: int, message: str) -> None:
+        transport = self._transport
+        if transport is None or self._refusal_sent:
+            return
+        self._deferred = None
+        self._refusal_sent = True
         self._front.connections.discard(self)
         body = error_body(message)
         transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
@@ -407,6 +473,13 @@ class _FrontProtocol(asyncio.Protocol):
             self._linger = None
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, what is still to be written to it with it."""
+        self.stalled = math.inf
+        self.close()
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class _Refused(Exception):

@@ -6,6 +6,11 @@
 //! within the edge's limits. Anything else (another method, an admin path, a body, an upgrade,
 //! a head cut short, a limit passed, what httparse will not read) is `Handover`: the
 //! connection goes to the Python front end, which serves or refuses it as it always has.
+//!
+//! So every framing question has one verdict, llhttp's: what httparse would read more
+//! leniently than llhttp is handed over too. Bare LF line endings (httparse takes them,
+//! llhttp refuses them) and a Host field missing from HTTP/1.1 or given twice (RFC 9112 §3.2:
+//! 400, which the front end answers) are such cases.
 
 /// What the plane needs of the edge's limits (`dslab.common.edge.EdgeLimits`).
 #[derive(Clone, Debug)]
@@ -75,12 +80,20 @@ pub fn read_request<'a>(buf: &'a [u8], limits: &Limits, not_proxied: &[Vec<u8>])
     if !uri.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
         return Head::Handover;
     }
+    // Bare LF (a LF not after a CR) anywhere in the head: llhttp refuses it, so the front end
+    // answers it (400), not this plane.
+    if buf[..len].iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+    {
+        return Head::Handover;
+    }
     let (mut request_id, mut header_bytes, mut connection) = (None, 0usize, None::<&[u8]>);
-    let mut length_seen = false;
+    let (mut length_seen, mut hosts) = (false, 0);
     for header in request.headers.iter() {
         header_bytes += header.name.len() + header.value.len() + 4;
         let name = header.name;
-        if header_is(name, "x-request-id") {
+        if header_is(name, "host") {
+            hosts += 1;
+        } else if header_is(name, "x-request-id") {
             request_id = Some(as_llhttp_reads(buf, header.value));
         } else if header_is(name, "connection") {
             if connection.is_some() {
@@ -101,6 +114,9 @@ pub fn read_request<'a>(buf: &'a [u8], limits: &Limits, not_proxied: &[Vec<u8>])
         return Head::Handover;
     }
     let http10 = version == 0;
+    if hosts > 1 || (hosts == 0 && !http10) {
+        return Head::Handover; // RFC 9112 §3.2: the front end answers 400
+    }
     let keep_alive = match connection {
         Some(value) if has_token(value, b"upgrade") => return Head::Handover,
         Some(value) if http10 => has_token(value, b"keep-alive"),
@@ -126,8 +142,12 @@ pub enum Reply {
     Bad(String),
 }
 
+/// The most a replica's answer (head and body) may take; a longer one is the replica's failure.
+pub const MAX_ANSWER: usize = 16 << 20;
+
 /// The answer at the start of `buf`. A replica (Tornado) frames every answer by its length;
-/// one framed otherwise is a protocol error here, as a malformed one is.
+/// one framed otherwise is a protocol error here, as a malformed one is. An interim (1xx)
+/// answer is returned as complete with an empty body: the caller reads on past it.
 pub fn read_answer(buf: &[u8]) -> Reply {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
@@ -163,10 +183,17 @@ pub fn read_answer(buf: &[u8]) -> Reply {
         (_, Some(n)) => n,
         (_, None) => return Reply::Bad("bad response from replica: no Content-Length".into()),
     };
-    if buf.len() < head + length {
+    if status == 101 {
+        return Reply::Bad("bad response from replica: 101 to a request with no Upgrade".into());
+    }
+    let end = match head.checked_add(length) {
+        Some(end) if end <= MAX_ANSWER => end,
+        _ => return Reply::Bad(format!("bad response from replica: over {MAX_ANSWER} bytes")),
+    };
+    if buf.len() < end {
         return Reply::Partial;
     }
-    Reply::Complete(Answer { status, content_type, body: head..head + length, keep_alive })
+    Reply::Complete(Answer { status, content_type, body: head..end, keep_alive })
 }
 
 /// What the client gets, as the Python front end's `_write` frames it.
@@ -199,15 +226,21 @@ pub fn write_answer(out: &mut Vec<u8>, status: u16, reason: &[u8], content_type:
     out.extend_from_slice(body);
 }
 
-/// The request a replica gets, as `dslab.keeper.upstream.format_get` writes it.
-pub fn write_get(out: &mut Vec<u8>, uri: &[u8], host: &[u8], request_id: &[u8]) {
+/// The request a replica gets, as `dslab.keeper.upstream.format_get` writes it, with what a
+/// reverse proxy adds: the client's address and scheme (`X-Forwarded-For`, `-Proto`).
+pub fn write_get(out: &mut Vec<u8>, uri: &[u8], host: &[u8], request_id: &[u8],
+                 client: &[u8]) {
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(uri);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nX-Request-ID: ");
     out.extend_from_slice(request_id);
-    out.extend_from_slice(b"\r\n\r\n");
+    if !client.is_empty() {
+        out.extend_from_slice(b"\r\nX-Forwarded-For: ");
+        out.extend_from_slice(client);
+    }
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n\r\n");
 }
 
 fn push_number(out: &mut Vec<u8>, n: u64) {
@@ -279,22 +312,29 @@ mod tests {
             b"GET /home HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
             b"GET /ho me HTTP/1.1\r\n\r\n",
             b"GET /\xe9t\xe9 HTTP/1.1\r\n\r\n",
+            b"GET /home HTTP/1.1\r\n\r\n", // no Host
+            b"GET /home HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET /home HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+            b"GET /home HTTP/1.1\nHost: a\r\n\r\n", // bare LF, anywhere
+            b"GET /home HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET /home HTTP/1.1\r\nHost: a\r\n\n",
+            b"GET /home HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n", // obs-fold
         ] {
             assert_eq!(read_request(head, &limits(), &admin()), Head::Handover, "{head:?}");
         }
         let tight = Limits { max_request_line: 4, max_headers: 1, max_header_bytes: 10 };
-        for head in [&b"GET /home HTTP/1.1\r\n\r\n"[..], b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n",
-                     b"GET / HTTP/1.1\r\nA: 12345678\r\n\r\n"] {
+        for head in [&b"GET /home HTTP/1.0\r\n\r\n"[..], b"GET / HTTP/1.0\r\nA: 1\r\nB: 2\r\n\r\n",
+                     b"GET / HTTP/1.0\r\nA: 12345678\r\n\r\n"] {
             assert_eq!(read_request(head, &tight, &admin()), Head::Handover, "{head:?}");
         }
     }
 
     #[test]
     fn a_request_ids_trailing_whitespace_is_kept_as_llhttp_keeps_it() {
-        let head = b"GET / HTTP/1.1\r\nX-Request-ID: \t a b\t \r\nX-Other: 1\r\n\r\n";
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: \t a b\t \r\nX-Other: 1\r\n\r\n";
         let Head::Proxy(get) = read_request(head, &limits(), &admin()) else { panic!() };
         assert_eq!(get.request_id, Some(&b"a b\t "[..]));
-        let blank = b"GET / HTTP/1.1\r\nX-Request-ID:  \t \r\n\r\n";
+        let blank = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID:  \t \r\n\r\n";
         let Head::Proxy(get) = read_request(blank, &limits(), &admin()) else { panic!() };
         assert_eq!(get.request_id, Some(&b""[..]));
     }
@@ -304,8 +344,8 @@ mod tests {
         let cases: [(&[u8], bool); 4] = [
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
-            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
-            (b"GET / HTTP/1.1\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
         ];
         for (head, keep_alive) in cases {
             let Head::Proxy(get) = read_request(head, &limits(), &admin()) else { panic!() };
@@ -322,6 +362,26 @@ mod tests {
         assert_eq!(&answer[a.content_type.unwrap()], b"text/plain");
         assert!(matches!(read_answer(b"HTTP/1.1 200 OK\r\n\r\n"), Reply::Bad(_)));
         assert!(matches!(read_answer(b"HTTP/1.1 204 No Content\r\n\r\n"), Reply::Complete(_)));
+    }
+
+    #[test]
+    fn an_answer_is_bounded_and_its_length_checked() {
+        let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_ANSWER);
+        assert!(matches!(read_answer(huge.as_bytes()), Reply::Bad(_)));
+        let wraps = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", usize::MAX);
+        assert!(matches!(read_answer(wraps.as_bytes()), Reply::Bad(_)));
+        let Reply::Complete(a) = read_answer(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP")
+        else { panic!() };
+        assert_eq!((a.status, a.body.len()), (103, 0));
+        assert!(matches!(read_answer(b"HTTP/1.1 101 Switching\r\n\r\n"), Reply::Bad(_)));
+    }
+
+    #[test]
+    fn a_forwarded_get_says_who_asked_and_how() {
+        let mut out = vec![];
+        write_get(&mut out, b"/home?x=1", b"Server1", b"42", b"10.0.0.7");
+        assert_eq!(out, b"GET /home?x=1 HTTP/1.1\r\nHost: Server1\r\nX-Request-ID: 42\r\n\
+                          X-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\r\n");
     }
 
     #[test]

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyBytes;
 use socket2::{Domain, Socket, Type};
 use tokio::sync::oneshot;
 
 use crate::http::Limits;
-use crate::plane::{Config, Counts, Event, Shared};
+use crate::plane::{lock, Config, Counts, Events, Shared};
 use crate::route::{Replica, RequestHash, Table};
 
 /// Bind `count` listening sockets on one port (SO_REUSEPORT: the kernel spreads connections
@@ -64,11 +64,13 @@ impl Plane {
     #[new]
     #[pyo3(signature = (host, port, threads, *, wake_fd, not_proxied, max_request_line,
                         max_headers, max_header_bytes, max_connections, idle_timeout,
-                        request_timeout, bounds_ns, reasons, not_found, unavailable, too_many))]
+                        request_timeout, send_timeout, event_interval, bounds_ns, reasons,
+                        not_found, unavailable, too_many))]
     #[allow(clippy::too_many_arguments)]
     fn new(host: &str, port: u16, threads: usize, wake_fd: i32, not_proxied: Vec<Vec<u8>>,
            max_request_line: usize, max_headers: usize, max_header_bytes: usize,
-           max_connections: usize, idle_timeout: f64, request_timeout: f64, bounds_ns: Vec<u64>,
+           max_connections: usize, idle_timeout: f64, request_timeout: f64, send_timeout: f64,
+           event_interval: f64, bounds_ns: Vec<u64>,
            reasons: Vec<(u16, Vec<u8>)>, not_found: (Vec<u8>, Vec<u8>), unavailable: Vec<u8>,
            too_many: Vec<u8>) -> PyResult<Self> {
         if threads == 0 {
@@ -86,6 +88,12 @@ impl Plane {
             not_proxied,
             idle_timeout: Duration::from_secs_f64(idle_timeout),
             request_timeout: Duration::from_secs_f64(request_timeout),
+            send_timeout: Duration::from_secs_f64(send_timeout),
+            event_interval: Duration::from_secs_f64(event_interval),
+            // A test hook, read once here: a GET of this path panics in its connection's task
+            // (tests/test_plane_panic.py shows only that connection is lost). Unset: never.
+            panic_path: std::env::var_os("DSLAB_PLANE_TEST_PANIC_PATH")
+                .map(|p| p.into_encoded_bytes()),
             max_connections,
             bounds_ns,
             reasons: reason_of,
@@ -102,7 +110,7 @@ impl Plane {
             generation: AtomicU64::new(0),
             counts: (0..threads).map(|_| Mutex::new(Counts { buckets: vec![0; buckets],
                                                              ..Counts::default() })).collect(),
-            events: Mutex::new(Vec::new()),
+            events: Mutex::new(Events::default()),
             wake_fd,
             connections: AtomicUsize::new(0),
         });
@@ -140,24 +148,34 @@ impl Plane {
         Ok(())
     }
 
-    /// What happened since the last call: `("failed", replica, error)`, `("retried",)`,
-    /// `("unavailable",)`, `("handover", fd, bytes read)`.
-    fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let events = std::mem::take(&mut *self.shared.events.lock().unwrap());
-        events.into_iter().map(|event| match event {
-            Event::Failed { replica, error } => {
-                PyTuple::new(py, ["failed".into_pyobject(py)?.into_any(),
-                                  (&*replica).into_pyobject(py)?.into_any(),
-                                  error.into_pyobject(py)?.into_any()])
-            }
-            Event::Retried => PyTuple::new(py, ["retried"]),
-            Event::Unavailable => PyTuple::new(py, ["unavailable"]),
-            Event::Handover { fd, data } => {
-                PyTuple::new(py, ["handover".into_pyobject(py)?.into_any(),
-                                  fd.into_pyobject(py)?.into_any(),
-                                  PyBytes::new(py, &data).into_any()])
-            }
-        }).collect()
+    /// What happened since the last call: `(handovers, failed, retried, unavailable,
+    /// exhausted)`: `[(fd, bytes read)]`, `[(replica, failed tries, last error)]`, and counts.
+    #[allow(clippy::type_complexity)]
+    fn take_events<'py>(&self, py: Python<'py>)
+        -> (Vec<(i32, Bound<'py, PyBytes>)>, Vec<(String, u64, String)>, u64, u64, u64) {
+        let events = self.shared.take_events();
+        let handovers = events.handovers.iter()
+            .map(|(fd, data)| (*fd, PyBytes::new(py, data))).collect();
+        let failed = events.failed.into_iter()
+            .map(|(name, (n, error))| (name.to_string(), n, error)).collect();
+        (handovers, failed, events.retried, events.unavailable, events.exhausted)
+    }
+
+    /// The wake-ups sent to the control plane so far.
+    #[getter]
+    fn wakeups(&self) -> u64 {
+        lock(&self.shared.events).wakeups
+    }
+
+    /// The connections held now (here, and handed over and not yet closed).
+    #[getter]
+    fn connections(&self) -> usize {
+        self.shared.connections.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A connection handed over was closed by the front end: its place is free.
+    fn release(&self) {
+        self.shared.release();
     }
 
     /// Every thread's counts summed: ([(replica, status, answers)], buckets, sum in ns).
@@ -166,7 +184,7 @@ impl Plane {
         let mut buckets = vec![0; self.shared.config.bounds_ns.len() + 1];
         let mut sum_ns = 0;
         for counts in &self.shared.counts {
-            let counts = counts.lock().unwrap();
+            let counts = lock(counts);
             for (key, n) in &counts.answers {
                 *answers.entry(key.clone()).or_default() += n;
             }
@@ -183,7 +201,7 @@ impl Plane {
     fn loads(&self) -> HashMap<String, i64> {
         let mut loads: HashMap<String, i64> = HashMap::new();
         for counts in &self.shared.counts {
-            for (name, n) in &counts.lock().unwrap().in_flight {
+            for (name, n) in &lock(counts).in_flight {
                 *loads.entry(name.to_string()).or_default() += n;
             }
         }
@@ -206,10 +224,8 @@ impl Plane {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
-        for event in std::mem::take(&mut *self.shared.events.lock().unwrap()) {
-            if let Event::Handover { fd, .. } = event {
-                unsafe { libc::close(fd) };
-            }
+        for (fd, _) in self.shared.take_events().handovers {
+            unsafe { libc::close(fd) };
         }
     }
 }
