@@ -31,7 +31,7 @@ help:
 	@echo "                       then eval \$$(make -s cluster-env) and make swarm-up deploys onto it"
 	@echo "make test-cluster      the tests on that cluster (node lost, node cut off); they make their own"
 	@echo "make images            Docker images dslab-{replica,shard,balancer} (BASE=python:3.11-slim to use Docker Hub)"
-	@echo "make test              run the test suite"
+	@echo "make test              run the test suite (ARGS='tests/test_ring.py -k NAME': only those, with pytest)"
 	@echo "make lint              ruff over everything; mypy (strict on services/dslab, default on tests)"
 	@echo "make run-lb PORT=5000  Part 1 stack in the foreground (N=3 HASH=seed SLOTS=512 VNODES=9;"
 	@echo "                       ARGS='--algorithm maglev --balance-factor 1.25' and any other option)"
@@ -42,10 +42,12 @@ help:
 	@echo "make bench-lb          balancer vs HAProxy vs direct, with wrk (ARGS=--profile)"
 	@echo "make bench-hotpath     the balancer's own Python per request, no network (ARGS='--instructions --compare PATH')"
 
-$(VENV)/.installed: services/pyproject.toml
+# The virtualenv's own Python, whatever PY is given (make wheelhouse PY=python3.13 must not
+# install the project into that Python when the virtualenv is remade on the way).
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e 'services[test,bench,lab,docker]'
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test,bench,lab,docker]'
 	touch $@
 
 # The native data plane (Rust, services/native), built where cargo is: without it the Part 1
@@ -54,7 +56,7 @@ NATIVE_SOURCES := $(wildcard services/native/Cargo.* services/native/pyproject.t
 $(VENV)/.native: $(VENV)/.installed $(NATIVE_SOURCES)
 	@if command -v cargo >/dev/null; then \
 	  echo "building the native data plane (Rust)"; \
-	  $(PY) -m pip install -q ./services/native; \
+	  $(VENV)/bin/python -m pip install -q ./services/native; \
 	else \
 	  echo "note: no cargo (Rust) here: the native data plane is not built; the balancer proxies in Python"; \
 	fi
@@ -69,10 +71,16 @@ tools:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk chromium) || \
 	  (echo "error: A-4, bench-lb and the tests need HAProxy, wrk and Chromium: apt-get install haproxy wrk chromium (as root)"; exit 1)
 
+# ARGS: pytest's arguments instead of the whole suite (the Rust tests too are left out), e.g.
+# make test ARGS='tests/test_ring.py -k NAME'; options alone (ARGS=-x) run pytest's testpaths.
 test: venv tools
+ifeq ($(strip $(ARGS)),)
 	@if command -v cargo >/dev/null; then \
 	  cargo test -q --release --manifest-path services/native/Cargo.toml; fi
 	$(PY) -m pytest tests
+else
+	$(PY) -m pytest $(ARGS)
+endif
 
 report: venv tools
 	$(PY) -m dslab.lab.report $(EXP) $(ARGS)
@@ -95,11 +103,11 @@ WHEEL_PLATFORMS := $(foreach v,2_36 2_35 2_34 2_31 2_28 2_27 2_24 2_17 2_12 2_5,
                    --platform manylinux2014_$(ARCH) --platform manylinux2010_$(ARCH) --platform manylinux1_$(ARCH)
 wheelhouse: venv
 	rm -rf $(WHEELHOUSE)
-	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) ./services
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
 	@if command -v cargo >/dev/null; then \
 	  $(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) ./services/native; fi
 	$(PY) -m pip download -q -d $(WHEELHOUSE) --only-binary=:all: --python-version $(IMAGE_PYTHON) \
-	  --implementation cp $(WHEEL_PLATFORMS) './services[docker]'
+	  --implementation cp $(WHEEL_PLATFORMS) '.[docker]'
 
 base-image:
 	@if [ "$(BASE)" = "dslab-base:bookworm" ]; then docker/build-base.sh $(BASE); fi

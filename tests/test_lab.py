@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from dslab.lab import capacity, lb, random_rids
-from dslab.lab.report import EXPERIMENTS, main
+from dslab.lab.report import EXPERIMENTS, QUICK, main
 from dslab.ring.analysis import assign, loads
 
 needs_cgroups = pytest.mark.skipif(capacity.available() is not None,
@@ -120,12 +120,22 @@ def test_notebook_runs_and_renders(name, tmp_path, monkeypatch):
     assert images and all(complete and width > 0 for complete, width in images), images
     assert_clean_report(text, tmp_path, Path(REPO))
     assert "import " not in text  # the code stays in the notebook
+    # It opens with how it was made (commit, date, machine, sizes, the parameters as run) and
+    # is titled by its experiment, not "Notebook".
+    made = text.lstrip().splitlines()[0]
+    assert made.startswith("How this report was made: commit "), text[:400]
+    assert " UTC; " in made and " cores" in made and "load average" in made, made
+    assert "quick (--quick) sizes; parameters as run: " in made, made
+    assert all(f"{key}=" in made for key in QUICK[name]) and "figures_dir" not in made, made
+    assert f"<title>{html_lib.escape(EXPERIMENTS[name], quote=False)}</title>" in html
     if name == "lb_a1":  # the intro states this run's sizes, not only the assignment's 10 000
         assert "This run: 300 requests" in text
     embedded = {f for f in README_FIGURES if f.startswith(f"{name}_")}
     assert embedded <= figures, f"the README embeds figures {name} does not make: {embedded - figures}"
     # The findings the docs link to: this run's charts and its computed observations.
     found = (tmp_path / "findings" / f"{name}.md").read_text()
+    # under its title, the report's own line (the same, in Markdown)
+    assert re.sub(r"[*`]", "", found.splitlines()[2]) == made, found[:800]
     linked = set(re.findall(r"\(\.\./figures/([\w-]+)\.png\)", found))
     assert linked == figures
     assert_clean_report(found, tmp_path, Path(REPO))

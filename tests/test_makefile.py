@@ -36,3 +36,21 @@ def test_make_images_fails_when_any_build_fails_not_only_the_last():
     assert done.returncode != 0, done.stdout
     assert "building dslab-no-such-target" in done.stdout
     assert "building dslab-replica" not in done.stdout  # stopped at the first failure
+
+
+def test_make_test_with_args_runs_only_the_tests_they_name():
+    """`make test ARGS='tests/test_ring.py -k NAME'` hands ARGS to pytest and runs nothing else
+    (neither the whole suite nor the Rust tests); with no ARGS, everything as before. Shown by
+    `make -n` (what it would run): the prerequisites may rebuild the virtualenv, not here."""
+    def commands(*args: str) -> list[str]:
+        done = subprocess.run(["make", "-n", "test", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if "pytest" in line or "cargo test" in line]
+
+    assert commands("ARGS=tests/test_ring.py -k spread") == [
+        ".venv/bin/python -m pytest tests/test_ring.py -k spread"]
+    everything = commands()
+    assert everything[-1] == ".venv/bin/python -m pytest tests"
+    assert any("cargo test" in line for line in everything)
+    assert commands("ARGS=") == everything
