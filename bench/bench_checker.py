@@ -1,4 +1,4 @@
-"""Benchmark: the linearizability checker on histories like A-5's (``history.synthetic``: one
+"""Benchmark: the linearizability checker on histories like A-5's (``synthetic.synthetic``: one
 writer per key issuing versions 1, 2, 3..., several readers, a share of the writes unknown),
 seeded, linearizable ones and ones with one stale read injected (half way through the
 operations and near their end: the search must rule out every order of what came before it).
@@ -16,8 +16,8 @@ import argparse
 import time
 from collections import Counter
 
-from dslab.faults.history import synthetic
 from dslab.faults.linearizable import check_register, register_ops
+from dslab.faults.synthetic import synthetic
 
 
 def run(ops: int, keys: int, unknown: float, stale: float | None, seed: int,

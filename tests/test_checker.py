@@ -15,17 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dslab.faults.checks import check, per_second
-from dslab.faults.history import (
-    History,
-    HistoryFileError,
-    Kind,
-    Op,
-    Outcome,
-    outcome_of,
-    read_history,
-    synthetic,
-    write_history,
-)
+from dslab.faults.history import History, Kind, Op, Outcome, outcome_of
+from dslab.faults.historyfile import HistoryFileError, read_history, write_history
 from dslab.faults.linearizable import (
     Linearizable,
     NotLinearizable,
@@ -36,6 +27,7 @@ from dslab.faults.linearizable import (
     register_ops,
 )
 from dslab.faults.nemesis import FAULTS, Step
+from dslab.faults.synthetic import synthetic
 
 OK, FAIL, UNKNOWN = Outcome.OK, Outcome.FAIL, Outcome.UNKNOWN
 W, R, INS = Kind.WRITE, Kind.READ, Kind.INSERT
@@ -319,9 +311,9 @@ def test_a_tiny_budget_is_undecided_never_linearizable():
     assert isinstance(check_register(key, ops), Linearizable)
     verdict = check_register(key, ops, budget=10)
     assert isinstance(verdict, Undecided) and verdict.states == 10 and verdict.spent == "states"
-    verdict = check_register(key, ops, seconds=0.0)  # the clock is read every 1024 states
+    verdict = check_register(key, ops, out_of_time=lambda: True)  # the clock is read every 1024 states
     assert isinstance(verdict, Undecided) and verdict.spent == "seconds"
-    assert all(isinstance(v, Undecided) for v in check_keys(h, seconds=0.0).values())
+    assert all(isinstance(v, Undecided) for v in check_keys(h, out_of_time=lambda: True).values())
 
 
 # --- Histories as files, and the command ---------------------------------------------------

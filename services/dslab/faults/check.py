@@ -11,12 +11,13 @@ or the file cannot be read.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 
-from .history import HistoryFileError, read_history
+from .historyfile import HistoryFileError, read_history
 from .linearizable import Linearizable, NotLinearizable, Undecided, check_keys
 
 __all__ = ["main"]
@@ -39,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     began = time.monotonic()
-    verdicts = check_keys(history, budget=args.states, seconds=args.budget)
+    deadline = began + args.budget if args.budget is not None else math.inf
+    verdicts = check_keys(history, budget=args.states,
+                          out_of_time=lambda: time.monotonic() > deadline)
     took = time.monotonic() - began
     for key, verdict in verdicts.items():
         if isinstance(verdict, NotLinearizable):

@@ -34,15 +34,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .history import Kind, Op, Outcome
 
 __all__ = ["Linearizable", "NotLinearizable", "Undecided", "Verdict", "check_keys",
            "check_register", "prune", "register_ops"]
+
+
+Stop = Callable[[], bool]  # asked now and then: has the caller's wall-clock budget run out?
 
 
 @dataclass(frozen=True)
@@ -131,13 +133,13 @@ def prune(ops: Iterable[Op]) -> list[Op]:
 
 
 def check_register(key: int, ops: Sequence[Op], initial: int | None = None,
-                   budget: int = 500_000, *, seconds: float | None = None) -> Verdict:
+                   budget: int = 500_000, *, out_of_time: Stop | None = None) -> Verdict:
     """Search an order for one key's operations (any order of ``ops``; refused ones and
     reads without an answer are ignored). ``budget``: states to search before giving up;
-    ``seconds``: wall-clock time to search for before giving up (None: no limit; a verdict
-    that depends on the machine's speed, so the tests use ``budget``)."""
-    deadline = math.inf if seconds is None else time.monotonic() + seconds
-    return _Search(key, prune(relevant(ops)), initial).run(budget, deadline)
+    ``out_of_time``: asked now and then whether to give up (a wall-clock budget, kept by the
+    caller so that the search reads no clock; a verdict that depends on the machine's speed,
+    so the tests use ``budget``)."""
+    return _Search(key, prune(relevant(ops)), initial).run(budget, out_of_time or _never)
 
 
 def register_ops(ops: Iterable[Op]) -> dict[int, list[Op]]:
@@ -153,17 +155,21 @@ def register_ops(ops: Iterable[Op]) -> dict[int, list[Op]]:
             if any(op.kind is not Kind.INSERT for op in key_ops)}
 
 
-def check_keys(ops: Iterable[Op], budget: int = 500_000, seconds: float | None = None
+def check_keys(ops: Iterable[Op], budget: int = 500_000, out_of_time: Stop | None = None
                ) -> dict[int, Verdict]:
     """Every register's verdict (``register_ops``), by key. ``budget``: states per key;
-    ``seconds``: wall-clock time for all of them (a key reached after it ran out is
+    ``out_of_time``: one wall-clock budget for all of them (a key reached after it ran out is
     ``Undecided`` with no state searched)."""
-    deadline = math.inf if seconds is None else time.monotonic() + seconds
+    stop = out_of_time or _never
     verdicts: dict[int, Verdict] = {}
     for key, key_ops in register_ops(ops).items():
-        left = None if seconds is None else max(0.0, deadline - time.monotonic())
-        verdicts[key] = check_register(key, key_ops, budget=budget, seconds=left)
+        verdicts[key] = (Undecided(key, 0, "seconds") if stop()
+                         else check_register(key, key_ops, budget=budget, out_of_time=stop))
     return verdicts
+
+
+def _never() -> bool:
+    return False
 
 
 def _value(value: int | None) -> str:
@@ -239,7 +245,7 @@ class _Search:
         writes.sort(key=lambda j: -self.returns[j])
         return unknown + writes
 
-    def run(self, budget: int, deadline: float) -> Verdict:
+    def run(self, budget: int, out_of_time: Stop) -> Verdict:
         if self.total == 0:
             return Linearizable(self.key, 1)
         ok = [op.outcome is Outcome.OK for op in self.ops]
@@ -280,7 +286,7 @@ class _Search:
                 best = (done, placed.copy(), value, by)
             if len(seen) >= budget:
                 return Undecided(self.key, len(seen))
-            if not len(seen) & 1023 and time.monotonic() > deadline:
+            if not len(seen) & 1023 and out_of_time():
                 return Undecided(self.key, len(seen), "seconds")
             masks.append(mask)
             values.append(value)

@@ -396,11 +396,15 @@ class Nemesis:
                 "partition": self.partition}[step.kind](step.target)
 
 
-async def run_schedule(nemesis: Nemesis, steps: Sequence[Step]) -> list[FaultEvent]:
+async def run_schedule(nemesis: Nemesis, steps: Sequence[Step],
+                       before: Callable[[Step], None] | None = None) -> list[FaultEvent]:
     """Each step at its time from the nemesis's t0, ended after its seconds; blocking work
-    (signals, iptables, a restart) runs off the event loop, so the clients keep going."""
+    (signals, iptables, a restart) runs off the event loop, so the clients keep going.
+    ``before``: called (off the loop) right before each step begins."""
     async def one(step: Step) -> FaultEvent:
         await asyncio.sleep(max(0.0, step.at - nemesis.now()))
+        if before is not None:
+            await asyncio.to_thread(before, step)
         event = await asyncio.to_thread(nemesis.begin, step)
         if event.undo is not None:
             await asyncio.sleep(max(0.0, step.seconds - (nemesis.now() - event.start)))

@@ -110,14 +110,21 @@ async def _run(url: str, target: Target, steps: Sequence[Step], seconds: float,
     history = History()
     before = await read_back(url, workload.ids)
     workload = dataclasses.replace(workload, taken=frozenset(before))
+    revived: list[dict[str, tuple[int, float]]] = []
+
+    def keep_revivals(step: Step) -> None:
+        """A power loss restarts the balancer and its /metrics: what it counted is kept."""
+        if step.kind == "power_loss":
+            revived.append(revival_seconds(url))
+
     with Nemesis(target) as nemesis:
         await asyncio.gather(workload.run(seconds, history, nemesis.t0),
-                             run_schedule(nemesis, steps))
+                             run_schedule(nemesis, steps, keep_revivals))
         held = await read_back(url, workload.ids)
         held_at = nemesis.now()
         run = FaultRun(read_consistency, seconds, history, nemesis.events, held,
                        check(history, held, held_at, before=before),
-                       revival=revival_seconds(url))
+                       revival=_added([*revived, revival_seconds(url)]))
         if power_loss:
             event = await asyncio.to_thread(nemesis.power_loss)
             await asyncio.to_thread(nemesis.end, event)
@@ -126,6 +133,15 @@ async def _run(url: str, target: Target, steps: Sequence[Step], seconds: float,
             run.after_power_loss = check(history, run.held_after_power_loss, nemesis.now(),
                                          before=before, earlier=[(held_at, held)])
     return run
+
+
+def _added(counts: Sequence[dict[str, tuple[int, float]]]) -> dict[str, tuple[int, float]]:
+    total: dict[str, tuple[int, float]] = {}
+    for phases in counts:
+        for phase, (n, seconds) in phases.items():
+            before_n, before_s = total.get(phase, (0, 0.0))
+            total[phase] = (before_n + n, before_s + seconds)
+    return total
 
 
 def run_faults(stack: BalancerProcess, steps: Sequence[Step], seconds: float, *,

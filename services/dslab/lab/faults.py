@@ -258,8 +258,11 @@ def shard_back(run: FaultRun) -> dict[str, float] | None:
     loss = next((e for e in run.events if e.kind == "shard_loss"), None)
     if loss is None:
         return None
+    # begun once the kill was done (the event ends then): one begun between the nemesis's
+    # decision and its signals may still have been served by the servers about to die
+    done = loss.start if loss.end is None else loss.end
     ok = [op for op in run.history if shard_of(op.key) == loss.target
-          and op.outcome is Outcome.OK and op.start > loss.start]
+          and op.outcome is Outcome.OK and op.start > done]
     if not ok:
         return {"back_s": math.inf}
     back = min(op.end for op in ok) - loss.start
