@@ -238,3 +238,21 @@ def test_db_kill_and_refill_reports_equal_counts_on_every_replica():
     for shard in ("sh1", "sh3"):
         held = after[after.shard == shard]
         assert result["replacement"] in set(held.server) and held.rows.nunique() == 1
+
+
+def test_the_lab_runs_the_default_plane_where_it_routes_the_configuration():
+    """A configuration the native plane routes runs on it, as the default does; one it cannot
+    route, or one pinned for a comparison, on the Python plane, and the report line says why."""
+    from dslab.balancer import native
+
+    ring = lb.HashConfig("seed")
+    maglev = lb.HashConfig("m", "blake2b", algorithm="maglev")
+    bounded = lb.HashConfig("seed, bounded", balance_factor=1.25)
+    pinned = lb.HashConfig("pinned", plane="python")
+    if native.available():
+        assert ring.plane_used() == ("native", None)
+        assert "--plane" in ring.args(3) and ring.args(3)[ring.args(3).index("--plane") + 1] == "auto"
+    assert maglev.plane_used()[0] == bounded.plane_used()[0] == pinned.plane_used()[0] == "python"
+    note = lb.plane_note([maglev, bounded, pinned])
+    assert "ring algorithm only" in note and "bounded loads" in note and "pinned" in note
+    assert "*seed, bounded*" in note  # a name with a comma stays whole

@@ -50,15 +50,17 @@ __all__ = [
 ]
 
 # The configurations A-4 compares, by label (a notebook parameter picks some by label).
+# Compared on one plane, the Python one: it routes every algorithm and bounded loads (the
+# native plane, the default's, routes the ring without bounds only).
 CONFIGS: dict[str, HashConfig] = {c.label: c for c in [
-    HashConfig("ring seed"),  # the assignment's: its quadratic hash, K = 9 on 512 slots
-    HashConfig("ring K9", "blake2b"),
-    HashConfig("ring K100", "blake2b", vnodes=100, slots=4096),
-    HashConfig("maglev", "blake2b", algorithm="maglev"),
-    HashConfig("rendezvous", "blake2b", algorithm="rendezvous"),
-    HashConfig("multi-probe", "blake2b", algorithm="multiprobe"),
-    HashConfig("jump", "blake2b", algorithm="jump"),
-    HashConfig("ring seed bounded 1.25", balance_factor=1.25),
+    HashConfig("ring seed", plane="python"),  # the assignment's: its quadratic hash, K = 9 on 512 slots
+    HashConfig("ring K9", "blake2b", plane="python"),
+    HashConfig("ring K100", "blake2b", vnodes=100, slots=4096, plane="python"),
+    HashConfig("maglev", "blake2b", algorithm="maglev", plane="python"),
+    HashConfig("rendezvous", "blake2b", algorithm="rendezvous", plane="python"),
+    HashConfig("multi-probe", "blake2b", algorithm="multiprobe", plane="python"),
+    HashConfig("jump", "blake2b", algorithm="jump", plane="python"),
+    HashConfig("ring seed bounded 1.25", balance_factor=1.25, plane="python"),
 ]}
 
 
@@ -229,9 +231,9 @@ def haproxy_side_by_side(n: int = 5, n_requests: int = 10000, concurrency: int =
     both with 16 points per replica."""
     percent = round(100 * balance_factor)
     # 16 points per replica on the ring, as HAProxy's (BE_WEIGHT_SCALE x weight 1)
-    plain_config = HashConfig("ours", hashes, vnodes=16, slots=4096)
+    plain_config = HashConfig("ours", hashes, vnodes=16, slots=4096, plane="python")
     bounded_config = HashConfig(f"ours c={balance_factor:g}", hashes, vnodes=16, slots=4096,
-                                balance_factor=balance_factor)
+                                balance_factor=balance_factor, plane="python")
     rows: list[dict[str, Any]] = []
     with lb_stack(n, plain_config) as plain, lb_stack(n, bounded_config) as bounded:
         names = replicas(bounded)

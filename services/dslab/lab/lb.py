@@ -20,6 +20,7 @@ import httpx
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..balancer import native
 from ..ring import ConsistentHashRing, HashRing, make_ring
 from ..ring.analysis import loads
 from ..stack import BalancerProcess
@@ -28,11 +29,13 @@ from .progress import RunProgress
 
 __all__ = [
     "HashConfig",
+    "KILL_CONFIG",
     "balance_table",
     "endpoint_tour",
     "grow_to",
     "kill_under_load",
     "lb_stack",
+    "plane_note",
     "reach",
     "replicas",
     "requests_per_server",
@@ -58,10 +61,18 @@ class HashConfig:
     # The experiments compare hashes and replicas, beside HAProxy on one thread: one balancer
     # process keeps the balancer's own speed out of the comparison (bench-lb measures it).
     workers: int = 1
-    # One proxy for every configuration compared: the Python plane routes every algorithm and
-    # bounded loads (the native plane, the ring only), so a difference between two
-    # configurations is theirs, not the planes'.
-    plane: str = "python"
+    # The balancer's default (auto): the native plane where it routes the configuration (the
+    # ring, no bounded loads), the Python plane elsewhere. Experiments that compare
+    # configurations the native plane cannot all route pin "python", so that a difference
+    # between two of them is theirs, not the planes'.
+    plane: str = "auto"
+
+    def plane_used(self) -> tuple[str, str | None]:
+        """(the plane the balancer runs for this configuration, why not the native one)."""
+        if self.plane == "python":
+            return "python", "pinned, to compare configurations the native plane cannot route"
+        why = native.refusal(self.ring([]), self.balance_factor)
+        return ("python", why) if why else ("native", None)
 
     def args(self, n: int) -> list[str]:
         args = ["-n", str(n), "--hash", self.hashes, "--vnodes", str(self.vnodes),
@@ -79,6 +90,23 @@ class HashConfig:
         for name in names:
             ring.add(name)
         return ring
+
+
+KILL_CONFIG = HashConfig("seed")  # A-3's kill under load (it was labelled "blake2b" but hashed with the seed)
+
+
+def plane_note(configs: Sequence[HashConfig]) -> str:
+    """A line for a report: which plane proxied the configurations, and why not the native
+    one (the default's) where it did not; configurations named in italics (names may hold
+    commas)."""
+    groups: dict[tuple[str, str | None, int], list[str]] = {}
+    for config in configs:
+        plane, why = config.plane_used()
+        groups.setdefault((plane, why, config.workers), []).append(f"*{config.label}*")
+    parts = [f"the **{plane}** plane, {workers} worker{'s' if workers != 1 else ''}"
+             + (f" ({why})" if why else "") + ": " + ", ".join(labels)
+             for (plane, why, workers), labels in groups.items()]
+    return "Balancer: " + "; ".join(parts) + "."
 
 
 @contextlib.contextmanager
@@ -194,7 +222,7 @@ def endpoint_tour(balancer: BalancerProcess) -> pd.DataFrame:
 
 def kill_under_load(n: int = 3, seconds: float = 6.0, kill_at: float = 2.0,
                     victim: str | None = None, concurrency: int = 16,
-                    config: HashConfig = HashConfig("blake2b"), seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+                    config: HashConfig = KILL_CONFIG, seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A-3: continuous GET /home; one replica is SIGKILLed ``kill_at`` seconds in.
 
     Returns one row per request and the events: which replica died and when, which replica
