@@ -18,6 +18,7 @@ from dslab.keeper.upstream import (
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamPool,
+    UpstreamProtocolError,
     UpstreamTimeout,
     format_get,
 )
@@ -245,6 +246,52 @@ def test_send_retries_a_keep_alive_connection_the_server_closed_as_it_was_used()
             server.close()
 
     run(scenario())
+
+
+def test_an_interim_answer_is_skipped_and_a_101_is_a_protocol_error():
+    """As the native plane reads a replica: a 1xx answer is not the answer (the final one
+    follows it), and a 101 is the replica's failure (nothing here asks to switch protocols).
+    A stand-in server, a real TCP peer, sends what no replica here sends."""
+    async def scenario():
+        async def serve(reader, writer):
+            try:
+                while head := await reader.readuntil(b"\r\n\r\n"):
+                    if head.startswith(b"GET /switch "):
+                        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                                     b"Connection: upgrade\r\n\r\n")
+                    else:
+                        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n"
+                                     b"hi")
+                    await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass  # the client closed the connection
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            pool = UpstreamPool("127.0.0.1", port, timeout=10)
+            response = await pool.fetch(format_get("/interim", "s", "1"))
+            assert (response.status, response.body) == (200, b"hi")
+            assert response.headers == [(b"Content-Length", b"2"), (b"X-A", b"1")]
+            with pytest.raises(UpstreamProtocolError, match="101 to a request with no Upgrade"):
+                await pool.fetch(format_get("/switch", "s", "1"))
+            pool.close()
+        finally:
+            server.close()
+
+    run(scenario())
+
+
+def test_a_forwarded_get_says_who_asked_and_how_and_a_heartbeat_does_not():
+    assert format_get("/home?x=1", "Server1", "42", "10.0.0.7") == (
+        b"GET /home?x=1 HTTP/1.1\r\nHost: Server1\r\nX-Request-ID: 42\r\n"
+        b"X-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\r\n")
+    assert format_get("/home", "S", "1", "") == (
+        b"GET /home HTTP/1.1\r\nHost: S\r\nX-Request-ID: 1\r\nX-Forwarded-Proto: http\r\n\r\n")
+    assert format_get("/heartbeat", "S", "0") == (
+        b"GET /heartbeat HTTP/1.1\r\nHost: S\r\nX-Request-ID: 0\r\n\r\n")
 
 
 def test_send_times_out_and_fails_at_once_when_the_pool_closes():

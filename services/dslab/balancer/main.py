@@ -172,7 +172,7 @@ async def run_native(args: argparse.Namespace) -> None:
         await replicas.start([f"Server{i}" for i in range(1, args.replicas + 1)])
         plane = NativePlane(replicas, front, metrics, host=args.host, port=args.port,
                             threads=args.workers, request_timeout=args.request_timeout,
-                            limits=edge_limits(args))
+                            limits=edge_limits(args), exhausted=proxy.exhausted)
         planes.append(plane)
         replicas.on_change = plane.publish
         metrics.count_also(plane)

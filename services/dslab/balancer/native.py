@@ -106,7 +106,9 @@ class NativePlane:
 
     def __init__(self, replicas: ReplicaSet, front: Front, metrics: ProxyMetrics, *,
                  host: str, port: int, threads: int, request_timeout: float,
-                 limits: EdgeLimits) -> None:
+                 limits: EdgeLimits, exhausted: PromCounter) -> None:
+        """``exhausted``: the Python plane's count of connects refused for want of
+        descriptors (``Proxy.exhausted``), which this plane's refusals add to."""
         import dslab_dataplane
 
         ring = replicas.ring
@@ -144,9 +146,7 @@ class NativePlane:
                                       "handed over to this process's front end",
                                       registry=metrics.registry)
         metrics.registry.register(_PlaneCollector(self))
-        self._exhausted = PromCounter("dslab_plane_descriptors_exhausted", "Accepts and upstream "
-                                      "connects the native plane could not make for want of "
-                                      "descriptors", registry=metrics.registry)
+        self._exhausted = exhausted
         self.publish()
         asyncio.get_running_loop().add_reader(self._wake.fileno(), self._drain)
 

@@ -9,6 +9,11 @@ owner's pool sends the request on an idle keep-alive connection and calls back w
 answer, which goes straight to the client. Everything else takes ``answer``, a coroutine that
 connects, fails over along the ring and applies bounded loads: the first request to a replica,
 a failed owner (its failure is counted and reported first), and ``--balance-factor``.
+
+What a replica is sent and what comes back: the request says whom it is forwarded for
+(``format_get``); the answer keeps the replica's end-to-end fields, in its order, after the
+proxy's own (``end_to_end``). A connect that finds no descriptor left is this process's
+condition: 503, and no replica is suspected or tried next (as in the native plane).
 """
 
 from __future__ import annotations
@@ -20,18 +25,20 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, Counter
+
 from ..common.errors import error_body
 from ..common.front import SERVICE_FAILURE, Answer, Direct, FrontRequest, Handler, Respond
 from ..common.metrics import metrics_handler
 from ..keeper.bounded import Loads, bounded_walk
-from ..keeper.errors import UpstreamError
+from ..keeper.errors import OutOfDescriptors, UpstreamError
 from ..keeper.routing import NoReplicaAvailable, route
 from ..keeper.upstream import UpstreamPool, UpstreamResponse, format_get
 from ..ring import HashRing, request_number
 from .admin import ADMIN_PATHS
 from .metrics import ProxyMetrics
 
-__all__ = ["Proxy", "Upstreams", "request_id_from"]
+__all__ = ["Proxy", "Upstreams", "end_to_end", "exhausted_counter", "request_id_from"]
 
 
 class Upstreams(Protocol):
@@ -46,6 +53,30 @@ class Upstreams(Protocol):
     def suspect(self, name: str, exc: Exception | None = None) -> None: ...
 
 log = logging.getLogger(__name__)
+
+# Fields a replica's answer does not pass on: the hop-by-hop ones (RFC 9110 §7.6.1), and
+# those the front end writes itself. The native plane's ``http::NOT_PASSED``.
+_NOT_PASSED = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
+    b"upgrade", b"trailer", b"proxy-authenticate", b"proxy-authorization",
+    b"content-length", b"content-type", b"x-served-by"})
+_UNAVAILABLE = error_body("<Error> No replica is available")
+
+
+def end_to_end(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The fields of a replica's answer that go on to the client, as ``Name: value`` lines
+    in its order: all but ``_NOT_PASSED`` and those its Connection fields name."""
+    named = {token.strip(b" \t").lower() for name, value in headers
+             if name.lower() == b"connection" for token in value.split(b",")}
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers
+                     if (lower := name.lower()) not in _NOT_PASSED and lower not in named])
+
+
+def exhausted_counter(registry: CollectorRegistry | None) -> Counter:
+    """One count for both planes (the native plane counts into the proxy's); ``registry``
+    None: a worker's, counted in the workers' shared folder."""
+    return Counter("dslab_plane_descriptors_exhausted", "Accepts (the native plane's) and "
+                   "connects to replicas refused for want of descriptors", registry=registry)
 
 
 def request_id_from(header: bytes | None, uri: str, rng: random.Random) -> str:
@@ -64,7 +95,8 @@ class Proxy:
     """``inflight`` is counted always (the metrics show it); ``metrics`` reads the same one."""
 
     def __init__(self, replicas: Upstreams, inflight: Loads, metrics: ProxyMetrics, *,
-                 rng: random.Random | None = None, balance_factor: float | None = None) -> None:
+                 rng: random.Random | None = None, balance_factor: float | None = None,
+                 exhausted: Counter | None = None) -> None:
         if balance_factor is not None and balance_factor <= 1:
             raise ValueError(f"the balance factor must be above 1, got {balance_factor}")
         self.replicas = replicas
@@ -72,6 +104,8 @@ class Proxy:
         self.balance_factor = balance_factor  # None: the owner always (the assignment's rule)
         self.inflight = inflight
         self.metrics = metrics
+        self.exhausted = (exhausted if exhausted is not None
+                          else exhausted_counter(metrics.registry))
         self._metrics_handler = metrics_handler(self.metrics.registry)
         self._direct = Direct(self._start)
 
@@ -100,27 +134,32 @@ class Proxy:
         token = inflight.take(owner)
         started = time.perf_counter_ns()
 
-        def ended(response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+        def ended(response: UpstreamResponse | None,
+                  error: UpstreamError | OutOfDescriptors | None) -> None:
             inflight.release(token)  # called from the pool's parser: nothing may escape
             try:
-                if response is None:
+                if isinstance(error, OutOfDescriptors):  # a reconnect found none
+                    answer = self._out_of_descriptors(uri, error)
+                elif response is None:
                     self._failed(owner, error or UpstreamError("no answer"))
                     self._answer_later(request, respond, uri, request_id, failed=owner,
                                        started=started)
                     return
-                answer = self._answered(uri, owner, response, started, retried=False)
+                else:
+                    answer = self._answered(uri, owner, response, started, retried=False)
             except Exception:
                 log.exception("proxying %s failed", uri)
                 answer = SERVICE_FAILURE
             respond(request, answer)
 
-        if not pool.send(format_get(uri, owner, request_id), ended):
+        if not pool.send(format_get(uri, owner, request_id, request.client), ended):
             inflight.release(token)
             self._answer_later(request, respond, uri, request_id)
 
     def _answer_later(self, request: FrontRequest, respond: Respond, uri: str, request_id: str,
                       failed: str | None = None, started: int | None = None) -> None:
-        task = asyncio.ensure_future(self.answer(uri, request_id, failed=failed, started=started))
+        task = asyncio.ensure_future(self.answer(uri, request_id, failed=failed, started=started,
+                                                 client=request.client))
 
         def answered(task: asyncio.Task[Answer]) -> None:
             if task.cancelled():
@@ -138,10 +177,10 @@ class Proxy:
         self.replicas.suspect(name, exc)
 
     async def answer(self, uri: str, request_id: str, *, failed: str | None = None,
-                     started: int | None = None) -> Answer:
+                     started: int | None = None, client: str = "") -> Answer:
         """``failed``: the owner, tried already and failed (counted and reported): the rest
         of the ring is tried, from the next replica clockwise. ``started``: when the request
-        began (``time.perf_counter_ns``), if before this."""
+        began (``time.perf_counter_ns``), if before this. ``client``: the client's address."""
         replicas, inflight = self.replicas, self.inflight
         rid = request_number(request_id)
         started = time.perf_counter_ns() if started is None else started
@@ -150,7 +189,7 @@ class Proxy:
         async def fetch(name: str) -> UpstreamResponse:
             token = inflight.take(name)  # with the choice, no await between: the bound needs it
             try:
-                return await replicas.fetch(name, format_get(uri, name, request_id))
+                return await replicas.fetch(name, format_get(uri, name, request_id, client))
             finally:
                 inflight.release(token)
 
@@ -171,8 +210,16 @@ class Proxy:
             after = f" (after {failed})" if failed is not None else ""
             log.warning("no replica could serve %s: %s%s", uri, exc, after)
             self.metrics.unavailable.inc()
-            return Answer(503, error_body("<Error> No replica is available"))
+            return Answer(503, _UNAVAILABLE)
+        except OutOfDescriptors as exc:  # not the replica's failure: 503, no one suspected
+            return self._out_of_descriptors(uri, exc)
         return self._answered(uri, name, response, started, retried)
+
+    def _out_of_descriptors(self, uri: str, exc: OutOfDescriptors) -> Answer:
+        log.warning("cannot proxy %s: %s", uri, exc)
+        self.exhausted.inc()
+        self.metrics.unavailable.inc()
+        return Answer(503, _UNAVAILABLE)
 
     def _answered(self, uri: str, name: str, response: UpstreamResponse, started: int,
                   retried: bool) -> Answer:
@@ -184,4 +231,5 @@ class Proxy:
             return Answer(
                 400, error_body(f"<Error> '{path}' endpoint does not exist in server replicas"),
                 served_by=name)
-        return Answer(response.status, response.body, response.content_type, name)
+        return Answer(response.status, response.body, response.content_type, name,
+                      end_to_end(response.headers))

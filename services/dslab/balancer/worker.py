@@ -32,7 +32,7 @@ from ..ring import HashRing
 from .admin import make_admin_app
 from .channel import Ack, Call, Hello, Listening, Membership, Reply, Suspect, receive, write_now
 from .metrics import ProxyMetrics, SharedFolder
-from .proxy import Proxy
+from .proxy import Proxy, exhausted_counter
 from .sharedload import SharedInFlight
 
 __all__ = ["WorkerReplicas", "main"]
@@ -150,10 +150,11 @@ async def run(channel_fd: int) -> None:
     write_now(writer, Ack(first.version))
     metrics = ProxyMetrics(inflight, [KeeperCollector(replicas)],
                           shared=SharedFolder(hello.state_dir, hello.index, hello.workers))
-    proxy = Proxy(replicas, inflight, metrics, balance_factor=hello.balance_factor)
+    proxy = Proxy(replicas, inflight, metrics, balance_factor=hello.balance_factor,
+                  exhausted=exhausted_counter(None))  # counted in the shared folder
     front = Front(proxy.route, make_admin_app(replicas, hello.admin_token),
                   max_body=hello.max_body, limits=hello.limits)
-    raise_fd_limit()
+    log.info("open-file limit: %d", raise_fd_limit())
     server = await start_front(front, bind_socket(hello.host, hello.port, reuse_port=True))
     write_now(writer, Listening(os.getpid()))
 

@@ -78,25 +78,29 @@ _LINGER = 1.0  # seconds a refused connection's unread input is drained before i
 
 
 class Answer:
-    """What a hot-path handler sends back."""
+    """What a hot-path handler sends back. ``headers``: more fields, as ``Name: value\\r\\n``
+    lines (a proxied answer's end-to-end fields), written after the front end's own."""
 
-    __slots__ = ("body", "content_type", "served_by", "status")
+    __slots__ = ("body", "content_type", "headers", "served_by", "status")
 
     def __init__(self, status: int, body: bytes, content_type: bytes | None = _JSON,
-                 served_by: str = "") -> None:
+                 served_by: str = "", headers: bytes = b"") -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.served_by = served_by
+        self.headers = headers
 
 
 class FrontRequest:
-    """A request as parsed; ``uri`` is ``url`` decoded, once its headers are in."""
+    """A request as parsed; ``uri`` is ``url`` decoded, once its headers are in. ``client``:
+    the address of the client that sent it ("" when it is not an IP address)."""
 
-    __slots__ = ("answered", "body", "body_size", "header_bytes", "headers", "hosts",
+    __slots__ = ("answered", "body", "body_size", "client", "header_bytes", "headers", "hosts",
                  "keep_alive", "method", "request_id", "uri", "url", "version")
 
-    def __init__(self) -> None:
+    def __init__(self, client: str = "") -> None:
+        self.client = client
         self.answered = False
         self.url = b""
         self.uri = ""
@@ -184,6 +188,7 @@ class _FrontProtocol(asyncio.Protocol):
         self._on_close = on_close  # counted elsewhere (the native plane): told when closed
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._client = ""  # the peer's address, once connected
         self._current = FrontRequest()
         self._queue: deque[FrontRequest] = deque()
         self._busy = False
@@ -202,6 +207,9 @@ class _FrontProtocol(asyncio.Protocol):
     # ---- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:  # an IP address; IPv6 without its zone, as Rust
+            self._client = str(peer[0]).partition("%")[0]  # writes it
         if self._on_close is None and len(self._front.connections) >= self._limits.max_connections:
             self._front.refused += 1
             self._reject(503, f"<Error> Too many connections: this process holds "
@@ -254,7 +262,7 @@ class _FrontProtocol(asyncio.Protocol):
 
     # ---- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._current = FrontRequest()
+        self._current = FrontRequest(self._client)
         self._receiving = True
         self._arm(self._limits.header_timeout, self._too_slow, "headers")
 
@@ -330,7 +338,8 @@ class _FrontProtocol(asyncio.Protocol):
         if request.answered:
             return  # a Direct handler that answered, then raised: its answer stands
         request.answered = True
-        self._write(answer.status, answer.body, answer.content_type, answer.served_by, request)
+        self._write(answer.status, answer.body, answer.content_type, answer.served_by, request,
+                    answer.headers)
         self._served()
 
     def _failed(self, request: FrontRequest) -> None:
@@ -381,13 +390,15 @@ class _FrontProtocol(asyncio.Protocol):
             self._arm(self._limits.idle_timeout, self.close)
 
     def _write(self, status: int, body: bytes, content_type: bytes | None, served_by: str,
-               request: FrontRequest) -> None:
+               request: FrontRequest, headers: bytes = b"") -> None:
         head = [b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n"
                 % (status, _REASONS.get(status, b"Unknown"), len(body))]
         if content_type is not None:
             head.append(b"Content-Type: %s\r\n" % content_type)
         if served_by:
             head.append(b"X-Served-By: %s\r\n" % served_by.encode("latin-1"))
+        if headers:
+            head.append(headers)
         self._finish_write(head, body, request)
 
     def _write_raw(self, status: int, headers: list[tuple[str, str]], body: bytes,
@@ -555,7 +566,8 @@ async def serve(front: Front, host: str, port: int, ready_fd: int | None, *,
     listen on ``host:port`` with ``front``, tell ``listening`` and the supervisor (``ready_fd``)
     the port; on SIGINT or SIGTERM stop listening, drop the open connections, then ``stop``.
     A start that fails is stopped too, so nothing it began is left running."""
-    raise_fd_limit()  # every connection is a descriptor: take what the system allows
+    # Every connection is a descriptor: take what the system allows.
+    log.info("open-file limit: %d", raise_fd_limit())
     servers: list[asyncio.Server] = []
 
     async def start_then_listen() -> int:

@@ -7,11 +7,17 @@
     └── UpstreamProtocolError  the replica sent something that is not HTTP
 
 Pure: the router (``routing.py``) decides "try the next replica" on these alone.
+
+``OutOfDescriptors`` is outside the tree on purpose: a connect that found no descriptor
+(EMFILE, ENFILE) is this process's condition, not the replica's. Nothing that catches
+``UpstreamError`` takes it for a replica's failure: no replica is suspected or tried next
+(the proxy answers 503), and a heartbeat that meets it counts no miss.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "OutOfDescriptors",
     "UpstreamClosed",
     "UpstreamConnectError",
     "UpstreamError",
@@ -38,3 +44,7 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     pass
+
+
+class OutOfDescriptors(Exception):
+    """No descriptor for a connection to a replica (EMFILE, ENFILE)."""

@@ -15,14 +15,16 @@ from anything else without importing this client.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httptools
 
 from ..common.deadlines import Sweep, sweep_interval
 from .errors import (
+    OutOfDescriptors,
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamError,
@@ -31,6 +33,7 @@ from .errors import (
 )
 
 __all__ = [
+    "OutOfDescriptors",
     "UpstreamClosed",
     "UpstreamConnectError",
     "UpstreamError",
@@ -49,16 +52,24 @@ class UpstreamResponse:
     status: int
     content_type: bytes | None
     body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # all, in order
 
 
-Done = Callable[[UpstreamResponse | None, UpstreamError | None], None]
+Done = Callable[[UpstreamResponse | None, UpstreamError | OutOfDescriptors | None], None]
 """Called once when an exchange ends: ``(response, None)`` or ``(None, error)``."""
 
 
-def format_get(uri: str, host: str, request_id: str) -> bytes:
-    return (
-        f"GET {uri} HTTP/1.1\r\nHost: {host}\r\nX-Request-ID: {request_id}\r\n\r\n"
-    ).encode("latin-1")
+def format_get(uri: str, host: str, request_id: str, client: str | None = None) -> bytes:
+    """``client``: the address of the client a request is forwarded for (None: the request is
+    the balancer's own, a heartbeat). A forwarded one says who asked and how, as a reverse
+    proxy does (``X-Forwarded-For``, left out when the address is unknown, and
+    ``X-Forwarded-Proto``); the client's own such fields are not passed on."""
+    head = f"GET {uri} HTTP/1.1\r\nHost: {host}\r\nX-Request-ID: {request_id}\r\n"
+    if client is not None:
+        if client:
+            head += f"X-Forwarded-For: {client}\r\n"
+        head += "X-Forwarded-Proto: http\r\n"
+    return (head + "\r\n").encode("latin-1")
 
 
 def format_json_request(method: str, uri: str, host: str, body: bytes) -> bytes:
@@ -73,8 +84,8 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time, ended through a future
     (``send``) or a callback (``start``)."""
 
-    __slots__ = ("_body", "_content_type", "_on_done", "_parser", "_received", "_waiter", "closed",
-                 "deadline", "transport")
+    __slots__ = ("_body", "_content_type", "_headers", "_on_done", "_parser", "_received",
+                 "_waiter", "closed", "deadline", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -82,6 +93,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._on_done: Done | None = None
         self._content_type: bytes | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._received = False
         self.closed = False
@@ -98,6 +110,10 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"bad response from replica: {exc}"))
             self.close()
+        except httptools.HttpParserUpgrade:  # no request of ours asks for one
+            self._fail(UpstreamProtocolError("bad response from replica: 101 to a request "
+                                             "with no Upgrade"))
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -106,9 +122,11 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._content_type = None
+        self._headers = []
         self._body = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
         if len(name) == 12 and name.lower() == b"content-type":
             self._content_type = value
 
@@ -116,13 +134,16 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._parser.get_status_code() < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the final one follows
         response = UpstreamResponse(self._parser.get_status_code(), self._content_type,
-                                    b"".join(self._body))
+                                    b"".join(self._body), self._headers)
         if not self._parser.should_keep_alive():
             self.close()
         self._end(response, None)
 
-    def _end(self, response: UpstreamResponse | None, error: UpstreamError | None) -> None:
+    def _end(self, response: UpstreamResponse | None,
+             error: UpstreamError | OutOfDescriptors | None) -> None:
         waiter, self._waiter = self._waiter, None
         on_done, self._on_done = self._on_done, None
         if waiter is not None:
@@ -224,7 +245,8 @@ class UpstreamPool:
                     raise
         return await self._exchange(await self._connect(), raw_request)
 
-    def _closed_while_idle(self, conn: _Connection, error: UpstreamError) -> bool:
+    def _closed_while_idle(self, conn: _Connection,
+                           error: UpstreamError | OutOfDescriptors) -> bool:
         """The replica closed a kept connection as a request went out on it (nothing came
         back): not a failure of the replica, worth one try on a new connection."""
         return (isinstance(error, UpstreamClosed) and not conn.received_anything
@@ -237,6 +259,9 @@ class UpstreamPool:
                 loop.create_connection(_Connection, self.host, self.port), self.timeout
             )
         except (TimeoutError, OSError) as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfDescriptors(f"no descriptor to connect to {self.host}:{self.port}: "
+                                       f"{exc}") from exc
             raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return conn
 
@@ -275,7 +300,8 @@ class UpstreamPool:
             if conn.closed:
                 continue
 
-            def ended(response: UpstreamResponse | None, error: UpstreamError | None,
+            def ended(response: UpstreamResponse | None,
+                      error: UpstreamError | OutOfDescriptors | None,
                       conn: _Connection = conn) -> None:
                 self._busy.discard(conn)
                 if error is None:
@@ -303,7 +329,7 @@ class UpstreamPool:
             error = UpstreamClosed("exchange cancelled") if task.cancelled() else task.exception()
             if error is None:
                 on_done(task.result(), None)
-            elif isinstance(error, UpstreamError):
+            elif isinstance(error, (UpstreamError, OutOfDescriptors)):
                 on_done(None, error)
             else:  # a bug, or the loop going down: say so as a failure of this exchange
                 on_done(None, UpstreamClosed(f"exchange failed: {error!r}"))

@@ -133,6 +133,8 @@ pub struct Answer {
     pub content_type: Option<std::ops::Range<usize>>,
     pub body: std::ops::Range<usize>,
     pub keep_alive: bool,
+    /// The replica's end-to-end fields, as `Name: value\r\n` lines in its order (`passed`).
+    pub headers: Vec<u8>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -193,13 +195,44 @@ pub fn read_answer(buf: &[u8]) -> Reply {
     if buf.len() < end {
         return Reply::Partial;
     }
-    Reply::Complete(Answer { status, content_type, body: head..end, keep_alive })
+    let headers = passed(buf, response.headers);
+    Reply::Complete(Answer { status, content_type, body: head..end, keep_alive, headers })
 }
 
-/// What the client gets, as the Python front end's `_write` frames it.
+/// Fields a replica's answer does not pass on: the hop-by-hop ones (RFC 9110 §7.6.1), and
+/// those the proxy writes itself (`write_answer`).
+const NOT_PASSED: [&str; 12] = [
+    "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+    "trailer", "proxy-authenticate", "proxy-authorization",
+    "content-length", "content-type", "x-served-by",
+];
+
+/// The fields of an answer that go on to the client, as `Name: value\r\n` lines in the
+/// replica's order: all but `NOT_PASSED` and those its Connection fields name. Each value as
+/// llhttp reads it, so the Python plane passes the same bytes (`proxy.end_to_end`).
+fn passed(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<u8> {
+    let connection = || headers.iter().filter(|h| header_is(h.name, "connection"));
+    let mut out = Vec::new();
+    for header in headers {
+        if NOT_PASSED.iter().any(|&n| header_is(header.name, n))
+            || connection().any(|c| has_token(c.value, header.name.as_bytes()))
+        {
+            continue;
+        }
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(as_llhttp_reads(buf, header.value));
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// What the client gets, as the Python front end's `_write` frames it; `passed`: the
+/// replica's end-to-end fields (`Answer::headers`), after the proxy's own.
 #[allow(clippy::too_many_arguments)]
 pub fn write_answer(out: &mut Vec<u8>, status: u16, reason: &[u8], content_type: Option<&[u8]>,
-                    served_by: &[u8], body: &[u8], keep_alive: bool, http10: bool) {
+                    served_by: &[u8], passed: &[u8], body: &[u8], keep_alive: bool,
+                    http10: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_number(out, u64::from(status));
     out.push(b' ');
@@ -217,6 +250,7 @@ pub fn write_answer(out: &mut Vec<u8>, status: u16, reason: &[u8], content_type:
         out.extend_from_slice(served_by);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(passed);
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if http10 {
@@ -382,6 +416,21 @@ mod tests {
         write_get(&mut out, b"/home?x=1", b"Server1", b"42", b"10.0.0.7");
         assert_eq!(out, b"GET /home?x=1 HTTP/1.1\r\nHost: Server1\r\nX-Request-ID: 42\r\n\
                           X-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\r\n");
+    }
+
+    #[test]
+    fn end_to_end_fields_are_passed_back_and_hop_by_hop_ones_dropped() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Type: a/b\r\nCache-Control: no-store \r\n\
+                       Connection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nx-hop: 1\r\n\
+                       X-Served-By: spoof\r\nTE: trailers\r\nETag: \"1\"\r\n\
+                       Content-Length: 0\r\n\r\n";
+        let Reply::Complete(a) = read_answer(answer) else { panic!() };
+        assert_eq!(a.headers, b"Cache-Control: no-store \r\nETag: \"1\"\r\n");
+        let mut out = vec![];
+        write_answer(&mut out, 200, b"OK", Some(b"a/b"), b"S1", &a.headers, b"", false, false);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Type: a/b\r\n\
+                          X-Served-By: S1\r\nCache-Control: no-store \r\nETag: \"1\"\r\n\
+                          Connection: close\r\n\r\n");
     }
 
     #[test]

@@ -410,7 +410,7 @@ impl Thread {
                         events.exhausted += 1;
                         events.unavailable += 1;
                     });
-                    http::write_answer(out, 503, self.reason(503), Some(&config.json), b"",
+                    http::write_answer(out, 503, self.reason(503), Some(&config.json), b"", b"",
                                        &config.unavailable, get.keep_alive, get.http10);
                     return;
                 }
@@ -425,7 +425,7 @@ impl Thread {
             }
         }
         self.shared.count(|events| events.unavailable += 1);
-        http::write_answer(out, 503, self.reason(503), Some(&config.json), b"",
+        http::write_answer(out, 503, self.reason(503), Some(&config.json), b"", b"",
                            &config.unavailable, get.keep_alive, get.http10);
     }
 
@@ -446,13 +446,13 @@ impl Thread {
             http::push_json_latin1(&mut body, path);
             body.extend_from_slice(&config.not_found.1);
             http::write_answer(out, 400, self.reason(400), Some(&config.json), name.as_bytes(),
-                               &body, get.keep_alive, get.http10);
+                               b"", &body, get.keep_alive, get.http10);
             return;
         }
         let content_type = answer.content_type.clone().map(|r| &buf[r]);
         http::write_answer(out, answer.status, self.reason(answer.status), content_type,
-                           name.as_bytes(), &buf[answer.body.clone()], get.keep_alive,
-                           get.http10);
+                           name.as_bytes(), &answer.headers, &buf[answer.body.clone()],
+                           get.keep_alive, get.http10);
     }
 
     /// One exchange with `name`, on a kept connection or a new one, within the request timeout.
