@@ -62,6 +62,13 @@ class KeptWrites:
     def resume_reading(self) -> None:
         pass
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """A client on loopback (the front reads its address for X-Forwarded-For)."""
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
 
 def _metrics(inflight, shared: Path | None):
     """This checkout's ProxyMetrics, whichever signature it has."""

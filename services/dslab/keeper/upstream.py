@@ -64,12 +64,13 @@ def format_get(uri: str, host: str, request_id: str, client: str | None = None) 
     the balancer's own, a heartbeat). A forwarded one says who asked and how, as a reverse
     proxy does (``X-Forwarded-For``, left out when the address is unknown, and
     ``X-Forwarded-Proto``); the client's own such fields are not passed on."""
-    head = f"GET {uri} HTTP/1.1\r\nHost: {host}\r\nX-Request-ID: {request_id}\r\n"
-    if client is not None:
-        if client:
-            head += f"X-Forwarded-For: {client}\r\n"
-        head += "X-Forwarded-Proto: http\r\n"
-    return (head + "\r\n").encode("latin-1")
+    if client:  # one string formatted, on the hot path
+        return (f"GET {uri} HTTP/1.1\r\nHost: {host}\r\nX-Request-ID: {request_id}\r\n"
+                f"X-Forwarded-For: {client}\r\nX-Forwarded-Proto: http\r\n\r\n"
+                ).encode("latin-1")
+    forwarded = "" if client is None else "X-Forwarded-Proto: http\r\n"
+    return (f"GET {uri} HTTP/1.1\r\nHost: {host}\r\nX-Request-ID: {request_id}\r\n"
+            f"{forwarded}\r\n").encode("latin-1")
 
 
 def format_json_request(method: str, uri: str, host: str, body: bytes) -> bytes:
