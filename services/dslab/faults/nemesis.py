@@ -29,6 +29,7 @@ import functools
 import signal
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -44,6 +45,10 @@ __all__ = ["FAULTS", "DockerTarget", "FaultEvent", "Gone", "Nemesis", "NodeTarge
 
 FAULTS = ("kill", "pause", "partition", "lossy", "shard_loss", "power_loss", "node_kill",
           "node_cut")
+
+
+# One thread that lives as long as this process, for the processes a nemesis starts again.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dslab-nemesis-spawner")
 
 
 class Gone(LookupError):
@@ -91,7 +96,10 @@ class _StackTarget:
             self.stack.proc.wait()
 
     def power_on(self) -> None:
-        self.stack.start()
+        # On the spawner thread: the balancer asks to die with its parent (PR_SET_PDEATHSIG),
+        # and Linux means the parent *thread*; started from a thread of asyncio's pool, the
+        # restarted stack got SIGTERM when the pool's threads ended with the run.
+        _SPAWNER.submit(self.stack.start).result()
 
 
 class ProcessTarget(_StackTarget):
