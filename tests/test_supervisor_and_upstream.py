@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
+import socket
 import sys
 
 import psutil
@@ -181,6 +183,50 @@ def test_closing_a_pool_fails_requests_in_flight_at_once():
             with pytest.raises(UpstreamClosed):
                 await asyncio.wait_for(pending, 2)
             os.kill(sup.pid("F1"), signal.SIGCONT)
+
+    run(scenario())
+
+
+@contextlib.contextmanager
+def unanswered_port():
+    """A port whose connects hang, as a gone node's do: a listener that never accepts, its
+    accept queue filled, so the kernel drops every further SYN."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_closing_a_pool_fails_a_connect_that_hangs_at_once():
+    """An evicted replica's requests fail now even while their connect hangs, instead of
+    holding a shard's write (and its lock) for the whole request timeout."""
+    async def scenario():
+        with unanswered_port() as port:
+            short = UpstreamPool("127.0.0.1", port, timeout=0.3)
+            with pytest.raises(UpstreamConnectError):  # the connect does hang
+                await short.fetch(format_get("/home", "H1", "1"))
+            pool = UpstreamPool("127.0.0.1", port, timeout=30)
+            pending = asyncio.ensure_future(pool.fetch(format_get("/home", "H1", "1")))
+            await asyncio.sleep(0.2)
+            assert not pending.done()
+            pool.close()
+            with pytest.raises(UpstreamClosed):
+                await asyncio.wait_for(pending, 2)
+            caller = asyncio.ensure_future(UpstreamPool("127.0.0.1", port, timeout=30).fetch(
+                format_get("/home", "H1", "1")))
+            await asyncio.sleep(0.2)
+            caller.cancel()  # the caller's own cancel stays a cancel
+            with pytest.raises(asyncio.CancelledError):
+                await caller
 
     run(scenario())
 

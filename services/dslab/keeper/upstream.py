@@ -227,6 +227,7 @@ class UpstreamPool:
                             lambda: bool(self._busy) and not self._closed)
         self._idle: deque[_Connection] = deque()
         self._busy: set[_Connection] = set()
+        self._connecting: set[asyncio.Future[tuple[asyncio.BaseTransport, _Connection]]] = set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # ``send``'s: Python 3.11's
         # get_running_loop() makes a getpid() system call each time
@@ -234,7 +235,7 @@ class UpstreamPool:
     async def fetch(self, raw_request: bytes) -> UpstreamResponse:
         """Send one request; a reused connection that the replica had closed is retried once."""
         if self._closed:
-            raise UpstreamClosed(f"replica {self.host}:{self.port} left the set")
+            raise self._left()
         while self._idle:
             conn = self._idle.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
@@ -254,17 +255,34 @@ class UpstreamPool:
                 and not self._closed)
 
     async def _connect(self) -> _Connection:
+        """A new connection. The attempt is one the pool can cancel: a replica that leaves while
+        its connect hangs (a node gone, its SYNs unanswered) fails the request now, not after
+        the request timeout."""
         loop = asyncio.get_running_loop()
+        attempt = asyncio.ensure_future(asyncio.wait_for(
+            loop.create_connection(_Connection, self.host, self.port), self.timeout))
+        self._connecting.add(attempt)
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(_Connection, self.host, self.port), self.timeout
-            )
+            _, conn = await attempt
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise self._left() from None  # the pool closed, the caller did not cancel
+            raise
         except (TimeoutError, OSError) as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 raise OutOfDescriptors(f"no descriptor to connect to {self.host}:{self.port}: "
                                        f"{exc}") from exc
             raise UpstreamConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        finally:
+            self._connecting.discard(attempt)
+        if self._closed:  # connected just as the replica left
+            conn.close()
+            raise self._left()
         return conn
+
+    def _left(self) -> UpstreamClosed:
+        return UpstreamClosed(f"replica {self.host}:{self.port} left the set")
 
     async def _exchange(self, conn: _Connection, raw_request: bytes) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
@@ -357,3 +375,5 @@ class UpstreamPool:
             self._idle.pop().close()
         for conn in list(self._busy):
             conn.close()
+        for attempt in list(self._connecting):
+            attempt.cancel()
