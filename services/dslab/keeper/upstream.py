@@ -227,7 +227,7 @@ class UpstreamPool:
                             lambda: bool(self._busy) and not self._closed)
         self._idle: deque[_Connection] = deque()
         self._busy: set[_Connection] = set()
-        self._connecting: set[asyncio.Future[tuple[asyncio.BaseTransport, _Connection]]] = set()
+        self._connecting: set[asyncio.Task[tuple[asyncio.Transport, _Connection]]] = set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # ``send``'s: Python 3.11's
         # get_running_loop() makes a getpid() system call each time

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -23,8 +24,8 @@ from typing import Any
 import tornado.web
 from pymongo import AsyncMongoClient
 
-from ..common.endpoints import json_endpoint
-from ..common.errors import BadRequest, NotFound
+from ..common.endpoints import json_answer, json_endpoint
+from ..common.errors import BadRequest, Conflict, NotFound, Unavailable
 from ..common.front import Answer, Front, FrontRequest, Handler, serve
 from ..common.limits import MAX_BODY
 from ..common.runtime import die_with_parent, install_uvloop
@@ -41,6 +42,11 @@ from ..contract.studdb import (
 )
 from ..engine import LocalEngine
 from ..replica.server import server_id_from_env
+from ..replication import NotPrimary
+from ..replication.wire import ProposeRequest, StepRequest, WireError, decode, encode
+from .changes import encode_change
+from .peers import Replicas
+from .replicas import NotCommitted
 from .rowcache import RowCache
 from .store import ShardStore
 
@@ -52,9 +58,13 @@ log = logging.getLogger("dslab.shard")
 class ShardEndpoints:
     """The shard server's endpoints but /config, on the lean front end (``common/front.py``)."""
 
-    def __init__(self, store: ShardStore, name: str) -> None:
+    def __init__(self, store: ShardStore, name: str, replicas: Replicas | None = None,
+                 commit_timeout: float = 10.0) -> None:
         self.store = store
         self.name = name
+        self.replicas = replicas or Replicas(name, store, heartbeat_interval=0.1,
+                                             request_timeout=5.0)
+        self.commit_timeout = commit_timeout
         self._routes: dict[tuple[bytes, str], Handler] = {
             (b"GET", "/heartbeat"): self.heartbeat,
             (b"GET", "/copy"): json_endpoint(CopyRequest, self.copy),
@@ -64,6 +74,9 @@ class ShardEndpoints:
             (b"PUT", "/update"): json_endpoint(ShardUpdateRequest, self.update),
             (b"DELETE", "/del"): json_endpoint(ShardDelRequest, self.delete),
             (b"POST", "/erase"): json_endpoint(ShardIdsRequest, self.erase),
+            (b"POST", "/repl/step"): json_endpoint(StepRequest, self.repl_step),
+            (b"POST", "/repl/propose"): json_endpoint(ProposeRequest, self.repl_propose),
+            (b"GET", "/repl/state"): self.repl_state,
         }
 
     def route(self, method: bytes, path: str) -> Handler | None:
@@ -134,6 +147,41 @@ class ShardEndpoints:
         return {"message": f"{len(request.Stud_ids)} Stud_ids erased", "status": "success"}
 
 
+    # ---- replication through the shard's log (--replication majority) --------------------
+    async def repl_step(self, request: StepRequest) -> dict[str, Any]:
+        """A message for this server's replica of the shard: the replies, once journaled."""
+        try:
+            message = decode(request.message)
+        except WireError as exc:
+            raise BadRequest(f"<Error> {exc}") from None
+        if message.to != self.name:
+            raise BadRequest(f"<Error> a message for {message.to} sent to {self.name}")
+        host = self.replicas.host(self.shard(request.shard))
+        try:
+            replies = await host.receive(message, request.peers)
+        except NotCommitted as exc:
+            raise Unavailable(f"<Error> {exc}") from None
+        return {"replies": [encode(reply) for reply in replies], "status": "success"}
+
+    async def repl_propose(self, request: ProposeRequest) -> dict[str, Any]:
+        """A change of the shard's rows, at its primary: answered once committed and applied."""
+        command = encode_change(self.store.schema, request.change)
+        host = self.replicas.host(self.shard(request.shard))
+        try:
+            result = await host.propose(command, self.commit_timeout)
+        except NotPrimary as exc:
+            raise Conflict(f"<Error> {exc}") from None
+        except NotCommitted as exc:
+            raise Unavailable(f"<Error> {exc}") from None
+        return {"result": result, "status": "success"}
+
+    async def repl_state(self, request: FrontRequest) -> Answer:
+        """Every configured shard's replica: its role, term, commit and applied index."""
+        states = [await self.replicas.host(shard).state() for shard in self.store.shards]
+        return json_answer({"replicas": [dataclasses.asdict(s) for s in states],
+                            "status": "success"})
+
+
 class ConfigHandler(JsonHandler):
     def initialize(self, store: ShardStore, name: str) -> None:
         self.store = store
@@ -170,7 +218,9 @@ async def _run(args: argparse.Namespace) -> None:
     client: AsyncMongoClient[Any] = AsyncMongoClient(uri, serverSelectionTimeoutMS=10000,
                                                      retryWrites=False)
     store = ShardStore(client[args.db_name], RowCache(max_rows=args.row_cache_rows))
-    endpoints = ShardEndpoints(store, name)
+    replicas = Replicas(name, store, heartbeat_interval=args.repl_heartbeat_interval,
+                        request_timeout=args.repl_timeout)
+    endpoints = ShardEndpoints(store, name, replicas, commit_timeout=args.commit_timeout)
     front = Front(endpoints.route, make_app(store, name, endpoints.methods()), max_body=MAX_BODY)
 
     def listening(port: int) -> None:
@@ -178,6 +228,7 @@ async def _run(args: argparse.Namespace) -> None:
                  store.shards or "none yet")
 
     async def stop() -> None:
+        await endpoints.replicas.close()
         store.close()
         await client.close()
         if engine is not None:
@@ -201,6 +252,18 @@ def main(argv: list[str] | None = None) -> None:
                         default=int(os.environ.get("ROW_CACHE_ROWS", "200000")),
                         help="reads of a shard of up to this many rows are answered from memory "
                              "(env ROW_CACHE_ROWS; 0: every read asks the engine)")
+    parser.add_argument("--repl-heartbeat-interval", type=float,
+                        default=float(os.environ.get("REPL_HEARTBEAT_INTERVAL", "0.1")),
+                        help="seconds between a primary's heartbeats to its secondaries, which "
+                             "carry the commit index and resend what was lost "
+                             "(env REPL_HEARTBEAT_INTERVAL)")
+    parser.add_argument("--repl-timeout", type=float,
+                        default=float(os.environ.get("REPL_TIMEOUT", "2")),
+                        help="seconds a message to a peer may take (env REPL_TIMEOUT)")
+    parser.add_argument("--commit-timeout", type=float,
+                        default=float(os.environ.get("COMMIT_TIMEOUT", "10")),
+                        help="seconds a change waits for a majority before it is answered "
+                             "503, outcome unknown (env COMMIT_TIMEOUT)")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "WARNING"))
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

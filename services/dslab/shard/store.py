@@ -203,6 +203,12 @@ class ShardStore:
         self.cache.applied(shard, Change(put=tuple(r for r in rows if r["Stud_id"] not in existing)))
         return sorted(existing)
 
+    async def held(self, shard: str, stud_ids: list[int]) -> list[int]:
+        """Which of ``stud_ids`` the shard holds, in order (the ``_id`` index answers)."""
+        with engine_errors(f"Reading {shard}"):
+            found = await self.db[shard].find({"_id": {"$in": stud_ids}}, {"_id": 1}).to_list()
+        return sorted(doc["_id"] for doc in found)
+
     async def _insert(self, shard: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One unordered ``insert_many``; returns the rows whose Stud_id was held. Any other
         failure is raised. The caller translates the engine's errors."""

@@ -1,0 +1,111 @@
+"""The balancer as each shard's manager under ``--replication majority``: it runs the shard's
+elections (``replication/election.py``, docs/replication.md says why it is the elector), with
+its terms kept in the metadata store.
+
+An election: a term above any used, made durable first (``Terms.save``, journaled); a
+``Promise`` to every member, concurrently; once a majority promised, the most up-to-date
+log among them is appointed, with every member's address so it can replicate. A member that
+does not answer within the transport's timeout simply does not count. The manager remembers
+the primary it appointed; the data path sends each shard's writes there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.write_concern import WriteConcern
+
+from ..common.engine_errors import engine_errors
+from ..common.errors import Unavailable
+from ..replication import Appoint, Elector, ElectorOutput, Message
+
+__all__ = ["Terms", "ShardManager", "Send"]
+
+log = logging.getLogger("dslab.db.shardmanager")
+
+Send = Callable[[str, Message, Mapping[str, str] | None], Awaitable[list[Message]]]
+"""Send a message to the server at an address (with the peers' addresses, for an Appoint);
+its replies."""
+
+
+class Terms:
+    """Each shard's highest term, in the metadata store: read at start, saved (journaled)
+    before a term is used, so a restarted balancer never uses a term twice."""
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self.collection = db.with_options(
+            write_concern=WriteConcern(w=1, j=True))["ReplTermT"]
+
+    async def load(self, shard: str) -> int:
+        with engine_errors("Reading a shard's term"):
+            doc = await self.collection.find_one({"_id": shard})
+        return int(doc["term"]) if doc else 0
+
+    async def save(self, shard: str, term: int) -> None:
+        with engine_errors("Saving a shard's term"):
+            await self.collection.update_one({"_id": shard}, {"$max": {"term": term}},
+                                             upsert=True)
+
+
+class ShardManager:
+    def __init__(self, name: str, shard: str, terms: Terms, send: Send) -> None:
+        self.name = name
+        self.shard = shard
+        self.terms = terms
+        self.send = send
+        self.elector: Elector | None = None
+        self.primary: str | None = None
+        self.elections = 0
+        self._electing = asyncio.Lock()
+
+    @property
+    def term(self) -> int:
+        return self.elector.term if self.elector else 0
+
+    async def elect(self, members: Mapping[str, str]) -> str:
+        """A new primary among ``members`` (name to ``host:port``): its name, or a 503 when no
+        majority promised or the one chosen did not accept."""
+        async with self._electing:
+            if self.elector is None:
+                self.elector = Elector(self.name, await self.terms.load(self.shard))
+            elector = self.elector
+            self.primary = None
+            out = elector.start(tuple(sorted(members)))
+            assert out.persist_term is not None
+            await self.terms.save(self.shard, out.persist_term)
+            self.elections += 1
+            appointed = await self._deliver(out, members)
+            if appointed is None:
+                raise Unavailable(f"<Error> no primary for {self.shard} in term {elector.term}: "
+                                  f"a majority of {len(members)} did not answer")
+            self.primary = appointed
+            log.info("%s: %s is primary of term %d", self.shard, appointed, elector.term)
+            return appointed
+
+    async def _deliver(self, out: ElectorOutput, members: Mapping[str, str]) -> str | None:
+        """Send what the elector asks, feed back the replies, until it appoints or nothing is
+        left to send."""
+        assert self.elector is not None
+        pending = list(out.messages)
+        while pending:
+            results = await asyncio.gather(
+                *(self.send(members[m.to], m, members if isinstance(m, Appoint) else None)
+                  for m in pending), return_exceptions=True)
+            sent, pending = pending, []
+            for message, result in zip(sent, results):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result
+                    log.debug("%s: %s to %s lost: %s", self.shard, type(message).__name__,
+                              message.to, result)
+                    continue  # lost: that member does not count
+                for reply in result:
+                    step = self.elector.step(reply)
+                    if step.appointed is not None:
+                        return step.appointed
+                    pending.extend(step.messages)
+        return None
