@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 
 import httpx
 import psutil
@@ -57,9 +58,9 @@ def assert_error(response: httpx.Response, status: int, message: str | None = No
 
 
 @contextlib.contextmanager
-def seeded_db(state: os.PathLike, rows: list[dict]):
+def seeded_db(state: os.PathLike, rows: list[dict], args: Sequence[str] = ()):
     """A Part 2 stack with the seed's configuration and ``rows``; checked for leaks after."""
-    db = BalancerProcess("dslab.db", args=["--state-dir", str(state)]).start()
+    db = BalancerProcess("dslab.db", args=["--state-dir", str(state), *args]).start()
     try:
         with httpx.Client(base_url=db.url, timeout=60) as client:
             assert client.post("/init", json=seed_init()).status_code == 200

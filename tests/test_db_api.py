@@ -17,10 +17,18 @@ from conftest import (
 )
 from dslab.supervisor import is_dns_label
 
+# Both designs of Part 2 keep the same contract: every test here runs on each.
+REPLICATIONS = ["all", "majority"]
+
+
+@pytest.fixture(params=REPLICATIONS)
+def replication(request) -> str:
+    return request.param
+
 
 @pytest.fixture
-def db(start_db):
-    return start_db()
+def db(start_db, replication):
+    return start_db("--replication", replication)
 
 
 @pytest.fixture
@@ -36,10 +44,11 @@ def seeded(db, client):
     return client
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+@pytest.fixture(scope="module", params=REPLICATIONS)
+def shared(tmp_path_factory, request):
     """One seeded stack for the tests that must leave it as they found it (rejections)."""
-    with seeded_db(tmp_path_factory.mktemp("shared"), [row(2)]) as stack:
+    with seeded_db(tmp_path_factory.mktemp("shared"), [row(2)],
+                   ["--replication", request.param]) as stack:
         yield stack
 
 

@@ -4,7 +4,9 @@
     servers.py     the client of the shard servers
     membership.py  /init /status /add /rm, a restart, replacing servers
     recovery.py    refilling a server, and a shard whose servers all died
-    datapath.py    /read /write /update /del
+    datapath.py    /read /write /update /del (--replication all: every replica, the lock held)
+    majoritypath.py  the same under --replication majority: each shard's primary and its log
+    primaries.py   who is each shard's primary (elections by shardmanager.py)
     keeper/        (shared with Part 1) start, watch, evict, replace: the servers' lifecycle
 
 Locks: membership changes hold the keeper's lock; data changes of a shard hold that shard's
@@ -26,13 +28,18 @@ from ..supervisor import ReplicaSupervisor
 from .datapath import DataPath
 from .fanout import ServerRefused
 from .locks import ShardLocks
+from .majoritypath import MajorityDataPath
 from .membership import ShardMembership
 from .metadata import Metadata
 from .metrics import DbMetrics
+from .primaries import Primaries
 from .servers import Call, ShardServers
+from .shardmanager import Terms
 from .state import ClusterState
 
-__all__ = ["ServerRefused", "ShardCluster"]
+__all__ = ["REPLICATIONS", "ServerRefused", "ShardCluster"]
+
+REPLICATIONS = ("all", "majority")
 
 
 class ShardCluster:
@@ -41,6 +48,7 @@ class ShardCluster:
                  request_timeout: float = 30.0, heartbeat_interval: float = 0.25,
                  heartbeat_timeout: float = 1.0, heartbeat_misses: int = 3,
                  lock_timeout: float = 60.0, read_consistency: str = "linearizable",
+                 replication: str = "all", repl_timeout: float = 2.0,
                  rng: random.Random | None = None,
                  call_server: Call | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -61,8 +69,27 @@ class ShardCluster:
         self.membership.bind(self.keeper)
         self.metrics = DbMetrics(self.keeper)
         self.membership.recovery.observe = lambda phase, s: self.metrics.revival.labels(phase).observe(s)
-        self.data = DataPath(self.state, metadata, self.servers, self.locks, self.keeper.evict,
-                             self.metrics, read_consistency)
+        if replication not in REPLICATIONS:
+            raise ValueError(f"replication {replication!r}: one of {REPLICATIONS}")
+        self.replication = replication
+        self.primaries: Primaries | None = None
+        self.data: DataPath | MajorityDataPath
+        if replication == "all":
+            self.data = DataPath(self.state, metadata, self.servers, self.locks,
+                                 self.keeper.evict, self.metrics, read_consistency)
+        else:
+            if read_consistency != "linearizable":
+                raise ValueError("--replication majority reads at each shard's primary "
+                                 "(linearizable); --read-consistency any with it is not built yet")
+            self.primaries = Primaries(Terms(metadata.db), self.state.live, self.keeper.pool,
+                                       repl_timeout, on_election=self.metrics.elected)
+            self.data = MajorityDataPath(self.state, self.servers, self.locks, self.primaries,
+                                         self.metrics)
+            data = self.data
+
+            async def join(shard: str, name: str) -> None:  # by the log, not a copy
+                await data.join(shard, name, within=request_timeout)
+            self.membership.recovery.join_by_log = join
 
     # What tests and tools read.
     @property
@@ -86,6 +113,8 @@ class ShardCluster:
 
     async def close(self) -> None:
         await self.keeper.close()
+        if self.primaries is not None:
+            self.primaries.close()
 
     # ---- configuration ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .metrics import DbMetrics
 from .servers import ShardServers
 from .state import ClusterState
 
-__all__ = ["READ_CONSISTENCIES", "DataPath"]
+__all__ = ["READ_CONSISTENCIES", "DataPath", "clean_rows", "clash_error"]
 
 READ_CONSISTENCIES = ("linearizable", "any")
 
@@ -86,19 +86,8 @@ class DataPath:
                                             {"shard": shard, "Stud_id": {"low": low, "high": high}})
         return list(answer["data"])
 
-    def _clean_rows(self, data: list[Any]) -> dict[str, list[dict[str, Any]]]:
-        schema = self.state.require_config()
-        rows = [validate_row(schema, row) for row in data]
-        dups = sorted(i for i, n in Counter(r["Stud_id"] for r in rows).items() if n > 1)
-        if dups:
-            raise BadRequest(f"<Error> Stud_id(s) given twice: {_ids(dups)}")
-        groups, homeless = self.state.shardmap.group(rows)
-        if homeless:
-            raise BadRequest(f"<Error> Stud_id(s) outside every shard: {_ids(homeless)}")
-        return {shard: [dict(r) for r in group] for shard, group in groups.items()}
-
     async def write(self, data: list[Any]) -> int:
-        groups = self._clean_rows(data)
+        groups = clean_rows(self.state, data)
         if len(groups) == 1:  # one shard: group commit
             [(shard, rows)] = groups.items()
             return await self.committer.write(shard, rows)
@@ -111,7 +100,7 @@ class DataPath:
         earlier write of the batch waits for it, in a next round: refused if it committed
         (known here, no round trip), tried if it was refused."""
         self.state.live(shard)
-        await commit_in_rounds(batch, functools.partial(self._commit_round, shard), _clash)
+        await commit_in_rounds(batch, functools.partial(self._commit_round, shard), clash_error)
 
     async def _commit_round(self, shard: str, writes: list[Waiting]) -> set[int]:
         """Writes with no id in common, as one bulk insert; the ids found or left stored."""
@@ -141,7 +130,7 @@ class DataPath:
             inserted = [i for w in clashing for i in w.ids if i not in stored]
             await self._erase_on(shard, applied, inserted)
             for waiting, clash in clashing.items():
-                waiting.fail(_clash(clash))
+                waiting.fail(clash_error(clash))
         committed = [w for w in writes if w not in clashing]
         if not committed:
             return stored
@@ -233,7 +222,7 @@ class DataPath:
                 await asyncio.gather(*(self._erase_on(s, names, [
                     r["Stud_id"] for r in groups[s] if r["Stud_id"] not in stored])
                     for s, (names, stored) in done.items()))
-                raise failed[0] if failed else _clash(clash)
+                raise failed[0] if failed else clash_error(clash)
             try:
                 await self._acknowledge({s: (names, len(groups[s]))
                                          for s, (names, _) in done.items()})
@@ -333,7 +322,21 @@ class DataPath:
             raise
 
 
-def _clash(ids: Sequence[int]) -> Conflict:
+def clean_rows(state: ClusterState, data: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    """A write's rows, validated, grouped by shard; a 400 for ids given twice or outside
+    every shard."""
+    schema = state.require_config()
+    rows = [validate_row(schema, row) for row in data]
+    dups = sorted(i for i, n in Counter(r["Stud_id"] for r in rows).items() if n > 1)
+    if dups:
+        raise BadRequest(f"<Error> Stud_id(s) given twice: {_ids(dups)}")
+    groups, homeless = state.shardmap.group(rows)
+    if homeless:
+        raise BadRequest(f"<Error> Stud_id(s) outside every shard: {_ids(homeless)}")
+    return {shard: [dict(r) for r in group] for shard, group in groups.items()}
+
+
+def clash_error(ids: Sequence[int]) -> Conflict:
     return Conflict(f"<Error> Stud_id(s) already exist: {_ids(ids)}; nothing written")
 
 

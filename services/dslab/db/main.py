@@ -31,7 +31,7 @@ from ..keeper.cli import (
 )
 from ..ring import ALGORITHMS, HASH_PAIRS
 from ..supervisor import ReplicaSpec, make_supervisor
-from .cluster import ShardCluster
+from .cluster import REPLICATIONS, ShardCluster
 from .datapath import READ_CONSISTENCIES
 from .http import DataEndpoints, make_app
 from .metadata import Metadata
@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linearizable: a read never overlaps a change of its shard, so it never "
                         "goes back in time; any: any replica at once, faster, and a read may "
                         "see a change the next read does not (env READ_CONSISTENCY)")
+    p.add_argument("--replication", choices=REPLICATIONS, default=env("REPLICATION", "all"),
+                   help="all: a write goes to every replica of its shard under the shard's "
+                        "lock, and is acknowledged once all have it (the assignment's design); "
+                        "majority: each shard's primary logs it and acknowledges once a "
+                        "majority journaled it, so a slow or lost minority costs nothing "
+                        "(env REPLICATION)")
+    p.add_argument("--repl-timeout", type=float, default=float(env("REPL_TIMEOUT", "2")),
+                   help="seconds an election's message to a shard server may take; also given "
+                        "to the shard servers for their messages to each other "
+                        "(env REPL_TIMEOUT)")
     add_capacity_option(p, "--server-cpus", "SERVER_CPUS", "shard server (with its engine)")
     add_heartbeat_options(p, interval=0.25, timeout=1.0, misses=3)
     add_backend_options(p, "--shard-image", "SHARD_IMAGE", "dslab-shard:latest")
@@ -91,12 +101,14 @@ async def run(args: argparse.Namespace) -> None:
     metadata = Metadata(client["dslab_meta"])
     if args.backend == "process":  # engines' data in host folders, one per server
         spec = ReplicaSpec(module="dslab.shard", env={"SHARD_DATA_ROOT": str(servers_dir),
-                                                      "LOG_LEVEL": "WARNING"},
+                                                      "LOG_LEVEL": "WARNING",
+                                                      "REPL_TIMEOUT": str(args.repl_timeout)},
                            cpus=args.server_cpus)
         data_root: Path | None = servers_dir
     else:  # each container keeps its engine's data in a named volume at /data
         spec = ReplicaSpec(module="dslab.shard", image=args.shard_image, data_path="/data",
-                           env={"LOG_LEVEL": "WARNING"}, cpus=args.server_cpus)
+                           env={"LOG_LEVEL": "WARNING", "REPL_TIMEOUT": str(args.repl_timeout)},
+                           cpus=args.server_cpus)
         data_root = None
     supervisor = make_supervisor(args.backend, spec, stack=args.stack,
                                  address=args.docker_address)
@@ -108,7 +120,9 @@ async def run(args: argparse.Namespace) -> None:
     cluster = ShardCluster(supervisor, metadata, data_root=data_root, hashes=args.hash,
                            algorithm=args.algorithm,
                            request_timeout=args.request_timeout,
-                           read_consistency=args.read_consistency, **heartbeat_settings(args))
+                           read_consistency=args.read_consistency,
+                           replication=args.replication, repl_timeout=args.repl_timeout,
+                           **heartbeat_settings(args))
     front = Front(DataEndpoints(cluster).route, make_app(cluster, args.token), max_body=MAX_BODY,
                   limits=edge_limits(args))
 

@@ -3,7 +3,7 @@ its data endpoints, and per shard the writes, rows, batches and lock waits."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..common.metrics import LATENCY_BUCKETS
 from ..keeper.keeper import ReplicaKeeper
@@ -33,7 +33,27 @@ class DbMetrics:
                                  "back (restart) and until the shard serves (serving)",
                                  ["phase"], buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 20, 30),
                                  registry=r)
+        self.elections = Counter("dslab_db_elections", "Elections of a shard's primary "
+                                 "(--replication majority)", ["shard"], registry=r)
+        self.election_seconds = Histogram("dslab_db_election_duration_seconds", "Time to elect "
+                                          "a shard's primary", ["shard"],
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.term = Gauge("dslab_db_shard_term", "The term of a shard's primary", ["shard"],
+                          registry=r)
+        self.primary = Gauge("dslab_db_shard_primary", "1 for each shard's current primary",
+                             ["shard", "server"], registry=r)
+        self._primary_of: dict[str, str] = {}
         r.register(KeeperCollector(keeper))
+
+    def elected(self, shard: str, primary: str, term: int, seconds: float) -> None:
+        self.elections.labels(shard).inc()
+        self.election_seconds.labels(shard).observe(seconds)
+        self.term.labels(shard).set(term)
+        earlier = self._primary_of.get(shard)
+        if earlier is not None and earlier != primary:
+            self.primary.remove(shard, earlier)
+        self._primary_of[shard] = primary
+        self.primary.labels(shard, primary).set(1)
 
     def acknowledged(self, shard: str, writes: int, rows: int, batch: bool) -> None:
         self.writes.labels(shard).inc(writes)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..common.errors import ApiError
 from ..common.limits import MAX_ROWS, chunks
@@ -45,6 +45,10 @@ class ShardRecovery:
         # (phase, seconds) of a revival: "restart" until the first server is back, "serving"
         # until a dead shard serves again; the metrics' (``ShardCluster``)
         self.observe: Callable[[str, float], None] = lambda phase, seconds: None
+        # --replication all: a joining server gets the rows copied (None here). majority: the
+        # shard's log brings it up to date (a copy replayed under the log would not give the
+        # same rows): this joins it, (shard, name)
+        self.join_by_log: Callable[[str, str], Awaitable[None]] | None = None
 
     async def revive_dead_shards(self) -> list[str]:
         """For every shard with no live replica: start its dead in-sync servers again in place,
@@ -141,8 +145,13 @@ class ShardRecovery:
     async def refill(self, target: str, shard: str, *, fresh: bool) -> None:
         """Make ``target``'s copy of ``shard`` equal to a live replica's (GET /copy), then let
         it join the shard's ring. ``fresh``: the target holds nothing yet. The caller holds the
-        shard's lock."""
+        shard's lock. With ``join_by_log`` it joins as it is, and the shard's log brings it up
+        to date."""
         ring = self.state.rings[shard]
+        if self.join_by_log is not None:
+            ring.add(target)
+            await self.join_by_log(shard, target)
+            return
         rows = (await self.servers.ask_one(shard, ring, "GET", "/copy",
                                            {"shards": [shard]}))[shard]
         if not fresh:

@@ -8,6 +8,8 @@ order. Three changes, as the contract's writes:
     {"insert": [row, ...]}               every row, or none if one's Stud_id is held
     {"update": {"Stud_id": id, "row": row}}
     {"delete": id}
+    {"erase": [id, ...]}                 the balancer undoing its insert of a write of several
+                                         shards that another shard refused
 
 Applying is deterministic (the same rows before, the same rows after, on every replica) and
 may be repeated: a replica restarted between applying an entry and recording that it did
@@ -31,7 +33,7 @@ def encode_change(schema: Schema | None, change: dict[str, Any]) -> str:
     if schema is None:
         raise BadRequest("<Error> not configured: POST /config first")
     if len(change) != 1:
-        raise BadRequest("<Error> a change is one of insert, update, delete")
+        raise BadRequest("<Error> a change is one of insert, update, delete, erase")
     [(kind, body)] = change.items()
     if kind == "insert":
         if not isinstance(body, list):
@@ -53,7 +55,12 @@ def encode_change(schema: Schema | None, change: dict[str, Any]) -> str:
         if not isinstance(body, int) or isinstance(body, bool):
             raise BadRequest("<Error> delete takes a Stud_id")
         return json.dumps({"delete": body})
-    raise BadRequest(f"<Error> unknown change {kind!r}: one of insert, update, delete")
+    if kind == "erase":
+        if not isinstance(body, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in body):
+            raise BadRequest("<Error> erase takes a list of Stud_ids")
+        return json.dumps({"erase": body})
+    raise BadRequest(f"<Error> unknown change {kind!r}: one of insert, update, delete, erase")
 
 
 async def apply_change(store: ShardStore, shard: str, command: str) -> Any:
@@ -66,4 +73,6 @@ async def apply_change(store: ShardStore, shard: str, command: str) -> Any:
         return held if held else await store.insert_new(shard, body)
     if kind == "update":
         return await store.update(shard, body["Stud_id"], body["row"])
+    if kind == "erase":
+        return await store.delete_many(shard, body)
     return await store.delete(shard, body)

@@ -84,6 +84,7 @@ class ReplicaHost:
         self._queue: list[_Queued] = []
         self._flusher: asyncio.Task[None] | None = None
         self._waiting: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._readers: list[tuple[int, asyncio.Future[None]]] = []  # (index, until applied)
         self._outbox: dict[str, list[Message]] = {}
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._heartbeats: asyncio.Task[None] | None = None
@@ -115,6 +116,27 @@ class ReplicaHost:
         except TimeoutError:
             raise NotCommitted(f"{self.shard}: entry {entry.index} not committed within "
                                f"{timeout:g} s (no majority answering?)") from None
+
+    async def readable(self, timeout: float) -> None:
+        """Return once this primary's rows hold every change committed before the call: once
+        its term's first entry (the no-op) and the commit index known now are applied.
+        Raises ``NotPrimary``, or ``NotCommitted`` after ``timeout`` seconds."""
+        replica = await self._core()
+        if not replica.is_primary:
+            raise NotPrimary(f"{self.name} is not the primary of {self.shard} "
+                             f"(term {replica.term})")
+        target = replica.commit
+        if replica.log.term_at(replica.commit) != replica.term:
+            target = replica.log.last_index  # the no-op is at or before it
+        if replica.applied >= target:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._readers.append((target, waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            raise NotCommitted(f"{self.shard}: index {target} not applied within {timeout:g} s "
+                               f"(no majority answering?)") from None
 
     async def state(self) -> HostState:
         replica = await self._core()
@@ -160,6 +182,10 @@ class ReplicaHost:
             if not waiter.done():
                 waiter.set_exception(NotCommitted(f"{why}: the change may or may not commit"))
         self._waiting.clear()
+        for _, reader in self._readers:
+            if not reader.done():
+                reader.set_exception(NotPrimary(f"{why}: read it again"))
+        self._readers = []
 
     async def _beat(self, replica: Replica) -> None:
         """The primary's heartbeats: carry the commit index, resend what was lost."""
@@ -224,8 +250,17 @@ class ReplicaHost:
                 else:
                     waiter.set_result(result)
         if entries:
+            applied = entries[-1].index
+            still = []
+            for index, reader in self._readers:
+                if index <= applied:
+                    if not reader.done():
+                        reader.set_result(None)
+                else:
+                    still.append((index, reader))
+            self._readers = still
             try:
-                await self.journal.set_applied(entries[-1].index)
+                await self.journal.set_applied(applied)
             except Exception as exc:  # re-applied after a restart: applying may repeat
                 log.warning("%s %s: recording the applied index failed: %s", self.name,
                             self.shard, exc)

@@ -76,6 +76,7 @@ class ShardEndpoints:
             (b"POST", "/erase"): json_endpoint(ShardIdsRequest, self.erase),
             (b"POST", "/repl/step"): json_endpoint(StepRequest, self.repl_step),
             (b"POST", "/repl/propose"): json_endpoint(ProposeRequest, self.repl_propose),
+            (b"POST", "/repl/read"): json_endpoint(ShardReadRequest, self.repl_read),
             (b"GET", "/repl/state"): self.repl_state,
         }
 
@@ -174,6 +175,18 @@ class ShardEndpoints:
         except NotCommitted as exc:
             raise Unavailable(f"<Error> {exc}") from None
         return {"result": result, "status": "success"}
+
+    async def repl_read(self, request: ShardReadRequest) -> dict[str, Any]:
+        """A linearizable read, at the primary: served once its rows hold every change
+        committed before the read arrived."""
+        shard = self.shard(request.shard)
+        try:
+            await self.replicas.host(shard).readable(self.commit_timeout)
+        except NotPrimary as exc:
+            raise Conflict(f"<Error> {exc}") from None
+        except NotCommitted as exc:
+            raise Unavailable(f"<Error> {exc}") from None
+        return await self.read(request)
 
     async def repl_state(self, request: FrontRequest) -> Answer:
         """Every configured shard's replica: its role, term, commit and applied index."""

@@ -1,0 +1,104 @@
+"""Part 2 under ``--replication majority``, on the process backend: each shard's primary
+logs its changes and acknowledges on a majority. The contract's own tests run on both designs
+(test_db_api.py); these show what only the log can do, each fault's effect asserted: a paused
+secondary delays no write (acknowledged while it is still a member: under ``all`` a write
+waits for it until it is evicted), a killed primary is replaced (the primary changed, the
+term grew) and nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+from conftest import SEED_SERVERS, detection_time, row, seed_init, shard_rows
+
+ARGS = ("--replication", "majority")
+
+
+def primaries(client: httpx.Client) -> dict[str, tuple[str, int]]:
+    """Each elected shard's (primary, term), from /metrics."""
+    text = client.get("/metrics").text
+    terms = {m[1]: int(float(m[2])) for m in
+             re.finditer(r'^dslab_db_shard_term\{shard="(\w+)"\} (\S+)$', text, re.M)}
+    return {m[2]: (m[1], terms[m[2]]) for m in re.finditer(
+        r'^dslab_db_shard_primary\{server="(\w+)",shard="(\w+)"\} 1\.0$', text, re.M)}
+
+
+def evictions(client: httpx.Client) -> int:
+    found = re.search(r"^dslab_evictions_total (\S+)$", client.get("/metrics").text, re.M)
+    assert found is not None
+    return int(float(found[1]))
+
+
+@pytest.fixture
+def seeded(start_db):
+    db = start_db(*ARGS)
+    client = httpx.Client(base_url=db.url, timeout=60)
+    assert client.post("/init", json=seed_init()).status_code == 200
+    yield db, client
+    client.close()
+
+
+def sh1_rows(ids) -> list[dict]:
+    return [row(i) for i in ids]
+
+
+def test_each_shard_gets_a_primary_shown_in_the_metrics(seeded):
+    db, client = seeded
+    assert client.post("/write", json={"data": [row(1), row(5000), row(9000), row(13000)]}
+                       ).status_code == 200
+    elected = primaries(client)
+    assert set(elected) == {"sh1", "sh2", "sh3", "sh4"}
+    for shard, (primary, term) in elected.items():
+        assert shard in SEED_SERVERS[primary] and term == 1
+
+
+def test_a_paused_secondary_delays_no_write(seeded):
+    db, client = seeded
+    assert client.post("/write", json={"data": [row(1)]}).status_code == 200
+    primary, _ = primaries(client)["sh1"]
+    secondary = next(n for n, shards in SEED_SERVERS.items() if "sh1" in shards and n != primary)
+    pid = db.replica_processes()[secondary].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(2, 5):  # well within the heartbeats' detection time
+            assert client.post("/write", json={"data": [row(i)]}).status_code == 200
+            # Acknowledged before anyone was evicted: the write did not wait for the
+            # heartbeats to evict the paused server (under `all` it must).
+            assert evictions(client) == 0, i
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    read = client.post("/read", json={"Stud_id": {"low": 0, "high": 4095}}).json()["data"]
+    assert read == sh1_rows(range(1, 5))
+
+
+def test_a_killed_primary_is_replaced_and_nothing_acknowledged_is_lost(seeded):
+    db, client = seeded
+    rows = sh1_rows(range(1, 40))
+    assert client.post("/write", json={"data": rows}).status_code == 200
+    assert client.put("/update", json={"Stud_id": 7, "data": row(7, 99)}).status_code == 200
+    primary, term = primaries(client)["sh1"]
+    os.kill(db.replica_processes()[primary].pid, signal.SIGKILL)
+
+    assert client.post("/write", json={"data": [row(40)]}).status_code == 200
+    new_primary, new_term = primaries(client)["sh1"]
+    assert new_primary != primary and new_term > term
+    expected = [row(i, 99) if i == 7 else row(i) for i in range(1, 41)]
+    read = client.post("/read", json={"Stud_id": {"low": 0, "high": 4095}}).json()["data"]
+    assert read == expected
+
+    # The heartbeats evict the dead server and a replacement joins sh1 through the log:
+    # it holds every row once it is one of sh1's servers.
+    deadline = time.monotonic() + detection_time("dslab.db", *ARGS) + 60
+    while primary in client.get("/status").json()["servers"] or len(
+            [n for n, s in client.get("/status").json()["servers"].items() if "sh1" in s]) < 3:
+        assert time.monotonic() < deadline, "no replacement joined sh1"
+        time.sleep(0.2)
+    servers = client.get("/status").json()["servers"]
+    newcomer = next(n for n, s in servers.items() if "sh1" in s and n not in SEED_SERVERS)
+    assert shard_rows(db, newcomer, "sh1") == expected
