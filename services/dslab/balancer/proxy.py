@@ -34,7 +34,7 @@ from ..keeper.bounded import Loads, bounded_walk
 from ..keeper.errors import OutOfDescriptors, UpstreamError
 from ..keeper.routing import NoReplicaAvailable, route
 from ..keeper.upstream import UpstreamPool, UpstreamResponse, format_get
-from ..ring import HashRing, request_number
+from ..ring import EmptyRingError, HashRing, request_number
 from .admin import ADMIN_PATHS
 from .metrics import ProxyMetrics
 
@@ -66,23 +66,13 @@ _UNAVAILABLE = error_body("<Error> No replica is available")
 def end_to_end(headers: list[tuple[bytes, bytes]]) -> bytes:
     """The fields of a replica's answer that go on to the client, as ``Name: value`` lines
     in its order: all but ``_NOT_PASSED`` and those its Connection fields name."""
-    # A replica answers with the same fields again and again (its Date changes once a
-    # second): the lines are kept by the fields, which costs a hash instead of a filter.
-    key = tuple(headers)
-    lines = _passed.get(key)
-    if lines is None:
-        if len(_passed) >= _PASSED_KEPT:
-            _passed.clear()
-        named = {token.strip(b" \t").lower() for name, value in headers
-                 if name.lower() == b"connection" for token in value.split(b",")}
-        lines = _passed[key] = b"".join([
-            b"%s: %s\r\n" % (name, value) for name, value in headers
-            if (lower := name.lower()) not in _NOT_PASSED and lower not in named])
-    return lines
+    named = {token.strip(b" \t").lower() for name, value in headers
+             if name.lower() == b"connection" for token in value.split(b",")}
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers
+                     if (lower := name.lower()) not in _NOT_PASSED and lower not in named])
 
 
-_PASSED_KEPT = 256  # distinct answers' fields kept (a few per replica per second)
-_passed: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+_PASSED_KEPT = 256  # distinct answers' fields a proxy keeps (a few per replica per second)
 
 
 def exhausted_counter(registry: CollectorRegistry | None) -> Counter:
@@ -121,6 +111,8 @@ class Proxy:
                           else exhausted_counter(metrics.registry))
         self._metrics_handler = metrics_handler(self.metrics.registry)
         self._direct = Direct(self._start)
+        # ``end_to_end`` of the answers seen, by their heads (``UpstreamResponse.head``).
+        self._passed: dict[bytes, bytes] = {}
 
     def route(self, method: bytes, path: str) -> Handler | Direct | None:
         if method != b"GET":
@@ -132,13 +124,18 @@ class Proxy:
     def _start(self, request: FrontRequest, respond: Respond) -> None:
         """The owner on an idle connection, answered by callback; else ``answer``'s path."""
         uri = request.uri
-        request_id = request_id_from(request.request_id, uri, self.rng)
+        header = request.request_id
+        request_id = (header.decode("latin-1") if header
+                      else request_id_from(None, uri, self.rng))
         replicas = self.replicas
-        ring = replicas.ring
-        if self.balance_factor is not None or not len(ring):
+        if self.balance_factor is not None:
             self._answer_later(request, respond, uri, request_id)
             return
-        owner = ring.lookup(request_number(request_id))
+        try:
+            owner = replicas.ring.lookup(request_number(request_id))
+        except EmptyRingError:
+            self._answer_later(request, respond, uri, request_id)
+            return
         pool = replicas.pool(owner)
         if pool is None:
             self._answer_later(request, respond, uri, request_id)
@@ -151,15 +148,15 @@ class Proxy:
                   error: UpstreamError | OutOfDescriptors | None) -> None:
             inflight.release(token)  # called from the pool's parser: nothing may escape
             try:
-                if isinstance(error, OutOfDescriptors):  # a reconnect found none
+                if response is not None:
+                    answer = self._answered(uri, owner, response, started, retried=False)
+                elif isinstance(error, OutOfDescriptors):  # a reconnect found none
                     answer = self._out_of_descriptors(uri, error)
-                elif response is None:
+                else:
                     self._failed(owner, error or UpstreamError("no answer"))
                     self._answer_later(request, respond, uri, request_id, failed=owner,
                                        started=started)
                     return
-                else:
-                    answer = self._answered(uri, owner, response, started, retried=False)
             except Exception:
                 log.exception("proxying %s failed", uri)
                 answer = SERVICE_FAILURE
@@ -244,5 +241,16 @@ class Proxy:
             return Answer(
                 400, error_body(f"<Error> '{path}' endpoint does not exist in server replicas"),
                 served_by=name)
-        return Answer(response.status, response.body, response.content_type, name,
-                      end_to_end(response.headers))
+        # A replica answers with the same fields again and again (its Date changes once a
+        # second): the lines are kept by the answer's head, which costs a hash (kept in the
+        # head's bytes object) instead of a filter.
+        head = response.head
+        passed = self._passed
+        lines = passed.get(head) if head else None
+        if lines is None:
+            lines = end_to_end(response.headers)
+            if head:
+                if len(passed) >= _PASSED_KEPT:
+                    passed.clear()
+                passed[head] = lines
+        return Answer(response.status, response.body, response.content_type, name, lines)

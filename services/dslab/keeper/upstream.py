@@ -8,6 +8,11 @@ pre-formatted request in one ``write`` and lets httptools (llhttp, in C) parse t
 for the proxy's hot path: on an idle connection it calls back when the answer is parsed, with
 no future and no task at all.
 
+A replica answers with the same status line and fields again and again (its Date changes once a
+second). A connection keeps what llhttp read off a head it parsed whole in one read, with the
+answer's length; a read that is the same head and a body of that length is that answer again,
+taken without parsing it (no callback per field): the same bytes make the same answer.
+
 Its errors are the small tree in ``errors.py``, so the router can tell "try the next replica"
 from anything else without importing this client.
 """
@@ -53,6 +58,10 @@ class UpstreamResponse:
     content_type: bytes | None
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # all, in order
+    # The status line and fields as read, when the connection keeps them (else b""): the same
+    # object for the same head on one connection, a key for what is derived from the fields.
+    # ``headers`` is then shared by the answers with that head: read it, do not change it.
+    head: bytes = b""
 
 
 Done = Callable[[UpstreamResponse | None, UpstreamError | OutOfDescriptors | None], None]
@@ -81,12 +90,19 @@ def format_json_request(method: str, uri: str, host: str, body: bytes) -> bytes:
     ).encode("latin-1") + body
 
 
+_Known = tuple[bytes, int, bytes | None, list[tuple[bytes, bytes]], int, bool]
+"""A head a connection parsed whole in one read: the head (status line and fields, as a key),
+status, Content-Type, fields, the size of the read (head, blank line and body), keep-alive."""
+_KNOWN_KEPT = 4  # heads a connection keeps (a replica's Date moves on once a second)
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time, ended through a future
     (``send``) or a callback (``start``)."""
 
-    __slots__ = ("_body", "_content_type", "_headers", "_on_done", "_parser", "_received",
-                 "_waiter", "closed", "deadline", "transport")
+    __slots__ = ("_began", "_body", "_content_type", "_headers", "_keep_alive", "_known",
+                 "_on_done", "_parser", "_reading", "_received", "_status", "_waiter", "closed",
+                 "deadline", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -97,6 +113,11 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._received = False
+        self._reading = False  # the parser is inside an answer (begun, its final one not done)
+        self._began = 0  # answers begun in the read being parsed
+        self._status = 0  # the last final answer's, as llhttp read it
+        self._keep_alive = True
+        self._known: dict[bytes, _Known] = {}
         self.closed = False
         self.deadline = 0.0  # a coarse-timeout pool's: when the exchange in flight times out
 
@@ -106,6 +127,23 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
+        end = -1
+        if not self._reading:  # an answer begins here
+            end = data.find(b"\r\n\r\n")
+            if end > 0:
+                known = self._known.get(data[:end])
+                if known is not None and len(data) == known[4]:  # that answer again, whole
+                    head, status, content_type, headers, _, keep_alive = known
+                    response = UpstreamResponse(status, content_type, data[end + 4:], headers,
+                                                head)
+                    if not keep_alive:
+                        self.close()
+                    try:
+                        self._end(response, None)
+                    except Exception:  # as a callback raising under the parser: closed
+                        self.close()
+                    return
+        self._began = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -115,6 +153,23 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("bad response from replica: 101 to a request "
                                              "with no Upgrade"))
             self.close()
+        else:
+            if end > 0 and self._began == 1 and not self._reading:  # one answer, ended
+                self._keep_head(data, end)
+
+    def _keep_head(self, data: bytes, end: int) -> None:
+        """The read began with an answer and held no other: if its body is the rest of the
+        read, the answer was framed by its length and ends the read, and its head (``end``:
+        where the blank line is) is kept with what llhttp read off it."""
+        body = b"".join(self._body)
+        if len(data) != end + 4 + len(body):
+            return  # framed otherwise (chunked), or more came after it
+        known = self._known
+        if len(known) >= _KNOWN_KEPT:
+            known.clear()
+        head = data[:end]
+        known[head] = (head, self._status, self._content_type, self._headers, len(data),
+                       self._keep_alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -125,6 +180,8 @@ class _Connection(asyncio.Protocol):
         self._content_type = None
         self._headers = []
         self._body = []
+        self._reading = True
+        self._began += 1
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -135,11 +192,15 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._parser.get_status_code() < 200:
+        status = self._parser.get_status_code()
+        if status < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the final one follows
-        response = UpstreamResponse(self._parser.get_status_code(), self._content_type,
-                                    b"".join(self._body), self._headers)
-        if not self._parser.should_keep_alive():
+        self._reading = False
+        self._status = status
+        self._keep_alive = keep_alive = self._parser.should_keep_alive()
+        response = UpstreamResponse(status, self._content_type, b"".join(self._body),
+                                    self._headers)
+        if not keep_alive:
             self.close()
         self._end(response, None)
 
