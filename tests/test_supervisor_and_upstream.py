@@ -366,3 +366,54 @@ def test_send_times_out_and_fails_at_once_when_the_pool_closes():
             os.kill(sup.pid("D1"), signal.SIGCONT)
 
     run(scenario())
+
+
+def test_an_answer_read_like_the_last_one_is_taken_whole_and_anything_else_is_parsed():
+    """A connection reuses what it parsed off a head it saw before, only for a read that is
+    that head and a body of the same length: the body is the new one. Another length, a
+    split read, a chunked answer or a 1xx before it is parsed as usual. A stand-in server, a
+    real TCP peer, answers each request with the next of these reads."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Kind: a\r\nContent-Length: 5\r\n\r\n"
+    reads = [
+        [head + b"first"],
+        [head + b"again"],                                   # same head, same size: reused
+        [head.replace(b"5", b"6") + b"longer"],              # another length: parsed
+        [head[:20], head[20:] + b"split"],                   # a head over two reads
+        [b"HTTP/1.1 200 OK\r\nX-Kind: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"5\r\nchunk\r\n0\r\n\r\n"],
+        [b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + head + b"after"],
+        [head + b"last!"],
+    ]
+    bodies = [b"first", b"again", b"longer", b"split", b"chunk", b"after", b"last!"]
+
+    async def scenario():
+        async def serve(reader, writer):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                for parts in reads:
+                    await reader.readuntil(b"\r\n\r\n")
+                    for part in parts:
+                        writer.write(part)
+                        await writer.drain()
+                        await asyncio.sleep(0.02)  # each part its own read
+                await reader.read()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            pool = UpstreamPool("127.0.0.1", port, timeout=5, coarse_timeout=True)
+            got = []
+            for _ in reads:
+                response = await pool.fetch(format_get("/home", "s", "1"))
+                got.append(response)
+            assert [r.body for r in got] == bodies
+            assert all(r.status == 200 for r in got)
+            assert [dict(r.headers).get(b"X-Kind") for r in got] == [b"a"] * len(got)
+            # Taken whole (no parse), from what the first one's parse kept: the head known.
+            assert [bool(r.head) for r in got] == [False, True, False, False, False, False,
+                                                   True]
+            assert got[6].head is got[1].head
+            assert len(pool._idle) == 1  # one connection throughout
+        finally:
+            server.close()
+
+    run(scenario())
