@@ -65,6 +65,14 @@ def counter(url: str, name: str) -> float:
     return 0.0
 
 
+def summed(url: str, name: str) -> float:
+    """A counter of the balancer's /metrics, summed over its labels."""
+    return sum(sample.value
+               for family in text_string_to_metric_families(
+                   httpx.get(f"{url}/metrics", timeout=30).text)
+               for sample in family.samples if sample.name == name)
+
+
 def not_acknowledged_within(run, start: float, end: float) -> list:
     """Operations on the run's history that began in [start, end] and were not acknowledged."""
     return [op for op in run.history
@@ -113,6 +121,34 @@ def test_one_server_faulted_under_load_loses_nothing_and_reads_stay_linearizable
         assert stalled_within(run, event.start, event.start + lasts, HEARTBEAT_TIMEOUT)
     assert_valid(run)
     assert mine() == [] and stopped(stack) == []
+
+
+@pytest.fixture(scope="module")
+def majority():
+    with fault_stack("linearizable", *HEARTBEATS, "--replication", "majority") as db:
+        yield db
+    assert mine() == []
+
+
+@pytest.mark.parametrize("kind", ["kill", "pause", "partition", "lossy"])
+def test_under_majority_one_server_faulted_loses_nothing_and_reads_stay_linearizable(
+        majority, kind):
+    """The same faults on --replication majority: a faulted primary is replaced (the term
+    grows), a faulted secondary is not waited for; nothing acknowledged is lost, no read goes
+    back in time, every register is decided."""
+    lasts = 0.0 if kind == "kill" else 2 * DETECTION
+    elections = summed(majority.url, "dslab_db_elections_total")
+    run = run_faults(majority, [Step(1.0, kind, lasts)], 1.0 + lasts + DETECTION + 2, **SMALL)
+    [event] = run.events
+    if kind in ("kill", "pause"):
+        assert event.effect["processes"] >= 2
+        assert event.effect["killed" if kind == "kill" else "stopped"] == event.effect["processes"]
+    else:
+        assert event.effect["dropped"] > 0
+    if kind != "lossy":  # the faulted server leaves its shards' sets: each elects again
+        assert summed(majority.url, "dslab_db_elections_total") > elections
+    assert_valid(run)
+    assert mine() == [] and stopped(majority) == []
 
 
 def test_a_partitioned_port_does_not_answer_until_healed(stack):

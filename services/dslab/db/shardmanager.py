@@ -87,25 +87,35 @@ class ShardManager:
             return appointed
 
     async def _deliver(self, out: ElectorOutput, members: Mapping[str, str]) -> str | None:
-        """Send what the elector asks, feed back the replies, until it appoints or nothing is
-        left to send."""
+        """Send what the elector asks, feed back each reply as it comes, until it appoints
+        (a majority's promises are enough: a member that is slow or gone is not waited for)
+        or nothing is left in flight."""
         assert self.elector is not None
-        pending = list(out.messages)
-        while pending:
-            results = await asyncio.gather(
-                *(self.send(members[m.to], m, members if isinstance(m, Appoint) else None)
-                  for m in pending), return_exceptions=True)
-            sent, pending = pending, []
-            for message, result in zip(sent, results):
-                if isinstance(result, BaseException):
-                    if not isinstance(result, Exception):
-                        raise result
-                    log.debug("%s: %s to %s lost: %s", self.shard, type(message).__name__,
-                              message.to, result)
-                    continue  # lost: that member does not count
-                for reply in result:
-                    step = self.elector.step(reply)
-                    if step.appointed is not None:
-                        return step.appointed
-                    pending.extend(step.messages)
-        return None
+        elector = self.elector
+        flying: dict[asyncio.Task[list[Message]], Message] = {}
+
+        def send(message: Message) -> None:
+            peers = members if isinstance(message, Appoint) else None
+            flying[asyncio.ensure_future(self.send(members[message.to], message, peers))] = message
+
+        for message in out.messages:
+            send(message)
+        try:
+            while flying:
+                done, _ = await asyncio.wait(flying, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    message = flying.pop(task)
+                    if task.exception() is not None:
+                        log.debug("%s: %s to %s lost: %s", self.shard, type(message).__name__,
+                                  message.to, task.exception())
+                        continue  # lost: that member does not count
+                    for reply in task.result():
+                        step = elector.step(reply)
+                        if step.appointed is not None:
+                            return step.appointed
+                        for next_message in step.messages:
+                            send(next_message)
+            return None
+        finally:
+            for task in flying:
+                task.cancel()

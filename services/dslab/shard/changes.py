@@ -1,78 +1,168 @@
-"""A change of a shard's rows as a log entry's command, and applying it to the store.
+"""A shard's changes under ``--replication majority``: decided at the primary, logged as
+commands that set whole rows, applied in log order on every replica.
 
-Under ``--replication majority`` a shard server's writes go through its shard's log: the
-primary validates a change, encodes it as the entry's command (a JSON string: the log and the
-wire carry it as is), and every replica applies the committed command to its rows in log
-order. Three changes, as the contract's writes:
+As MongoDB writes its oplog, an entry says what the rows *became*, never what to try:
 
-    {"insert": [row, ...]}               every row, or none if one's Stud_id is held
-    {"update": {"Stud_id": id, "row": row}}
-    {"delete": id}
-    {"erase": [id, ...]}                 the balancer undoing its insert of a write of several
-                                         shards that another shard refused
+    {"put": [row, ...]}          these rows, whole (stored or replaced)
+    {"replace": row}             this row, whole, if it is there
+    {"delete": id}               no row of this Stud_id
+    {"erase": [id, ...]}         no rows of these Stud_ids (the balancer undoing its insert of
+                                 a write of several shards that another shard refused)
 
-Applying is deterministic (the same rows before, the same rows after, on every replica) and
-may be repeated: a replica restarted between applying an entry and recording that it did
-applies it again, to the same end.
+So applying an entry twice, or applying again from an applied index that lagged behind the
+rows (a restart), leaves the same rows: the last entry on each Stud_id decides. The outcome
+of a change that depends on the rows (an insert whose Stud_id is held is refused, all of it;
+an update or a delete of a missing row is a 404) is decided by the primary *before* it logs
+anything, against rows that hold every change committed before, and every change it logged
+and not yet applied that touches the same Stud_ids (it waits for those first). A change
+refused there is never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from ..common.errors import BadRequest
 from ..contract.studdb import Schema, validate_row
 from .store import ShardStore
 
-__all__ = ["encode_change", "apply_change"]
+__all__ = ["Change", "ShardChanges", "parse_change", "apply_commands", "Log"]
 
 
-def encode_change(schema: Schema | None, change: dict[str, Any]) -> str:
-    """The command for ``change``, validated against the schema, or a 400 saying why."""
+class Log(Protocol):
+    """What the changes need of the shard's replica (``replicas.ReplicaHost``)."""
+
+    async def readable(self, timeout: float) -> None: ...
+    async def until_applied(self, index: int, timeout: float) -> None: ...
+    async def append(self, command: str) -> tuple[int, asyncio.Future[None]]: ...
+    async def committed(self, index: int, waiter: asyncio.Future[None],
+                        timeout: float) -> None: ...
+
+
+class Change:
+    """A client's change, validated: ``kind``, the Stud_ids it touches, its body."""
+
+    def __init__(self, kind: str, ids: list[int], body: Any) -> None:
+        self.kind = kind
+        self.ids = ids
+        self.body = body
+
+
+def parse_change(schema: Schema | None, change: dict[str, Any]) -> Change:
+    """``{"insert": rows}``, ``{"update": {"Stud_id", "row"}}``, ``{"delete": id}`` or
+    ``{"erase": ids}``, validated against the schema; or a 400 saying why."""
     if schema is None:
         raise BadRequest("<Error> not configured: POST /config first")
     if len(change) != 1:
         raise BadRequest("<Error> a change is one of insert, update, delete, erase")
     [(kind, body)] = change.items()
     if kind == "insert":
-        if not isinstance(body, list):
+        if not isinstance(body, list) or not body:
             raise BadRequest("<Error> insert takes a list of rows")
         rows = [validate_row(schema, row) for row in body]
         ids = [row["Stud_id"] for row in rows]
         if len(set(ids)) != len(ids):
             raise BadRequest("<Error> an insert names each Stud_id once")
-        return json.dumps({"insert": rows}, separators=(",", ":"))
+        return Change(kind, ids, rows)
     if kind == "update":
         if not isinstance(body, dict) or set(body) != {"Stud_id", "row"}:
             raise BadRequest("<Error> update takes {Stud_id, row}")
         row = validate_row(schema, body["row"])
         if row["Stud_id"] != body["Stud_id"]:
             raise BadRequest("<Error> data.Stud_id must equal Stud_id: an update cannot move a row")
-        return json.dumps({"update": {"Stud_id": row["Stud_id"], "row": row}},
-                          separators=(",", ":"))
-    if kind == "delete":
-        if not isinstance(body, int) or isinstance(body, bool):
-            raise BadRequest("<Error> delete takes a Stud_id")
-        return json.dumps({"delete": body})
-    if kind == "erase":
-        if not isinstance(body, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in body):
-            raise BadRequest("<Error> erase takes a list of Stud_ids")
-        return json.dumps({"erase": body})
+        return Change(kind, [row["Stud_id"]], row)
+    if kind in ("delete", "erase"):
+        ids = [body] if kind == "delete" else body
+        if not isinstance(ids, list) or not all(_is_id(i) for i in ids):
+            raise BadRequest(f"<Error> {kind} takes {'a Stud_id' if kind == 'delete' else 'Stud_ids'}")
+        return Change(kind, list(ids), body)
     raise BadRequest(f"<Error> unknown change {kind!r}: one of insert, update, delete, erase")
 
 
-async def apply_change(store: ShardStore, shard: str, command: str) -> Any:
-    """Apply a committed command: an insert answers the Stud_ids that were held already (and
-    then stored nothing: a write is all or nothing), an update or a delete whether the row was
-    there. Nothing else writes the shard meanwhile: a replica applies its log in order."""
-    [(kind, body)] = json.loads(command).items()
-    if kind == "insert":
-        held = await store.held(shard, [row["Stud_id"] for row in body])
-        return held if held else await store.insert_new(shard, body)
-    if kind == "update":
-        return await store.update(shard, body["Stud_id"], body["row"])
-    if kind == "erase":
-        return await store.delete_many(shard, body)
-    return await store.delete(shard, body)
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class ShardChanges:
+    """One shard's changes at its primary: decided one at a time, logged, answered once
+    applied. ``timeout``: how long a change waits for a majority (then a 503, outcome
+    unknown, from the log)."""
+
+    def __init__(self, store: ShardStore, shard: str, log: Log, timeout: float) -> None:
+        self.store = store
+        self.shard = shard
+        self.log = log
+        self.timeout = timeout
+        self._deciding = asyncio.Lock()
+        self._pending: dict[int, int] = {}  # Stud_id -> the last logged entry touching it
+
+    async def make(self, change: Change) -> Any:
+        """The change's result once it is committed and applied here: an insert answers the
+        Stud_ids it found held (and then logged nothing), an update or a delete whether the
+        row was there. Raises the log's NotPrimary or NotCommitted."""
+        async with self._deciding:
+            await self.log.readable(self.timeout)
+            touching = [self._pending[i] for i in change.ids if i in self._pending]
+            if touching:
+                await self.log.until_applied(max(touching), self.timeout)
+            command, result = await self._decide(change)
+            if command is None:
+                return result
+            index, waiter = await self.log.append(command)
+            for stud_id in change.ids:
+                self._pending[stud_id] = index
+        await self.log.committed(index, waiter, self.timeout)
+        self._forget(change.ids, index)
+        return result
+
+    async def _decide(self, change: Change) -> tuple[str | None, Any]:
+        held = await self.store.held(self.shard, change.ids)
+        if change.kind == "insert":
+            return (None, held) if held else (_command("put", change.body), [])
+        if change.kind == "update":
+            return (_command("replace", change.body), True) if held else (None, False)
+        if change.kind == "delete":
+            return (_command("delete", change.body), True) if held else (None, False)
+        return _command("erase", change.body), None
+
+    def _forget(self, ids: Iterable[int], index: int) -> None:
+        for stud_id in ids:
+            if self._pending.get(stud_id) == index:
+                del self._pending[stud_id]
+
+    def forget_all(self) -> None:
+        """This replica is no longer primary: what it logged and did not apply may never be."""
+        self._pending.clear()
+
+
+def _command(kind: str, body: Any) -> str:
+    return json.dumps({kind: body}, separators=(",", ":"))
+
+
+async def apply_commands(store: ShardStore, shard: str, commands: list[str]) -> None:
+    """Apply committed commands in order; a run of puts as one write (the last row of a
+    Stud_id in the run wins, as applying them one by one would leave it)."""
+    puts: dict[int, dict[str, Any]] = {}
+    for command in commands:
+        [(kind, body)] = json.loads(command).items()
+        if kind == "put":
+            for row in body:
+                puts.pop(row["Stud_id"], None)
+                puts[row["Stud_id"]] = row
+            continue
+        if puts:
+            await store.write(shard, list(puts.values()))
+            puts = {}
+        if kind == "replace":
+            await store.update(shard, body["Stud_id"], body)
+        elif kind == "delete":
+            await store.delete(shard, body)
+        elif kind == "erase":
+            await store.delete_many(shard, body)
+        else:
+            raise ValueError(f"not a command: {command[:80]}")
+    if puts:
+        await store.write(shard, list(puts.values()))

@@ -116,6 +116,10 @@ class Journal:
         self.shard = shard
         self._log: AsyncCollection[Any] = self.db[LOG_PREFIX + shard]
         self._state: AsyncCollection[Any] = self.db[STATE]
+        # The applied index may lag (a restart applies again from it, and an entry sets whole
+        # rows), and it follows the journaled rows it counts: no journal flush of its own.
+        self._lagging_state: AsyncCollection[Any] = db.with_options(
+            write_concern=WriteConcern(w=1, j=False))[STATE]
 
     async def load(self) -> tuple[Durable, int]:
         """The durable record and the applied index (0, and an empty Durable, when none yet).
@@ -195,8 +199,8 @@ class Journal:
         commit; a restart re-applies from it (an entry sets whole rows: applying it twice is
         harmless)."""
         with engine_errors(f"Journaling {self.shard}"):
-            await self._state.update_one({"_id": self.shard}, {"$set": {"applied": index}},
-                                         upsert=True)
+            await self._lagging_state.update_one({"_id": self.shard},
+                                                 {"$set": {"applied": index}}, upsert=True)
 
     async def clear(self) -> None:
         """Drop the shard's record (the shard was copied afresh, or removed). The log goes

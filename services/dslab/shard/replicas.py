@@ -1,17 +1,19 @@
-"""This server's replicas of its shards, each the pure core (``dslab.replication``) driven by
-I/O: the journal, the peers, the heartbeat timer and the shard's rows.
+"""This server's replica of one shard: the pure core (``dslab.replication``) driven by I/O,
+the journal, the peers, the heartbeat timer and the shard's rows.
 
-One ``ReplicaHost`` per shard. Every call into the core runs on the event loop with no await
-inside, so the core needs no lock. Each call's ``Ready`` joins a queue that one flusher task
-works through, in order (etcd's loop around its ``Ready``):
+Every call into the core runs on the event loop with no await inside, so the core needs no
+lock. Each call's ``Ready`` joins a queue that one flusher task works through, in order
+(etcd's loop around its ``Ready``):
 
 1. every ``Ready`` queued so far is journaled in one go (``Journal.persist_all``: group
-   commit, many entries per journal flush);
+   commit, many entries per journal flush). A commit index is journaled only now and then:
+   Raft needs only the term and the entries on disk, and a restart learns the commit index
+   again from the primary;
 2. only then do their messages leave: replies go back to whoever asked (in the HTTP answer),
    the primary's appends go to each peer, one request at a time per peer, merged while
    they wait (``replication/outbox.py``);
-3. committed entries are applied to the shard's rows in log order, and the applied index
-   recorded. A proposal is answered when its entry is applied here.
+3. committed entries go to the applier task, which applies them to the shard's rows in log
+   order, while the flusher journals the next ones. An entry is answered once applied here.
 
 A journal that fails leaves the core ahead of the disk: the host drops the core, fails what
 waited, and the next call starts it again from the journal, as a restart would.
@@ -20,12 +22,12 @@ waited, and the next call starts it again from the journal, as a restart would.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..replication import Append, Appoint, Message, NotPrimary, Ready, Replica
+from ..replication import Appoint, Entry, Message, NotPrimary, Ready, Replica
 from ..replication.outbox import coalesce
 from .journal import Journal
 
@@ -36,13 +38,16 @@ log = logging.getLogger("dslab.shard.replicas")
 Transport = Callable[[str, Message], Awaitable[list[Message]]]
 """Send a message to a peer at ``host:port``; its replies (raises on a lost exchange)."""
 
-Applier = Callable[[str], Awaitable[Any]]
-"""Apply a committed command to the shard's rows; its result answers the proposal."""
+Applier = Callable[[list[str]], Awaitable[None]]
+"""Apply committed commands, in order, to the shard's rows."""
+
+_COMMIT_EVERY = 256  # entries between two journaled commit indexes (without a new term)
 
 
 class NotCommitted(Exception):
-    """A proposal whose outcome is unknown here: this replica stepped down, or its entry was
-    replaced by another primary's. The change may or may not be in the log for good."""
+    """A change whose outcome is unknown here: this replica stepped down, its entry was
+    replaced by another primary's, or no majority answered in time. It may or may not be in
+    the log for good."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +84,18 @@ class ReplicaHost:
         self.heartbeat_interval = heartbeat_interval
         self.max_batch = max_batch
         self.peers: dict[str, str] = {}
+        self.stepped_down: Callable[[], None] = lambda: None  # the changes' hook
+        self.applied = 0  # the last entry the shard's rows hold (the core's runs ahead)
         self._replica: Replica | None = None
-        self._starting: asyncio.Lock = asyncio.Lock()
+        self._starting = asyncio.Lock()
         self._queue: list[_Queued] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._waiting: dict[int, tuple[int, asyncio.Future[Any]]] = {}
-        self._readers: list[tuple[int, asyncio.Future[None]]] = []  # (index, until applied)
+        self._to_apply: list[Entry] = []
+        self._applier: asyncio.Task[None] | None = None
+        self._waiting: dict[int, tuple[int, asyncio.Future[None]]] = {}  # index: term, waiter
+        self._until: list[tuple[int, asyncio.Future[None]]] = []  # (index, until applied)
+        self._saved_term = 0
+        self._saved_commit = 0
         self._outbox: dict[str, list[Message]] = {}
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._heartbeats: asyncio.Task[None] | None = None
@@ -102,25 +113,29 @@ class ReplicaHost:
         self._roles_changed(replica)
         return await self._submit(ready, reply_to=message.src)
 
-    async def propose(self, command: str, timeout: float) -> Any:
-        """A change at the primary: its result once committed and applied here. Raises
-        ``NotPrimary``, or ``NotCommitted`` when the outcome is unknown (also after
-        ``timeout`` seconds without a majority)."""
+    async def append(self, command: str) -> tuple[int, asyncio.Future[None]]:
+        """Log a command at the primary: its index, and a future done once it is applied here
+        (``committed`` waits for it). Raises ``NotPrimary``."""
         replica = await self._core()
         entry, ready = replica.propose(command)  # NotPrimary on a secondary
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[entry.index] = (entry.term, waiter)
         self._submit(ready)
+        return entry.index, waiter
+
+    async def committed(self, index: int, waiter: asyncio.Future[None], timeout: float) -> None:
+        """Wait until ``append``'s entry is committed and applied here; ``NotCommitted`` if it
+        cannot be told within ``timeout`` seconds, or never will be."""
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            raise NotCommitted(f"{self.shard}: entry {entry.index} not committed within "
+            raise NotCommitted(f"{self.shard}: entry {index} not committed within "
                                f"{timeout:g} s (no majority answering?)") from None
 
     async def readable(self, timeout: float) -> None:
-        """Return once this primary's rows hold every change committed before the call: once
-        its term's first entry (the no-op) and the commit index known now are applied.
-        Raises ``NotPrimary``, or ``NotCommitted`` after ``timeout`` seconds."""
+        """Return once this primary's rows hold every change committed before the call: its
+        term's first entry (the no-op) and the commit index known now are applied. Raises
+        ``NotPrimary``, or ``NotCommitted`` after ``timeout`` seconds."""
         replica = await self._core()
         if not replica.is_primary:
             raise NotPrimary(f"{self.name} is not the primary of {self.shard} "
@@ -128,26 +143,32 @@ class ReplicaHost:
         target = replica.commit
         if replica.log.term_at(replica.commit) != replica.term:
             target = replica.log.last_index  # the no-op is at or before it
-        if replica.applied >= target:
+        await self.until_applied(target, timeout)
+
+    async def until_applied(self, index: int, timeout: float) -> None:
+        """Return once the shard's rows hold entry ``index``; ``NotCommitted`` after
+        ``timeout`` seconds, ``NotPrimary`` if this replica steps down meanwhile."""
+        if self.applied >= index:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._readers.append((target, waiter))
+        self._until.append((index, waiter))
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            raise NotCommitted(f"{self.shard}: index {target} not applied within {timeout:g} s "
+            raise NotCommitted(f"{self.shard}: index {index} not applied within {timeout:g} s "
                                f"(no majority answering?)") from None
 
     async def state(self) -> HostState:
         replica = await self._core()
         match = {p: pr.match for p, pr in replica.progress.items()} if replica.is_primary else {}
         return HostState(self.shard, replica.role.value, replica.term, replica.primary,
-                         replica.commit, replica.applied, replica.log.last_index,
+                         replica.commit, self.applied, replica.log.last_index,
                          replica.members, match)
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [t for t in (self._flusher, self._heartbeats, *self._sending.values()) if t]
+        tasks = [t for t in (self._flusher, self._applier, self._heartbeats,
+                             *self._sending.values()) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -160,9 +181,11 @@ class ReplicaHost:
         async with self._starting:
             if self._replica is None:
                 durable, applied = await self.journal.load()
-                replica = Replica.restore(self.name, durable, min(applied, durable.commit),
-                                          max_batch=self.max_batch)
+                applied = min(applied, durable.commit)
+                replica = Replica.restore(self.name, durable, applied, max_batch=self.max_batch)
                 self._replica = replica
+                self._saved_term, self._saved_commit = durable.term, durable.commit
+                self.applied = applied
                 self._submit(replica.heartbeat())  # applies what was committed, not applied
             return self._replica
 
@@ -170,11 +193,12 @@ class ReplicaHost:
         self._replica = None
         self._fail_waiting(why)
         self._outbox.clear()
+        self._to_apply = []
 
     def _roles_changed(self, replica: Replica) -> None:
         if replica.is_primary and (self._heartbeats is None or self._heartbeats.done()):
             self._heartbeats = asyncio.ensure_future(self._beat(replica))
-        if not replica.is_primary and self._waiting:
+        if not replica.is_primary and (self._waiting or self._until):
             self._fail_waiting(f"{self.name} is no longer the primary of {self.shard}")
 
     def _fail_waiting(self, why: str) -> None:
@@ -182,10 +206,11 @@ class ReplicaHost:
             if not waiter.done():
                 waiter.set_exception(NotCommitted(f"{why}: the change may or may not commit"))
         self._waiting.clear()
-        for _, reader in self._readers:
-            if not reader.done():
-                reader.set_exception(NotPrimary(f"{why}: read it again"))
-        self._readers = []
+        for _, waiter in self._until:
+            if not waiter.done():
+                waiter.set_exception(NotPrimary(f"{why}: ask again"))
+        self._until = []
+        self.stepped_down()
 
     async def _beat(self, replica: Replica) -> None:
         """The primary's heartbeats: carry the commit index, resend what was lost."""
@@ -194,7 +219,7 @@ class ReplicaHost:
             if replica is self._replica and replica.is_primary:
                 self._submit(replica.heartbeat())
 
-    # ---- the flusher: journal, then send, then apply --------------------------------------
+    # ---- the flusher: journal, then send, then hand to the applier ------------------------
     def _submit(self, ready: Ready, reply_to: str | None = None
                 ) -> asyncio.Future[list[Message]]:
         done: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
@@ -203,11 +228,23 @@ class ReplicaHost:
             self._flusher = asyncio.ensure_future(self._flush())
         return done
 
+    def _durable_part(self, ready: Ready) -> Ready:
+        """What of ``ready`` must be journaled: a new term always; a commit index only now and
+        then (every ``_COMMIT_EVERY`` entries), so that a restart has less to apply again."""
+        hard = ready.hard_state
+        if hard is None:
+            return ready
+        if hard.term == self._saved_term and hard.commit < self._saved_commit + _COMMIT_EVERY:
+            return dataclasses.replace(ready, hard_state=None)
+        self._saved_term, self._saved_commit = hard.term, hard.commit
+        return ready
+
     async def _flush(self) -> None:
         while self._queue and not self._closed:
             batch, self._queue = self._queue, []
+            durable = [self._durable_part(q.ready) for q in batch]
             try:
-                await self.journal.persist_all([q.ready for q in batch])
+                await self.journal.persist_all([r for r in durable if r.must_persist])
             except Exception as exc:
                 log.warning("%s %s: the journal failed (%s); starting again from it",
                             self.name, self.shard, exc)
@@ -226,42 +263,43 @@ class ReplicaHost:
                         self._send(message)
                 if not queued.done.done():
                     queued.done.set_result(replies)
-            await self._apply([e for q in batch for e in q.ready.apply])
+                self._to_apply.extend(queued.ready.apply)
+            if self._to_apply and (self._applier is None or self._applier.done()):
+                self._applier = asyncio.ensure_future(self._apply_all())
 
-    async def _apply(self, entries: list[Any]) -> None:
-        for entry in entries:
-            result: Any = None
-            if entry.command is not None:
-                try:
-                    result = await self.apply(entry.command)
-                except Exception as exc:  # the engine failed: the entry stays in the log
-                    log.warning("%s %s: applying entry %d failed: %s", self.name, self.shard,
-                                entry.index, exc)
-                    self._drop_core(f"applying failed: {exc}")  # re-applied from the journal
-                    return
-            term_and_waiter = self._waiting.pop(entry.index, None)
-            if term_and_waiter is not None:
-                term, waiter = term_and_waiter
-                if waiter.done():
-                    pass
-                elif term != entry.term:
-                    waiter.set_exception(NotCommitted(
-                        f"entry {entry.index} was replaced by another primary's"))
-                else:
-                    waiter.set_result(result)
-        if entries:
-            applied = entries[-1].index
-            still = []
-            for index, reader in self._readers:
-                if index <= applied:
-                    if not reader.done():
-                        reader.set_result(None)
-                else:
-                    still.append((index, reader))
-            self._readers = still
+    async def _apply_all(self) -> None:
+        while self._to_apply and not self._closed:
+            entries, self._to_apply = self._to_apply, []
+            replica = self._replica
             try:
-                await self.journal.set_applied(applied)
-            except Exception as exc:  # re-applied after a restart: applying may repeat
+                await self.apply([e.command for e in entries if isinstance(e.command, str)])
+            except Exception as exc:  # the engine failed: the entries stay in the log
+                log.warning("%s %s: applying entries %d-%d failed: %s", self.name, self.shard,
+                            entries[0].index, entries[-1].index, exc)
+                if replica is self._replica:
+                    self._drop_core(f"applying failed: {exc}")  # applied again from the log
+                return
+            self.applied = entries[-1].index
+            for entry in entries:
+                term_and_waiter = self._waiting.pop(entry.index, None)
+                if term_and_waiter is not None and not term_and_waiter[1].done():
+                    term, waiter = term_and_waiter
+                    if term == entry.term:
+                        waiter.set_result(None)
+                    else:
+                        waiter.set_exception(NotCommitted(
+                            f"entry {entry.index} was replaced by another primary's"))
+            still = []
+            for index, waiter in self._until:
+                if index <= self.applied:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    still.append((index, waiter))
+            self._until = still
+            try:
+                await self.journal.set_applied(self.applied)
+            except Exception as exc:  # it may lag: a restart applies again from it
                 log.warning("%s %s: recording the applied index failed: %s", self.name,
                             self.shard, exc)
 
@@ -283,8 +321,7 @@ class ReplicaHost:
                     replies = await self.transport(address, message)
                 except Exception as exc:  # lost: the heartbeats resend what matters
                     log.debug("%s -> %s lost: %s", self.name, peer, exc)
-                    if isinstance(message, Append):
-                        await asyncio.sleep(self.heartbeat_interval)  # no busy loop on a dead peer
+                    await asyncio.sleep(self.heartbeat_interval)  # no busy loop on a dead peer
                     continue
                 replica = self._replica
                 if replica is None:
@@ -292,4 +329,3 @@ class ReplicaHost:
                 for reply in replies:
                     self._submit(replica.step(reply))
                     self._roles_changed(replica)
-

@@ -44,7 +44,7 @@ from ..engine import LocalEngine
 from ..replica.server import server_id_from_env
 from ..replication import NotPrimary
 from ..replication.wire import ProposeRequest, StepRequest, WireError, decode, encode
-from .changes import encode_change
+from .changes import parse_change
 from .peers import Replicas
 from .replicas import NotCommitted
 from .rowcache import RowCache
@@ -58,13 +58,11 @@ log = logging.getLogger("dslab.shard")
 class ShardEndpoints:
     """The shard server's endpoints but /config, on the lean front end (``common/front.py``)."""
 
-    def __init__(self, store: ShardStore, name: str, replicas: Replicas | None = None,
-                 commit_timeout: float = 10.0) -> None:
+    def __init__(self, store: ShardStore, name: str, replicas: Replicas | None = None) -> None:
         self.store = store
         self.name = name
         self.replicas = replicas or Replicas(name, store, heartbeat_interval=0.1,
-                                             request_timeout=5.0)
-        self.commit_timeout = commit_timeout
+                                             request_timeout=2.0, commit_timeout=10.0)
         self._routes: dict[tuple[bytes, str], Handler] = {
             (b"GET", "/heartbeat"): self.heartbeat,
             (b"GET", "/copy"): json_endpoint(CopyRequest, self.copy),
@@ -165,11 +163,12 @@ class ShardEndpoints:
         return {"replies": [encode(reply) for reply in replies], "status": "success"}
 
     async def repl_propose(self, request: ProposeRequest) -> dict[str, Any]:
-        """A change of the shard's rows, at its primary: answered once committed and applied."""
-        command = encode_change(self.store.schema, request.change)
-        host = self.replicas.host(self.shard(request.shard))
+        """A change of the shard's rows, at its primary: answered once committed and applied
+        (or at once, logging nothing, when the rows refuse it: changes.py)."""
+        change = parse_change(self.store.schema, request.change)
+        shard = self.shard(request.shard)
         try:
-            result = await host.propose(command, self.commit_timeout)
+            result = await self.replicas.changes(shard).make(change)
         except NotPrimary as exc:
             raise Conflict(f"<Error> {exc}") from None
         except NotCommitted as exc:
@@ -181,7 +180,7 @@ class ShardEndpoints:
         committed before the read arrived."""
         shard = self.shard(request.shard)
         try:
-            await self.replicas.host(shard).readable(self.commit_timeout)
+            await self.replicas.host(shard).readable(self.replicas.commit_timeout)
         except NotPrimary as exc:
             raise Conflict(f"<Error> {exc}") from None
         except NotCommitted as exc:
@@ -232,8 +231,8 @@ async def _run(args: argparse.Namespace) -> None:
                                                      retryWrites=False)
     store = ShardStore(client[args.db_name], RowCache(max_rows=args.row_cache_rows))
     replicas = Replicas(name, store, heartbeat_interval=args.repl_heartbeat_interval,
-                        request_timeout=args.repl_timeout)
-    endpoints = ShardEndpoints(store, name, replicas, commit_timeout=args.commit_timeout)
+                        request_timeout=args.repl_timeout, commit_timeout=args.commit_timeout)
+    endpoints = ShardEndpoints(store, name, replicas)
     front = Front(endpoints.route, make_app(store, name, endpoints.methods()), max_body=MAX_BODY)
 
     def listening(port: int) -> None:

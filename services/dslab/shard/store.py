@@ -204,7 +204,10 @@ class ShardStore:
         return sorted(existing)
 
     async def held(self, shard: str, stud_ids: list[int]) -> list[int]:
-        """Which of ``stud_ids`` the shard holds, in order (the ``_id`` index answers)."""
+        """Which of ``stud_ids`` the shard holds, in order: from memory once the shard is
+        loaded, else the ``_id`` index answers."""
+        if self.cache.holds(shard):
+            return sorted(i for i in stud_ids if self.cache.read(shard, i, i))
         with engine_errors(f"Reading {shard}"):
             found = await self.db[shard].find({"_id": {"$in": stud_ids}}, {"_id": 1}).to_list()
         return sorted(doc["_id"] for doc in found)

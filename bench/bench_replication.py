@@ -1,0 +1,186 @@
+"""Part 2's two designs under the same load and faults, in one run: ``--replication all``
+against ``--replication majority``, on the process backend with the seed's configuration.
+
+Writers send single-row writes (fresh Stud_ids, spread over the four shards) for the whole
+run. Windows, each timed by the writes that began in it:
+
+* ``no fault``;
+* ``secondary paused``: one server of sh1 (not sh1's primary) stopped for ``--pause`` seconds
+  (SIGSTOP, SIGCONT), ``--pauses`` times, shorter than the heartbeats' detection, so it is
+  never evicted;
+* ``primary killed``: sh1's primary (under ``all``: the same server) killed with SIGKILL, and
+  the time from the kill to the next acknowledged write of sh1.
+
+Prints, per design and window, writes/s, p50, p99 and max, then the ratios the issue names:
+majority's no-fault throughput over all's, and each design's p99 with a paused secondary over
+its no-fault p99. Every exception a client meets counts as a failed write.
+
+    .venv/bin/python bench/bench_replication.py [--writers 16] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import re
+import signal
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import httpx
+
+from dslab.db.seed import SEED_SERVERS, seed_init
+from dslab.stack import BalancerProcess
+
+SHARD_SIZE = 4096
+
+
+@dataclass
+class Write:
+    start: float
+    seconds: float
+    ok: bool
+    shard: str
+
+
+@dataclass
+class Run:
+    writes: list[Write] = field(default_factory=list)
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)
+    failover: float | None = None
+
+
+def primary_of(client: httpx.Client, shard: str) -> str | None:
+    found = re.search(rf'^dslab_db_shard_primary{{server="(\w+)",shard="{shard}"}} 1\.0$',
+                      client.get("/metrics").text, re.M)
+    return found[1] if found else None
+
+
+async def writers(url: str, n: int, run: Run, stop: asyncio.Event) -> None:
+    ids = itertools.count()
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            k = next(ids)
+            shard = k % 4
+            stud_id = shard * SHARD_SIZE + k // 4
+            body = {"data": [{"Stud_id": stud_id, "Stud_name": f"n{k}", "Stud_marks": k % 100}]}
+            started = time.monotonic()
+            try:
+                async with session.post(f"{url}/write", json=body) as answer:
+                    await answer.read()
+                    ok = answer.status == 200
+            except Exception:  # a timeout or a dropped connection is a failed write
+                ok = False
+            run.writes.append(Write(started, time.monotonic() - started, ok, f"sh{shard + 1}"))
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(one(session) for _ in range(n)))
+
+
+async def scenario(db: BalancerProcess, mode: str, args: argparse.Namespace) -> Run:
+    run = Run()
+    stop = asyncio.Event()
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        assert client.post("/write", json={"data": [{"Stud_id": 4095, "Stud_name": "w",
+                                                     "Stud_marks": 1}]}).status_code == 200
+        load = asyncio.ensure_future(writers(db.url, args.writers, run, stop))
+        loop = asyncio.get_running_loop()
+
+        start = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        run.windows["no fault"] = (start, time.monotonic())
+
+        primary = primary_of(client, "sh1") if mode == "majority" else None
+        sh1 = [n for n, shards in SEED_SERVERS.items() if "sh1" in shards]
+        paused = next(n for n in sh1 if n != primary)
+        pid = db.replica_processes()[paused].pid
+        start = time.monotonic()
+        for _ in range(args.pauses):
+            os.kill(pid, signal.SIGSTOP)
+            await asyncio.sleep(args.pause)
+            os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(args.pause / 2)
+        run.windows["secondary paused"] = (start, time.monotonic())
+
+        await asyncio.sleep(args.seconds / 2)  # settle
+        victim = primary_of(client, "sh1") if mode == "majority" else sh1[0]
+        assert victim is not None
+        killed = time.monotonic()
+        os.kill(db.replica_processes()[victim].pid, signal.SIGKILL)
+        await asyncio.sleep(args.seconds)
+        run.windows["primary killed"] = (killed, time.monotonic())
+        after = [w.start + w.seconds for w in run.writes
+                 if w.ok and w.shard == "sh1" and w.start >= killed]
+        run.failover = min(after) - killed if after else None
+
+        stop.set()
+        await load
+        del loop
+    return run
+
+
+def window_stats(run: Run, name: str) -> dict[str, float]:
+    start, end = run.windows[name]
+    inside = [w for w in run.writes if start <= w.start < end]
+    ok = sorted(w.seconds for w in inside if w.ok)
+    failed = sum(1 for w in inside if not w.ok)
+    if not ok:
+        return {"per_s": 0.0, "p50": float("nan"), "p99": float("nan"), "max": float("nan"),
+                "failed": failed}
+    return {"per_s": len(ok) / (end - start),
+            "p50": statistics.median(ok) * 1000,
+            "p99": ok[min(len(ok) - 1, int(0.99 * len(ok)))] * 1000,
+            "max": ok[-1] * 1000, "failed": failed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--pause", type=float, default=2.0)
+    parser.add_argument("--pauses", type=int, default=3)
+    args = parser.parse_args()
+
+    results: dict[str, Run] = {}
+    for mode in ("all", "majority"):
+        with tempfile.TemporaryDirectory() as state:
+            db = BalancerProcess("dslab.db", args=["--state-dir", state, "--replication", mode])
+            db.start()
+            try:
+                print(f"{mode}: running ({args.writers} writers)...", flush=True)
+                results[mode] = asyncio.run(scenario(db, mode, args))
+            finally:
+                db.stop()
+
+    print(f"\n{'design':<10}{'window':<19}{'writes/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'max ms':>9}{'failed':>8}")
+    stats = {}
+    for mode, run in results.items():
+        for name in run.windows:
+            s = stats[(mode, name)] = window_stats(run, name)
+            print(f"{mode:<10}{name:<19}{s['per_s']:>10.0f}{s['p50']:>9.0f}{s['p99']:>9.0f}"
+                  f"{s['max']:>9.0f}{s['failed']:>8}")
+    print()
+    print(f"majority/all writes per second, no fault: "
+          f"{stats[('majority', 'no fault')]['per_s'] / stats[('all', 'no fault')]['per_s']:.2f}")
+    for mode in results:
+        ratio = stats[(mode, "secondary paused")]["p99"] / stats[(mode, "no fault")]["p99"]
+        print(f"{mode}: p99 with a secondary paused {args.pause:g} s / no-fault p99: "
+              f"{ratio:.2f}")
+    for mode, run in results.items():
+        failover = "no sh1 write acknowledged" if run.failover is None else f"{run.failover:.2f} s"
+        print(f"{mode}: from sh1's primary (all: a server of sh1) killed to sh1's next "
+              f"acknowledged write: {failover}")
+
+
+if __name__ == "__main__":
+    main()
