@@ -81,8 +81,13 @@ class ShardCluster:
             if read_consistency != "linearizable":
                 raise ValueError("--replication majority reads at each shard's primary "
                                  "(linearizable); --read-consistency any with it is not built yet")
+            servers = self.servers
+
+            async def settle(shard: str, primary: str) -> object:  # its no-op committed
+                return await servers.call(primary, "POST", "/repl/read",
+                                          {"shard": shard, "Stud_id": {"low": 0, "high": 0}})
             self.primaries = Primaries(Terms(metadata.db), self.state.live, self.keeper.pool,
-                                       repl_timeout, on_election=self.metrics.elected)
+                                       repl_timeout, settle, on_election=self.metrics.elected)
             self.data = MajorityDataPath(self.state, self.servers, self.locks, self.primaries,
                                          self.metrics)
             data = self.data

@@ -2,7 +2,7 @@
 elections (``replication/election.py``, docs/replication.md says why it is the elector), with
 its terms kept in the metadata store.
 
-An election: a term above any used, made durable first (``Terms.save``, journaled); a
+An election: a term above any used, made durable first (``Terms.allocate``, journaled); a
 ``Promise`` to every member, concurrently; once a majority promised, the most up-to-date
 log among them is appointed, with every member's address so it can replicate. A member that
 does not answer within the transport's timeout simply does not count. The manager remembers
@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.write_concern import WriteConcern
 
@@ -33,22 +34,22 @@ its replies."""
 
 
 class Terms:
-    """Each shard's highest term, in the metadata store: read at start, saved (journaled)
-    before a term is used, so a restarted balancer never uses a term twice."""
+    """Each shard's highest term, in the metadata store. A term is allocated by one atomic,
+    journaled increment before it is used, so no term is used twice, not even by two
+    balancers running at once (a restart while the old process is paused, not dead): then
+    they are as safe as two Raft candidates."""
 
     def __init__(self, db: AsyncDatabase[Any]) -> None:
         self.collection = db.with_options(
             write_concern=WriteConcern(w=1, j=True))["ReplTermT"]
 
-    async def load(self, shard: str) -> int:
-        with engine_errors("Reading a shard's term"):
-            doc = await self.collection.find_one({"_id": shard})
-        return int(doc["term"]) if doc else 0
-
-    async def save(self, shard: str, term: int) -> None:
-        with engine_errors("Saving a shard's term"):
-            await self.collection.update_one({"_id": shard}, {"$max": {"term": term}},
-                                             upsert=True)
+    async def allocate(self, shard: str) -> int:
+        with engine_errors("Allocating a shard's term"):
+            doc = await self.collection.find_one_and_update(
+                {"_id": shard}, {"$inc": {"term": 1}}, upsert=True,
+                return_document=ReturnDocument.AFTER)
+        assert doc is not None  # upserted
+        return int(doc["term"])
 
 
 class ShardManager:
@@ -66,17 +67,21 @@ class ShardManager:
     def term(self) -> int:
         return self.elector.term if self.elector else 0
 
-    async def elect(self, members: Mapping[str, str]) -> str:
-        """A new primary among ``members`` (name to ``host:port``): its name, or a 503 when no
-        majority promised or the one chosen did not accept."""
+    async def elect(self, members: Mapping[str, str | None]) -> str:
+        """A new primary among ``members`` (name to ``host:port``; None: not reachable, but a
+        member): its name, or a 503 when no majority promised or the one chosen did not
+        accept."""
         async with self._electing:
             if self.elector is None:
-                self.elector = Elector(self.name, await self.terms.load(self.shard))
+                self.elector = Elector(self.name)
             elector = self.elector
             self.primary = None
+            term = await self.terms.allocate(self.shard)
+            while term <= elector.highest_seen:  # a term some replica holds: take a higher one
+                term = await self.terms.allocate(self.shard)
+            elector.term = elector.highest_seen = term - 1  # start() takes the next: ``term``
             out = elector.start(tuple(sorted(members)))
-            assert out.persist_term is not None
-            await self.terms.save(self.shard, out.persist_term)
+            assert out.persist_term == term  # allocated, so durable already
             self.elections += 1
             appointed = await self._deliver(out, members)
             if appointed is None:
@@ -86,7 +91,8 @@ class ShardManager:
             log.info("%s: %s is primary of term %d", self.shard, appointed, elector.term)
             return appointed
 
-    async def _deliver(self, out: ElectorOutput, members: Mapping[str, str]) -> str | None:
+    async def _deliver(self, out: ElectorOutput, members: Mapping[str, str | None]
+                       ) -> str | None:
         """Send what the elector asks, feed back each reply as it comes, until it appoints
         (a majority's promises are enough: a member that is slow or gone is not waited for)
         or nothing is left in flight."""
@@ -94,9 +100,14 @@ class ShardManager:
         elector = self.elector
         flying: dict[asyncio.Task[list[Message]], Message] = {}
 
+        reachable = {name: address for name, address in members.items() if address is not None}
+
         def send(message: Message) -> None:
-            peers = members if isinstance(message, Appoint) else None
-            flying[asyncio.ensure_future(self.send(members[message.to], message, peers))] = message
+            address = members[message.to]
+            if address is None:
+                return  # a member not started: it does not answer
+            peers = reachable if isinstance(message, Appoint) else None
+            flying[asyncio.ensure_future(self.send(address, message, peers))] = message
 
         for message in out.messages:
             send(message)
