@@ -19,13 +19,25 @@ import shutil
 import subprocess
 import threading
 
-__all__ = ["LoopbackRules", "NoIptables", "leftovers", "sweep"]
+__all__ = ["LoopbackRules", "NoIptables", "leftovers", "sweep", "why_not"]
 
 PREFIX = "DSLAB-NEM-"
 
 
 class NoIptables(RuntimeError):
     pass
+
+
+def why_not() -> str | None:
+    """None when this process can add rules; else why not, in a sentence's words (a user
+    who is not root runs the other faults, and is told what was left out)."""
+    if shutil.which("iptables") is None:
+        return "iptables is not installed (Debian's package iptables)"
+    if os.geteuid() != 0:
+        return "iptables rules need root, and this run is not root"
+    done = subprocess.run([shutil.which("iptables") or "iptables", "-w", "-S"],
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else f"iptables refused: {done.stderr.strip()}"
 
 
 def _iptables(*args: str, check: bool = True) -> str:

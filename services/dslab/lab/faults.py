@@ -47,10 +47,12 @@ FAULT_COLORS = {"kill": "#d62728", "pause": "#9467bd", "partition": "#8c564b",
 RESTART = 12.0  # a power loss's restart of the whole stack: 6 s here, 11 s on a busy day
 
 
-def schedule(scale: float = 1.0) -> tuple[list[Step], float]:
+def schedule(scale: float = 1.0, packet_faults: bool = True) -> tuple[list[Step], float]:
     """(the steps, the run's length): one server SIGKILLed; one paused and one cut off, each
     for twice the time to find a hung server; a lossy link; a whole shard lost; the whole
-    stack's power lost with writes in flight, the clients running on after its restart."""
+    stack's power lost with writes in flight, the clients running on after its restart.
+    ``packet_faults=False`` leaves out the cut and the lossy link (they need iptables, as
+    root: ``iptables.why_not``), and keeps the others at their times."""
     hang = 2 * DETECTION * scale
     steps = [Step(6 * scale, "kill"),
              Step(14 * scale, "pause", hang),
@@ -58,7 +60,12 @@ def schedule(scale: float = 1.0) -> tuple[list[Step], float]:
              Step(46 * scale, "lossy", 6 * scale, share=0.3),
              Step(58 * scale, "shard_loss", target="sh2"),
              Step(64 * scale, "power_loss")]
+    if not packet_faults:
+        steps = [s for s in steps if s.kind not in PACKET_FAULTS]
     return steps, 70 * scale + RESTART
+
+
+PACKET_FAULTS = ("partition", "lossy")
 
 
 def under_faults(modes: Sequence[str], steps: Sequence[Step], seconds: float,
