@@ -70,17 +70,3 @@ def test_the_checker_sees_an_import_across_layers():
     assert "keeper" in imports_of("db") and "contract" in imports_of("shard")
     assert "keeper" in imports_of("balancer") and "ring" in imports_of("balancer")
 
-
-def test_the_replication_core_is_pure():
-    """The log's rules: the standard library and each other (the wire format adds pydantic);
-    the HTTP transport is the package's one module that does I/O."""
-    core = ("log", "messages", "durable", "primary", "election", "reads", "replica", "outbox",
-            "wire")
-    for name in core:
-        tree = ast.parse((PACKAGE / "replication" / f"{name}.py").read_text())
-        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
-        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
-        assert modules <= {"__future__", "collections", "collections.abc", "dataclasses", "enum",
-                           "typing", "pydantic"}, (name, modules)
-        assert relative <= set(core), (name, relative)
