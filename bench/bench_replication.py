@@ -15,7 +15,11 @@ Prints, per design and window, writes/s, p50, p99 and max, then the ratios the i
 majority's no-fault throughput over all's, and each design's p99 with a paused secondary over
 its no-fault p99. Every exception a client meets counts as a failed write.
 
-    .venv/bin/python bench/bench_replication.py [--writers 16] [--seconds 8]
+``--reads``: instead, reads under a mixed load (``--writers`` writers and ``--readers``
+readers of 10-id ranges, no fault) for each design and read consistency, and linearizable
+reads/s over any's per design.
+
+    .venv/bin/python bench/bench_replication.py [--writers 16] [--seconds 8] [--reads]
 """
 
 from __future__ import annotations
@@ -127,6 +131,65 @@ async def scenario(db: BalancerProcess, mode: str, args: argparse.Namespace) -> 
     return run
 
 
+async def readers(url: str, n: int, stop: asyncio.Event) -> tuple[int, int]:
+    """(reads answered, reads failed) of ``n`` readers of 10-id ranges until ``stop``."""
+    counts = [0, 0]
+    ranges = itertools.count()
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            k = next(ranges)
+            low = (k % 4) * SHARD_SIZE + (k * 7) % 200
+            try:
+                async with session.post(f"{url}/read",
+                                        json={"Stud_id": {"low": low, "high": low + 9}}) as answer:
+                    await answer.read()
+                    counts[0 if answer.status == 200 else 1] += 1
+            except Exception:  # a timeout or a dropped connection is a failed read
+                counts[1] += 1
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        await asyncio.gather(*(one(session) for _ in range(n)))
+    return counts[0], counts[1]
+
+
+async def mixed(db: BalancerProcess, args: argparse.Namespace) -> tuple[float, int]:
+    """Reads/s (and failed reads) with writers beside them, no fault."""
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+    stop = asyncio.Event()
+    started = time.monotonic()
+    write = asyncio.ensure_future(writers(db.url, args.writers, Run(), stop))
+    read = asyncio.ensure_future(readers(db.url, args.readers, stop))
+    await asyncio.sleep(args.seconds)
+    stop.set()
+    served, failed = await read
+    elapsed = time.monotonic() - started
+    await write
+    return served / elapsed, failed
+
+
+def reads_main(args: argparse.Namespace) -> None:
+    rates: dict[tuple[str, str], float] = {}
+    for design in ("all", "majority"):
+        for consistency in ("linearizable", "any"):
+            with tempfile.TemporaryDirectory() as state:
+                db = BalancerProcess("dslab.db", args=["--state-dir", state, "--replication",
+                                                       design, "--read-consistency",
+                                                       consistency])
+                db.start()
+                try:
+                    rate, failed = asyncio.run(mixed(db, args))
+                finally:
+                    db.stop()
+            rates[(design, consistency)] = rate
+            print(f"{design:<10}{consistency:<14}{rate:>8.0f} reads/s  {failed} failed",
+                  flush=True)
+    for design in ("all", "majority"):
+        print(f"{design}: linearizable / any reads per second: "
+              f"{rates[(design, 'linearizable')] / rates[(design, 'any')]:.2f}")
+
+
 def window_stats(run: Run, name: str) -> dict[str, float]:
     start, end = run.windows[name]
     inside = [w for w in run.writes if start <= w.start < end]
@@ -148,7 +211,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--pause", type=float, default=2.0)
     parser.add_argument("--pauses", type=int, default=3)
+    parser.add_argument("--reads", action="store_true")
+    parser.add_argument("--readers", type=int, default=12)
     args = parser.parse_args()
+    if args.reads:
+        reads_main(args)
+        return
 
     results: dict[str, Run] = {}
     for mode in ("all", "majority"):

@@ -102,3 +102,23 @@ def test_a_killed_primary_is_replaced_and_nothing_acknowledged_is_lost(seeded):
     servers = client.get("/status").json()["servers"]
     newcomer = next(n for n, s in servers.items() if "sh1" in s and n not in SEED_SERVERS)
     assert shard_rows(db, newcomer, "sh1") == expected
+
+
+def test_any_reads_ask_any_server_and_see_what_it_applied(start_db):
+    """--read-consistency any under majority: reads go to any server of the shard (they may
+    be behind the primary); once the secondaries applied a write, every read sees it."""
+    db = start_db(*ARGS, "--read-consistency", "any")
+    with httpx.Client(base_url=db.url, timeout=60) as client:
+        assert client.post("/init", json=seed_init()).status_code == 200
+        assert client.post("/write", json={"data": sh1_rows(range(1, 9))}).status_code == 200
+        deadline = time.monotonic() + 10  # a few of the primary's heartbeats (0.1 s)
+        while True:
+            seen = {tuple(r["Stud_id"] for r in client.post(
+                "/read", json={"Stud_id": {"low": 0, "high": 4095}}).json()["data"])
+                for _ in range(12)}
+            if seen == {tuple(range(1, 9))}:
+                break
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.1)
+        holders = [n for n, s in SEED_SERVERS.items() if "sh1" in s]
+        assert all(shard_rows(db, n, "sh1") == sh1_rows(range(1, 9)) for n in holders)

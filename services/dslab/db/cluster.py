@@ -78,9 +78,6 @@ class ShardCluster:
             self.data = DataPath(self.state, metadata, self.servers, self.locks,
                                  self.keeper.evict, self.metrics, read_consistency)
         else:
-            if read_consistency != "linearizable":
-                raise ValueError("--replication majority reads at each shard's primary "
-                                 "(linearizable); --read-consistency any with it is not built yet")
             servers = self.servers
 
             async def settle(shard: str, primary: str) -> object:  # its no-op committed
@@ -89,7 +86,7 @@ class ShardCluster:
             self.primaries = Primaries(Terms(metadata.db), self.state.live, self.keeper.pool,
                                        repl_timeout, settle, on_election=self.metrics.elected)
             self.data = MajorityDataPath(self.state, self.servers, self.locks, self.primaries,
-                                         self.metrics)
+                                         self.metrics, read_consistency)
             data = self.data
 
             async def join(shard: str, name: str) -> None:  # by the log, not a copy
