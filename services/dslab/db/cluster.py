@@ -89,8 +89,12 @@ class ShardCluster:
                                          self.metrics, read_consistency)
             data = self.data
 
+            # A join runs under the keeper's lock, which the heartbeats need too: it waits
+            # for the newcomer's catch-up no longer than the heartbeats take to find a death.
+            detection = heartbeat_misses * (heartbeat_interval + heartbeat_timeout)
+
             async def join(shard: str, name: str) -> None:  # by the log, not a copy
-                await data.join(shard, name, within=request_timeout)
+                await data.join(shard, name, within=detection)
             self.membership.recovery.join_by_log = join
 
     # What tests and tools read.

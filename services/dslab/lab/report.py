@@ -52,6 +52,7 @@ EXPERIMENTS: dict[str, str] = {
     "db_a3": "Part 2 A-3: 10 servers, 6 shards, 8 replicas, against A-1, uncapped and capped",
     "db_a4": "Part 2 A-4: endpoints, and a shard server killed and refilled",
     "db_a5": "Part 2 A-5: a nemesis and a history checker, per read consistency",
+    "db_a6": "Part 2 A-6: --replication all against majority, under the same load and faults",
 }
 
 DB_QUICK: dict[str, Any] = {"n_writes": 200, "n_reads": 200, "n_hot_reads": 100, "repeats": 1,
@@ -71,6 +72,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "db_a4": {"n_rows": 200},
     "db_a5": {"scale": 0.2, "cost_seconds": 3.0, "writers": 2, "updaters": 2, "readers": 3,
               "registers_per_updater": 3},
+    "db_a6": {"scale": 0.4, "faults": ["secondary paused", "primary killed"], "writers": 2,
+              "updaters": 2, "readers": 2, "registers_per_updater": 2},
 }
 
 
