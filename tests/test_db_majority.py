@@ -122,3 +122,30 @@ def test_any_reads_ask_any_server_and_see_what_it_applied(start_db):
             time.sleep(0.1)
         holders = [n for n, s in SEED_SERVERS.items() if "sh1" in s]
         assert all(shard_rows(db, n, "sh1") == sh1_rows(range(1, 9)) for n in holders)
+
+
+def test_a_shard_that_lost_its_majority_comes_back_on_its_servers_journals(seeded):
+    """Two of sh1's three servers killed: no set without them can be elected (a write
+    committed on those two may be on no one else), so they are not replaced but started again
+    in place, on their journaled logs; sh1 serves again with every acknowledged row."""
+    db, client = seeded
+    rows = sh1_rows(range(1, 30))
+    assert client.post("/write", json={"data": rows}).status_code == 200
+    primary, term = primaries(client)["sh1"]
+    secondary = next(n for n, s in SEED_SERVERS.items() if "sh1" in s and n != primary)
+    for name in (primary, secondary):
+        os.kill(db.replica_processes()[name].pid, signal.SIGKILL)
+
+    deadline = time.monotonic() + detection_time("dslab.db", *ARGS) + 60
+    while True:
+        answer = client.post("/write", json={"data": [row(100)]}, timeout=30)
+        if answer.status_code == 200:
+            break
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() < deadline, "sh1 never served again"
+        time.sleep(0.5)
+    servers = client.get("/status").json()["servers"]
+    assert {primary, secondary} <= set(servers)  # the same servers, not replacements
+    read = client.post("/read", json={"Stud_id": {"low": 0, "high": 4095}}).json()["data"]
+    assert read == rows + [row(100)]
+    assert primaries(client)["sh1"][1] > term

@@ -96,6 +96,7 @@ class ShardCluster:
             async def join(shard: str, name: str) -> None:  # by the log, not a copy
                 await data.join(shard, name, within=detection)
             self.membership.recovery.join_by_log = join
+            self.membership.quorum_lost = self.primaries.quorum_lost
 
     # What tests and tools read.
     @property

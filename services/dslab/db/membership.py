@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..common.errors import ApiError, BadRequest, Conflict, NotFound, Unavailable
@@ -56,6 +56,10 @@ class ShardMembership(Tenant):
         self.keeper: ReplicaKeeper  # set by ``bind``: the cluster makes the keeper after us
         # newcomers' configuration (/config), from their start until they are adopted
         self._starting: dict[str, tuple[Schema, list[str]]] = {}
+        # --replication majority: a shard's dead members when it lost its majority (they are
+        # started again in place; no set without them can be elected). all: none ever.
+        self.quorum_lost: Callable[[str], list[str]] = lambda shard: []
+        self.recovery.quorum_lost = lambda shard: self.quorum_lost(shard)
 
     def bind(self, keeper: ReplicaKeeper) -> None:
         self.keeper = self.recovery.keeper = keeper
@@ -259,7 +263,8 @@ class ShardMembership(Tenant):
         return name
 
     def check_replaceable(self, dead: str) -> None:
-        orphaned = [s for s in self.state.placement[dead] if not len(self.state.rings[s])]
+        orphaned = [s for s in self.state.placement[dead]
+                    if not len(self.state.rings[s]) or self.quorum_lost(s)]
         if orphaned:  # nothing to copy from: a new empty replica would pass for the data
             raise Unavailable(f"<Error> No live replica of {', '.join(orphaned)} to copy from")
 

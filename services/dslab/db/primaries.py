@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from ..common.errors import ApiError, Unavailable
 from ..keeper.upstream import UpstreamError, UpstreamPool
+from ..replication import majority
 from ..replication.transport import HttpTransport
 from .shardmanager import ShardManager, Terms
 
@@ -98,6 +99,18 @@ class Primaries:
         if self.on_election is not None:
             self.on_election(shard, primary, manager.term, time.monotonic() - started)
         return primary
+
+    def quorum_lost(self, shard: str) -> list[str]:
+        """The members of the shard's last election that are not live, when the live ones are
+        fewer than a majority of it: no set without them can be elected (a write committed on
+        them may be on no one else), so they must be started again on their data."""
+        members = self._members.get(shard)
+        if not members:
+            return []
+        live = set(self.live(shard))
+        if sum(1 for m in members if m in live) >= majority(len(members)):
+            return []
+        return [m for m in members if m not in live]
 
     def lost(self, shard: str, name: str) -> None:
         """``name`` failed as the shard's primary: the next use elects again."""

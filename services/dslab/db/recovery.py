@@ -49,6 +49,8 @@ class ShardRecovery:
         # shard's log brings it up to date (a copy replayed under the log would not give the
         # same rows): this joins it, (shard, name)
         self.join_by_log: Callable[[str, str], Awaitable[None]] | None = None
+        # majority: a shard's dead members when it lost its majority (``ShardMembership``)
+        self.quorum_lost: Callable[[str], list[str]] = lambda shard: []
 
     async def revive_dead_shards(self) -> list[str]:
         """For every shard with no live replica: start its dead in-sync servers again in place,
@@ -58,9 +60,11 @@ class ShardRecovery:
         state = self.state
         wanted: list[str] = []
         for shard, ring in state.rings.items():
-            if len(ring):
+            lost = [n for n in self.quorum_lost(shard) if n in state.placement]
+            if len(ring) and not lost:
                 continue
-            candidates = sorted(n for n in state.in_sync[shard] if n in state.placement)
+            # majority: the dead members, on their journaled logs; all: the in-sync servers
+            candidates = sorted(lost or (n for n in state.in_sync[shard] if n in state.placement))
             if not candidates:
                 self.keeper.log_once(shard, f"shard {shard} has no in-sync server left: "
                                             "its data is lost")
@@ -82,6 +86,9 @@ class ShardRecovery:
             revived.append(name)
             for shard in state.placement[name]:
                 ring = state.rings[shard]
+                if self.join_by_log is not None:  # its log is on its journal: it rejoins as
+                    ring.add(name)  # it is, and the shard's next election sorts the logs out
+                    continue
                 if not len(ring) and name in state.in_sync[shard]:
                     async with self.locks.hold([shard]):
                         ring.add(name)
