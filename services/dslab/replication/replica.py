@@ -16,7 +16,8 @@ A replica is a **secondary** or the **primary** of its current term. Its rules:
   the commit index learned from the primary, capped by what is known to match it.
 - **Commit** (primary.py): majority, through an entry of the current term. Secondaries learn
   it from the next append or heartbeat; every replica applies committed entries in log order
-  (``Ready.apply``). A write is acknowledged when its entry is applied on the primary.
+  (``Ready.apply``). A write is acknowledged when its entry is committed; a read at the primary waits
+  until the entries committed when it began are applied there.
 - **Catch-up**: the primary resumes each secondary from what it holds (probing back from the
   end by the secondary's hints), so a restarted secondary gets only what it lacks. A
   secondary whose next entry was trimmed gets ``NeedsCopy``; once the caller copied the shard
@@ -104,6 +105,7 @@ class Replica:
         self.primary: str | None = None  # the primary of ``term``, as far as this replica knows
         self.members: tuple[str, ...] = ()
         self.progress: dict[str, Progress] = {}
+        self.term_start = 0  # the primary's no-op: every entry of an earlier term is before it
         self.reads = ReadIndex()
         self._saved = HardState(self.term, self.commit)
 
@@ -135,7 +137,7 @@ class Replica:
 
     def propose(self, command: Hashable) -> tuple[Entry, Ready]:
         """A client's write, at the primary: its entry (acknowledge it when that entry is
-        applied here) and what to do now."""
+        committed: its result was decided before it was logged) and what to do now."""
         if not self.is_primary:
             raise NotPrimary(f"{self.name} is not the primary (term {self.term})")
         out = _Out()
@@ -256,7 +258,9 @@ class Replica:
         self.reads = ReadIndex()
         start = self.log.last_index + 1
         self.progress = {peer: Progress(next=start) for peer in members if peer != self.name}
-        out.append.append(self.log.append_new(self.term, NOOP))
+        noop = self.log.append_new(self.term, NOOP)
+        self.term_start = noop.index
+        out.append.append(noop)
         for peer in self.progress:
             self._send(peer, out)
         self._advance_commit()

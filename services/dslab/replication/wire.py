@@ -13,7 +13,7 @@ The requests that carry them:
   to ``host:port``) comes with an ``Appoint``: whom the new primary replicates to.
 * ``POST /repl/propose`` ``{"shard", "change"}``: a change of the shard's rows, at the primary
   (``shard/changes.py`` says which); answered once its entry is committed (journaled by a
-  majority) and applied here.
+  majority): a read there waits until its rows hold it.
 """
 
 from __future__ import annotations

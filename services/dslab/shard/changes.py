@@ -13,16 +13,16 @@ So applying an entry twice, or applying again from an applied index that lagged 
 rows (a restart), leaves the same rows: the last entry on each Stud_id decides. The outcome
 of a change that depends on the rows (an insert whose Stud_id is held is refused, all of it;
 an update or a delete of a missing row is a 404) is decided by the primary *before* it logs
-anything, against rows that hold every change committed before, and every change it logged
-and not yet applied that touches the same Stud_ids (it waits for those first). A change
-refused there is never logged.
+anything, against rows that hold every entry of an earlier term (the primary's no-op is
+applied) and every entry it logged that touches the same Stud_ids (it waits for those to be
+applied first; entries touching other rows cannot change the outcome). A change refused
+there is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ..common.errors import BadRequest
@@ -35,7 +35,9 @@ __all__ = ["Change", "ShardChanges", "parse_change", "apply_commands", "Log"]
 class Log(Protocol):
     """What the changes need of the shard's replica (``replicas.ReplicaHost``)."""
 
-    async def readable(self, timeout: float) -> None: ...
+    applied: int  # the last entry the shard's rows hold
+
+    async def decidable(self, timeout: float) -> int: ...
     async def until_applied(self, index: int, timeout: float) -> None: ...
     async def append(self, command: str) -> tuple[int, asyncio.Future[None]]: ...
     async def committed(self, index: int, waiter: asyncio.Future[None],
@@ -88,8 +90,12 @@ def _is_id(value: Any) -> bool:
 
 class ShardChanges:
     """One shard's changes at its primary: decided one at a time, logged, answered once
-    applied. ``timeout``: how long a change waits for a majority (then a 503, outcome
-    unknown, from the log)."""
+    committed. ``timeout``: how long a change waits for a majority (then a 503, outcome
+    unknown, from the log).
+
+    A committed change may not be applied yet when it is answered, so each Stud_id keeps the
+    last entry that touched it until the rows hold that entry: a later change of the same
+    Stud_id is decided only then."""
 
     def __init__(self, store: ShardStore, shard: str, log: Log, timeout: float) -> None:
         self.store = store
@@ -98,13 +104,18 @@ class ShardChanges:
         self.timeout = timeout
         self._deciding = asyncio.Lock()
         self._pending: dict[int, int] = {}  # Stud_id -> the last logged entry touching it
+        self._prune_at = _PRUNE_FROM  # forget applied entries when _pending grows past this
+        self._term = 0  # the primary's term the entries in _pending were logged in
 
     async def make(self, change: Change) -> Any:
-        """The change's result once it is committed and applied here: an insert answers the
-        Stud_ids it found held (and then logged nothing), an update or a delete whether the
-        row was there. Raises the log's NotPrimary or NotCommitted."""
+        """The change's result once it is committed: an insert answers the Stud_ids it found
+        held (and then logged nothing), an update or a delete whether the row was there.
+        Raises the log's NotPrimary or NotCommitted."""
         async with self._deciding:
-            await self.log.readable(self.timeout)
+            term = await self.log.decidable(self.timeout)
+            if term != self._term:  # entries logged in another term may have been replaced
+                self._pending.clear()
+                self._term = term
             touching = [self._pending[i] for i in change.ids if i in self._pending]
             if touching:
                 await self.log.until_applied(max(touching), self.timeout)
@@ -114,8 +125,8 @@ class ShardChanges:
             index, waiter = await self.log.append(command)
             for stud_id in change.ids:
                 self._pending[stud_id] = index
+            self._prune()
         await self.log.committed(index, waiter, self.timeout)
-        self._forget(change.ids, index)
         return result
 
     async def _decide(self, change: Change) -> tuple[str | None, Any]:
@@ -128,14 +139,21 @@ class ShardChanges:
             return (_command("delete", change.body), True) if held else (None, False)
         return _command("erase", change.body), None
 
-    def _forget(self, ids: Iterable[int], index: int) -> None:
-        for stud_id in ids:
-            if self._pending.get(stud_id) == index:
-                del self._pending[stud_id]
+    def _prune(self) -> None:
+        """Forget the entries the rows hold, once ``_pending`` doubled since the last time
+        (amortized: a change costs O(1) of it)."""
+        if len(self._pending) < self._prune_at:
+            return
+        applied = self.log.applied
+        self._pending = {i: index for i, index in self._pending.items() if index > applied}
+        self._prune_at = max(_PRUNE_FROM, 2 * len(self._pending))
 
     def forget_all(self) -> None:
         """This replica is no longer primary: what it logged and did not apply may never be."""
         self._pending.clear()
+
+
+_PRUNE_FROM = 1024
 
 
 def _command(kind: str, body: Any) -> str:

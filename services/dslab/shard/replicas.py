@@ -12,8 +12,12 @@ lock. Each call's ``Ready`` joins a queue that one flusher task works through, i
 2. only then do their messages leave: replies go back to whoever asked (in the HTTP answer),
    the primary's appends go to each peer, one request at a time per peer, merged while
    they wait (``replication/outbox.py``);
-3. committed entries go to the applier task, which applies them to the shard's rows in log
-   order, while the flusher journals the next ones. An entry is answered once applied here.
+3. committed entries are answered (a majority journaled them: the outcome is the log's, and
+   the change's result was decided before it was logged), then go to the applier task, which
+   applies them to the shard's rows in log order while the flusher journals the next ones.
+   The apply is off the answer's path: a read at the primary waits until its rows hold every
+   entry committed when the read began (``readable``), and a change touching a row waits for
+   the entries before it that touch the same row (``changes.py``).
 
 A journal that fails leaves the core ahead of the disk: the host drops the core, fails what
 waited, and the next call starts it again from the journal, as a restart would.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..replication import Appoint, Entry, Message, NotPrimary, Ready, Replica
@@ -114,7 +118,7 @@ class ReplicaHost:
         return await self._submit(ready, reply_to=message.src)
 
     async def append(self, command: str) -> tuple[int, asyncio.Future[None]]:
-        """Log a command at the primary: its index, and a future done once it is applied here
+        """Log a command at the primary: its index, and a future done once it is committed
         (``committed`` waits for it). Raises ``NotPrimary``."""
         replica = await self._core()
         entry, ready = replica.propose(command)  # NotPrimary on a secondary
@@ -124,8 +128,8 @@ class ReplicaHost:
         return entry.index, waiter
 
     async def committed(self, index: int, waiter: asyncio.Future[None], timeout: float) -> None:
-        """Wait until ``append``'s entry is committed and applied here; ``NotCommitted`` if it
-        cannot be told within ``timeout`` seconds, or never will be."""
+        """Wait until ``append``'s entry is committed (journaled by a majority); ``NotCommitted``
+        if it cannot be told within ``timeout`` seconds, or never will be."""
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
@@ -144,6 +148,19 @@ class ReplicaHost:
         if replica.log.term_at(replica.commit) != replica.term:
             target = replica.log.last_index  # the no-op is at or before it
         await self.until_applied(target, timeout)
+
+    async def decidable(self, timeout: float) -> int:
+        """The primary's term, once its rows hold every entry of an earlier term (its no-op
+        is applied): from then on, a change is decided against the rows and the entries this
+        primary logged in this term (``changes.py`` tracks those). Raises ``NotPrimary``, or
+        ``NotCommitted`` after ``timeout`` seconds."""
+        replica = await self._core()
+        if not replica.is_primary:
+            raise NotPrimary(f"{self.name} is not the primary of {self.shard} "
+                             f"(term {replica.term})")
+        term = replica.term
+        await self.until_applied(replica.term_start, timeout)
+        return term
 
     async def until_applied(self, index: int, timeout: float) -> None:
         """Return once the shard's rows hold entry ``index``; ``NotCommitted`` after
@@ -263,9 +280,23 @@ class ReplicaHost:
                         self._send(message)
                 if not queued.done.done():
                     queued.done.set_result(replies)
+                self._answer_committed(queued.ready.apply)
                 self._to_apply.extend(queued.ready.apply)
             if self._to_apply and (self._applier is None or self._applier.done()):
                 self._applier = asyncio.ensure_future(self._apply_all())
+
+    def _answer_committed(self, entries: Sequence[Entry]) -> None:
+        """Committed entries answer the changes that logged them: done if the committed entry
+        is the one logged (same term), else replaced by another primary's."""
+        for entry in entries:
+            term_and_waiter = self._waiting.pop(entry.index, None)
+            if term_and_waiter is not None and not term_and_waiter[1].done():
+                term, waiter = term_and_waiter
+                if term == entry.term:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(NotCommitted(
+                        f"entry {entry.index} was replaced by another primary's"))
 
     async def _apply_all(self) -> None:
         while self._to_apply and not self._closed:
@@ -280,15 +311,6 @@ class ReplicaHost:
                     self._drop_core(f"applying failed: {exc}")  # applied again from the log
                 return
             self.applied = entries[-1].index
-            for entry in entries:
-                term_and_waiter = self._waiting.pop(entry.index, None)
-                if term_and_waiter is not None and not term_and_waiter[1].done():
-                    term, waiter = term_and_waiter
-                    if term == entry.term:
-                        waiter.set_result(None)
-                    else:
-                        waiter.set_exception(NotCommitted(
-                            f"entry {entry.index} was replaced by another primary's"))
             still = []
             for index, waiter in self._until:
                 if index <= self.applied:

@@ -163,7 +163,7 @@ class ShardEndpoints:
         return {"replies": [encode(reply) for reply in replies], "status": "success"}
 
     async def repl_propose(self, request: ProposeRequest) -> dict[str, Any]:
-        """A change of the shard's rows, at its primary: answered once committed and applied
+        """A change of the shard's rows, at its primary: answered once committed
         (or at once, logging nothing, when the rows refuse it: changes.py)."""
         change = parse_change(self.store.schema, request.change)
         shard = self.shard(request.shard)
