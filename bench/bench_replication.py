@@ -93,8 +93,10 @@ async def scenario(db: BalancerProcess, mode: str, args: argparse.Namespace) -> 
     stop = asyncio.Event()
     with httpx.Client(base_url=db.url, timeout=60) as client:
         assert client.post("/init", json=seed_init()).status_code == 200
-        assert client.post("/write", json={"data": [{"Stud_id": 4095, "Stud_name": "w",
-                                                     "Stud_marks": 1}]}).status_code == 200
+        for shard in range(4):  # every shard written once (under majority: its primary elected)
+            row = {"Stud_id": shard * SHARD_SIZE + SHARD_SIZE - 1, "Stud_name": "w",
+                   "Stud_marks": 1}
+            assert client.post("/write", json={"data": [row]}).status_code == 200
         load = asyncio.ensure_future(writers(db.url, args.writers, run, stop))
         loop = asyncio.get_running_loop()
 

@@ -2,10 +2,13 @@
 
 Every message goes into ``in_flight``; a test (or a hypothesis schedule) delivers, drops,
 duplicates or reorders them, crashes and restarts replicas, and starts elections. The network
-does what a shard server will do with each ``Ready``: persist it to the replica's ``Durable``
-record, then queue its messages, then apply its entries to the replica's data (a list of
-entries: the data is durable, as the engine's rows are). It also keeps the history the
-invariants need, and ``check()`` asserts them:
+does what a shard server does with each ``Ready``: the primary's appends leave at once; the
+rest waits for the journal: persist it to the replica's ``Durable`` record, then queue its
+other messages, then apply its entries to the replica's data (a list of entries: the data is
+durable, as the engine's rows are), then tell the replica what its journal now holds
+(``Replica.persisted``). A replica in ``slow_disks`` journals only when a test says so
+(``journal``), so its appends can be answered, or it can crash, before its own journal holds
+them. It also keeps the history the invariants need, and ``check()`` asserts them:
 
 - at most one primary per term;
 - log matching: two logs that hold an entry of the same term at one index hold the same
@@ -14,7 +17,8 @@ invariants need, and ``check()`` asserts them:
   every primary of the term it was acknowledged in or a later one;
 - state machine safety: no two replicas apply different entries at one index;
 - every replica's commit index and current term never decrease (across restarts too);
-- what a replica holds in memory is what it made durable (every change was in a Ready);
+- what a replica holds in memory is what it made durable (every change was in a Ready),
+  once its journal has caught up;
 - a released read's index covers every write acknowledged before the read began.
 """
 
@@ -58,10 +62,13 @@ class Net:
     names: tuple[str, ...]
     choose: Chooser = most_up_to_date
     max_batch: int = 64
+    replica_type: type[Replica] = Replica
     replicas: dict[str, Replica] = field(default_factory=dict)
     disks: dict[str, Durable] = field(default_factory=dict)
     data: dict[str, list[Entry]] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
+    slow_disks: set[str] = field(default_factory=set)  # journal only when ``journal`` says
+    unjournaled: dict[str, list[Ready]] = field(default_factory=dict)
     in_flight: list[Message] = field(default_factory=list)
     sent: list[Message] = field(default_factory=list)
     acked: dict[int, tuple[Entry, int]] = field(default_factory=dict)  # index -> (entry, term)
@@ -76,7 +83,7 @@ class Net:
 
     def __post_init__(self) -> None:
         for name in self.names:
-            self.replicas[name] = Replica(name, max_batch=self.max_batch)
+            self.replicas[name] = self.replica_type(name, max_batch=self.max_batch)
             self.disks[name] = Durable()
             self.data[name] = []
         self.elector = Elector(MANAGER, choose=self.choose)
@@ -88,9 +95,30 @@ class Net:
             self.sent.append(message)
 
     def handle(self, name: str, ready: Ready) -> Ready:
-        """Do what a shard server does with a Ready: persist, send, apply."""
+        """Do what a shard server does with a Ready: send the primary's appends; persist,
+        send the rest, apply (now, or at ``journal`` for a slow disk)."""
+        self._send(m for m in ready.messages if isinstance(m, Append))
+        self.unjournaled.setdefault(name, []).append(ready)
+        if name not in self.slow_disks:
+            self.journal(name)
+        return ready
+
+    def journal(self, name: str) -> None:
+        """The replica's journal writes what its Readys asked, in order, each followed by
+        what only then may happen (replies sent, entries applied, ``persisted`` told)."""
+        while self.unjournaled.get(name):
+            ready = self.unjournaled[name].pop(0)
+            self._journaled(name, ready)
+            if ready.append and name not in self.down:
+                last = ready.append[-1]
+                replica = self.replicas[name]
+                commit = replica.commit
+                self.handle(name, replica.persisted(last.index, last.term))
+                self.events["commits at a late journal"] += replica.commit > commit
+
+    def _journaled(self, name: str, ready: Ready) -> None:
         self.disks[name].persist(ready)
-        self._send(ready.messages)
+        self._send(m for m in ready.messages if not isinstance(m, Append))
         self.events["truncations"] += ready.truncate_from is not None
         self.events["copies asked"] += len(ready.needs_copy)
         self.events["reads released"] += len(ready.reads)
@@ -114,7 +142,6 @@ class Net:
             if released.index < read.acked_before:
                 raise Violation(f"read {read.read_id} released at {released.index}, but "
                                 f"{read.acked_before} was acknowledged before it began")
-        return ready
 
     def _elector(self, output: ElectorOutput) -> ElectorOutput:
         if output.persist_term is not None:
@@ -177,13 +204,15 @@ class Net:
         return read
 
     def crash(self, name: str) -> None:
-        """Volatile state is lost; the durable record and the data stay."""
+        """Volatile state is lost, what the journal had not written with it; the durable
+        record and the data stay."""
         self.down.add(name)
+        self.unjournaled.pop(name, None)
 
     def restart(self, name: str) -> None:
         self.down.discard(name)
-        self.replicas[name] = Replica.restore(name, self.disks[name], len(self.data[name]),
-                                              self.max_batch)
+        self.replicas[name] = self.replica_type.restore(name, self.disks[name],
+                                                        len(self.data[name]), self.max_batch)
 
     def run_copies(self) -> None:
         """Do the copies primaries asked for: the primary's data to the peer (initial sync)."""
@@ -201,6 +230,9 @@ class Net:
                 self.events["copies installed"] += 1
             self.handle(need.peer, self.replicas[need.peer].install_copy(
                 index, rows[-1].term if rows else 0, source, need.term))
+            # The copy's record is journaled with its rows, even on a slow disk: a crash
+            # between the two is journal.load's to mend (test_replication_journal.py).
+            self.journal(need.peer)
 
     def primary(self) -> str:
         live = [n for n in self.names if n not in self.down and self.replicas[n].is_primary]
@@ -217,7 +249,7 @@ class Net:
         for name in self.names:
             disk = self.disks[name]
             replica = self.replicas[name]
-            if name not in self.down:
+            if name not in self.down and not self.unjournaled.get(name):
                 held = list(replica.log.entries(replica.log.first_index))
                 if (held != disk.entries or disk.term != replica.term
                         or disk.snapshot_index != replica.log.snapshot_index):

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from replication_net import MANAGER, Net
+from replication_net import MANAGER, Net, Violation
 
 from dslab.replication import (
     NOOP,
@@ -155,6 +155,58 @@ def test_a_write_commits_at_a_majority_while_one_secondary_is_silent():
     net.settle()
     assert net.data["c"] == net.data["a"]
     net.check()
+
+
+def _primary_answered_before_its_journal(replica_type=Replica) -> tuple[Net, Entry]:
+    """a's journal is slow: its append to b leaves, b journals it and answers, a hears the
+    answer and heartbeats (the commit index it believes goes to b with it); then a crashes
+    before its journal held the entry, and c, which never got it, is elected with a."""
+    net = booted(primary="a", replica_type=replica_type)
+    net.slow_disks.add("a")
+    entry = net.write("w1")
+    net.settle(between("a", "b"))
+    net.heartbeat("a")
+    net.settle(between("a", "b"))
+    net.crash("a")
+    net.drop()
+    net.slow_disks.discard("a")
+    net.restart("a")
+    net.elect(("a", "c"))  # b is cut off; a and c are a majority
+    net.settle(lambda m: "b" not in (m.src, m.to))
+    assert net.primary() in ("a", "c") and net.replicas[net.primary()].term == 2
+    return net, entry
+
+
+def test_a_primary_counts_itself_only_through_what_its_journal_holds():
+    net = booted(primary="a")
+    net.slow_disks.add("a")
+    entry = net.write("w1")
+    net.settle(between("a", "b"))  # b journaled and answered; a's journal has not written
+    assert net.replicas["a"].commit < entry.index  # a and b, but a only in memory: 1 of 3
+    net.journal("a")  # now a's journal holds it: a majority
+    assert net.replicas["a"].commit == entry.index and net.data["a"][-1] == entry
+    net.check()
+
+    lost, entry = _primary_answered_before_its_journal()
+    assert entry not in lost.data["b"]  # never committed, so never applied nor acknowledged
+    lost.check()  # c's term overwrote it on a and c: nothing acknowledged was lost
+
+
+def test_a_primary_that_counts_its_unjournaled_log_loses_an_acknowledged_write():
+    """The same schedule with a primary that counts itself through its log's end."""
+
+    class CountsItsOwnLog(Replica):
+        @property
+        def durable_index(self) -> int:
+            return self.log.last_index
+
+        @durable_index.setter
+        def durable_index(self, value: int) -> None:
+            pass
+
+    with pytest.raises(Violation, match="state machine safety: a applies .* where another "
+                                        "replica applied .*'w1'"):
+        _primary_answered_before_its_journal(CountsItsOwnLog)  # b applied w1; a, c lost it
 
 
 def test_a_write_without_a_majority_is_not_acknowledged():

@@ -14,10 +14,12 @@ A replica is a **secondary** or the **primary** of its current term. Its rules:
 - **Append** (log.py): the consistency check, truncation of a conflicting suffix (this is how
   a deposed primary, back as a secondary, drops what it held and was never committed), and
   the commit index learned from the primary, capped by what is known to match it.
-- **Commit** (primary.py): majority, through an entry of the current term. Secondaries learn
-  it from the next append or heartbeat; every replica applies committed entries in log order
-  (``Ready.apply``). A write is acknowledged when its entry is committed; a read at the primary waits
-  until the entries committed when it began are applied there.
+- **Commit** (primary.py): majority, through an entry of the current term, the primary
+  counted through what its journal holds (``persisted``: its appends may leave before its
+  own journal write). Secondaries learn it from the next append or heartbeat; every replica
+  applies committed entries in log order (``Ready.apply``). A write is acknowledged when its
+  entry is committed; a read at the primary waits until the entries committed when it began
+  are applied there.
 - **Catch-up**: the primary resumes each secondary from what it holds (probing back from the
   end by the secondary's hints), so a restarted secondary gets only what it lacks. A
   secondary whose next entry was trimmed gets ``NeedsCopy``; once the caller copied the shard
@@ -106,6 +108,10 @@ class Replica:
         self.members: tuple[str, ...] = ()
         self.progress: dict[str, Progress] = {}
         self.term_start = 0  # the primary's no-op: every entry of an earlier term is before it
+        # The last index this replica's journal holds as its log has it (``persisted``): the
+        # primary counts itself toward a majority only through it, so its appends may leave
+        # before its own journal write (Raft's thesis, 10.2.1).
+        self.durable_index = self.log.last_index
         self.reads = ReadIndex()
         self._saved = HardState(self.term, self.commit)
 
@@ -207,6 +213,8 @@ class Replica:
         if index > self.applied:
             kept = self.log.install(index, index_term)
             out.snapshot = Snapshot(index, index_term, kept)
+            if not kept:
+                self.durable_index = min(self.durable_index, index)
             self.commit = max(self.commit, index)
             self.applied = index
         if primary_term == self.term:
@@ -214,6 +222,17 @@ class Replica:
         out.messages.append(AppendReply(self.term, self.name, primary,
                                         success=primary_term == self.term,
                                         match_index=index))
+        return self._ready(out)
+
+    def persisted(self, index: int, term: int) -> Ready:
+        """The caller's journal now holds this replica's log through ``index``, whose entry
+        it wrote with ``term``. Ignored if the log no longer has that entry there (it was cut
+        and replaced meanwhile: log matching says the prefix is then not the journal's). At
+        the primary, this may commit entries."""
+        out = _Out()
+        if index > self.durable_index and self.log.term_at(index) == term:
+            self.durable_index = index
+            self._advance_commit()
         return self._ready(out)
 
     def copy_failed(self, peer: str) -> Ready:
@@ -283,6 +302,8 @@ class Replica:
                 round=message.round))
             return
         out.accepted(change)
+        if change.truncated_from is not None:
+            self.durable_index = min(self.durable_index, change.truncated_from - 1)
         learned = min(message.commit, change.match_index)
         if learned > self.commit:
             self.commit = learned
@@ -333,7 +354,7 @@ class Replica:
     def _advance_commit(self) -> None:
         if not self.is_primary:
             return
-        self.commit = commit_index(self.log.last_index,
+        self.commit = commit_index(min(self.durable_index, self.log.last_index),
                                    [p.match for p in self.progress.values()],
                                    len(self.members), self.commit, self.log.term_at,
                                    self.term)

@@ -2,19 +2,26 @@
 the journal, the peers, the heartbeat timer and the shard's rows.
 
 Every call into the core runs on the event loop with no await inside, so the core needs no
-lock. Each call's ``Ready`` joins a queue that one flusher task works through, in order
-(etcd's loop around its ``Ready``):
+lock. The primary's appends leave at once, to each peer one request at a time, merged while
+they wait (``replication/outbox.py``): its secondaries journal an entry while it does (Raft's
+thesis, 10.2.1), since the core counts the primary toward a majority only through what its
+journal holds. Every ``Ready`` then joins a queue that one flusher task works through, in
+order (etcd's loop around its ``Ready``):
 
 1. every ``Ready`` queued so far is journaled in one go (``Journal.persist_all``: group
-   commit, many entries per journal flush). A commit index is journaled only now and then:
-   Raft needs only the term and the entries on disk, and a restart learns the commit index
-   again from the primary;
-2. only then do their messages leave: replies go back to whoever asked (in the HTTP answer),
-   the primary's appends go to each peer, one request at a time per peer, merged while
-   they wait (``replication/outbox.py``);
+   commit, many entries per journal flush), and the core is told how far its journal now
+   goes (``Replica.persisted``). A commit index is journaled only now and then: Raft needs
+   only the term and the entries on disk, and a restart learns the commit index again from
+   the primary;
+2. only then do their other messages leave: replies go back to whoever asked (in the HTTP
+   answer), in the order asked;
 3. committed entries are answered (a majority journaled them: the outcome is the log's, and
    the change's result was decided before it was logged), then go to the applier task, which
    applies them to the shard's rows in log order while the flusher journals the next ones.
+   A secondary gathers what it applies for half a heartbeat interval first, so that one
+   engine write holds many entries (its rows serve only ``any`` reads, which may be behind);
+   the applied index is recorded only now and then (``_COMMIT_EVERY``), as a restart applies
+   again from it whatever it was.
    The apply is off the answer's path: a read at the primary waits until its rows hold every
    entry committed when the read began (``readable``), and a change touching a row waits for
    the entries before it that touch the same row (``changes.py``).
@@ -31,7 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..replication import Appoint, Entry, Message, NotPrimary, Ready, Replica
+from ..replication import Append, Appoint, Entry, Message, NotPrimary, Ready, Replica
 from ..replication.outbox import coalesce
 from .journal import Journal
 
@@ -45,7 +52,7 @@ Transport = Callable[[str, Message], Awaitable[list[Message]]]
 Applier = Callable[[list[str]], Awaitable[None]]
 """Apply committed commands, in order, to the shard's rows."""
 
-_COMMIT_EVERY = 256  # entries between two journaled commit indexes (without a new term)
+_COMMIT_EVERY = 256  # entries between two journaled commit (and applied) indexes
 
 
 class NotCommitted(Exception):
@@ -100,6 +107,7 @@ class ReplicaHost:
         self._until: list[tuple[int, asyncio.Future[None]]] = []  # (index, until applied)
         self._saved_term = 0
         self._saved_commit = 0
+        self._saved_applied = 0
         self._outbox: dict[str, list[Message]] = {}
         self._sending: dict[str, asyncio.Task[None]] = {}
         self._heartbeats: asyncio.Task[None] | None = None
@@ -202,7 +210,7 @@ class ReplicaHost:
                 replica = Replica.restore(self.name, durable, applied, max_batch=self.max_batch)
                 self._replica = replica
                 self._saved_term, self._saved_commit = durable.term, durable.commit
-                self.applied = applied
+                self.applied = self._saved_applied = applied
                 self._submit(replica.heartbeat())  # applies what was committed, not applied
             return self._replica
 
@@ -239,6 +247,9 @@ class ReplicaHost:
     # ---- the flusher: journal, then send, then hand to the applier ------------------------
     def _submit(self, ready: Ready, reply_to: str | None = None
                 ) -> asyncio.Future[list[Message]]:
+        for message in ready.messages:
+            if isinstance(message, Append) and message.to != reply_to:
+                self._send(message)  # before the journal: the core counts this replica later
         done: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(ready, reply_to, done))
         if self._flusher is None or self._flusher.done():
@@ -259,6 +270,7 @@ class ReplicaHost:
     async def _flush(self) -> None:
         while self._queue and not self._closed:
             batch, self._queue = self._queue, []
+            replica = self._replica
             durable = [self._durable_part(q.ready) for q in batch]
             try:
                 await self.journal.persist_all([r for r in durable if r.must_persist])
@@ -271,12 +283,16 @@ class ReplicaHost:
                         queued.done.set_exception(NotCommitted(f"journal failed: {exc}"))
                 self._queue = []
                 return
+            appended = [entry for queued in batch for entry in queued.ready.append]
+            if appended and replica is not None and replica is self._replica:
+                last = appended[-1]
+                self._submit(replica.persisted(last.index, last.term))  # may commit
             for queued in batch:
                 replies = []
                 for message in queued.ready.messages:
                     if message.to == queued.reply_to:
                         replies.append(message)
-                    else:
+                    elif not isinstance(message, Append):
                         self._send(message)
                 if not queued.done.done():
                     queued.done.set_result(replies)
@@ -300,8 +316,12 @@ class ReplicaHost:
 
     async def _apply_all(self) -> None:
         while self._to_apply and not self._closed:
-            entries, self._to_apply = self._to_apply, []
+            if self._replica is not None and not self._replica.is_primary:
+                await asyncio.sleep(self.heartbeat_interval / 2)  # gather more to apply
             replica = self._replica
+            entries, self._to_apply = self._to_apply, []
+            if not entries:
+                return
             try:
                 await self.apply([e.command for e in entries if isinstance(e.command, str)])
             except Exception as exc:  # the engine failed: the entries stay in the log
@@ -319,6 +339,9 @@ class ReplicaHost:
                 else:
                     still.append((index, waiter))
             self._until = still
+            if self.applied < self._saved_applied + _COMMIT_EVERY:
+                continue
+            self._saved_applied = self.applied
             try:
                 await self.journal.set_applied(self.applied)
             except Exception as exc:  # it may lag: a restart applies again from it
