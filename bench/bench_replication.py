@@ -5,7 +5,7 @@ Writers send single-row writes (fresh Stud_ids, spread over the four shards) for
 run. Windows, each timed by the writes that began in it:
 
 * ``no fault``;
-* ``secondary paused``: one server of sh1 (not sh1's primary) stopped for ``--pause`` seconds
+* ``secondary paused``: one server of sh1 (primary of no shard) stopped for ``--pause`` seconds
   (SIGSTOP, SIGCONT), ``--pauses`` times, shorter than the heartbeats' detection, so it is
   never evicted;
 * ``primary killed``: sh1's primary (under ``all``: the same server) killed with SIGKILL, and
@@ -104,9 +104,14 @@ async def scenario(db: BalancerProcess, mode: str, args: argparse.Namespace) -> 
         await asyncio.sleep(args.seconds)
         run.windows["no fault"] = (start, time.monotonic())
 
-        primary = primary_of(client, "sh1") if mode == "majority" else None
+        # Under majority, a server that is primary of no shard: one that is sh1's secondary
+        # may be another shard's primary, and pausing that is the next window's fault.
+        leading = {primary_of(client, f"sh{i}") for i in range(1, 5)} if mode == "majority" \
+            else set()
         sh1 = [n for n, shards in SEED_SERVERS.items() if "sh1" in shards]
-        paused = next(n for n in sh1 if n != primary)
+        paused = next((n for n in sh1 if n not in leading), None)
+        if paused is None:
+            raise SystemExit(f"every server of sh1 leads a shard ({sorted(leading)}): run again")
         pid = db.replica_processes()[paused].pid
         start = time.monotonic()
         for _ in range(args.pauses):
