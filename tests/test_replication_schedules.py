@@ -55,8 +55,9 @@ class Schedules(RuleBasedStateMachine):
     max_batch = 3
     replica_type: type[Replica] = Replica
     seen: Counter[str] = Counter()  # events over every example: the schedules are not vacuous
-    events = ("acknowledged", "appointments", "truncations", "copies installed",
-              "reads released", "reads failed")  # each must have happened in some example
+    events: tuple[str, ...] = ("acknowledged", "appointments", "truncations",
+                               "copies installed", "reads released", "reads failed")
+    # ^ each must have happened in some example
 
     def __init__(self) -> None:
         super().__init__()
