@@ -13,7 +13,9 @@ run. Windows, each timed by the writes that began in it:
 
 Prints, per design and window, writes/s, p50, p99 and max, then the ratios the issue names:
 majority's no-fault throughput over all's, and each design's p99 with a paused secondary over
-its no-fault p99. Every exception a client meets counts as a failed write.
+its no-fault p99; and the CPU time the stack's processes spent per acknowledged write in the
+no-fault window (balancer, shard servers, engines: where a CPU-bound run goes). Every
+exception a client meets counts as a failed write.
 
 ``--reads``: instead, reads under a mixed load (``--writers`` writers and ``--readers``
 readers of 10-id ranges, no fault) for each design and read consistency, and linearizable
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
+import psutil
 
 from dslab.db.seed import SEED_SERVERS, seed_init
 from dslab.stack import BalancerProcess
@@ -57,6 +60,24 @@ class Run:
     writes: list[Write] = field(default_factory=list)
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)
     failover: float | None = None
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds, no-fault window, per kind
+
+
+def cpu_seconds(db: BalancerProcess) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the balancer, its shard servers and their
+    engines."""
+    spent: dict[str, float] = {}
+    root = psutil.Process(db.pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            command = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:  # gone meanwhile
+            continue
+        kind = ("balancer" if proc.pid == db.pid else
+                "shard servers" if "dslab.shard" in command else "engines")
+        spent[kind] = spent.get(kind, 0.0) + times.user + times.system
+    return spent
 
 
 def primary_of(client: httpx.Client, shard: str) -> str | None:
@@ -100,9 +121,11 @@ async def scenario(db: BalancerProcess, mode: str, args: argparse.Namespace) -> 
         load = asyncio.ensure_future(writers(db.url, args.writers, run, stop))
         loop = asyncio.get_running_loop()
 
-        start = time.monotonic()
+        start, cpu_before = time.monotonic(), cpu_seconds(db)
         await asyncio.sleep(args.seconds)
         run.windows["no fault"] = (start, time.monotonic())
+        cpu_after = cpu_seconds(db)
+        run.cpu = {kind: cpu_after[kind] - cpu_before.get(kind, 0.0) for kind in cpu_after}
 
         # Under majority, a server that is primary of no shard: one that is sh1's secondary
         # may be another shard's primary, and pausing that is the next window's fault.
@@ -251,6 +274,13 @@ def main() -> None:
         ratio = stats[(mode, "secondary paused")]["p99"] / stats[(mode, "no fault")]["p99"]
         print(f"{mode}: p99 with a secondary paused {args.pause:g} s / no-fault p99: "
               f"{ratio:.2f}")
+    for mode, run in results.items():
+        start, end = run.windows["no fault"]
+        acknowledged = sum(1 for w in run.writes if w.ok and start <= w.start < end)
+        per_write = {kind: f"{seconds / acknowledged * 1000:.2f}"
+                     for kind, seconds in sorted(run.cpu.items())}
+        print(f"{mode}: CPU ms per acknowledged write, no fault: "
+              f"{sum(run.cpu.values()) / acknowledged * 1000:.2f} ({per_write})")
     for mode, run in results.items():
         failover = "no sh1 write acknowledged" if run.failover is None else f"{run.failover:.2f} s"
         print(f"{mode}: from sh1's primary (all: a server of sh1) killed to sh1's next "

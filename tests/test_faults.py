@@ -7,6 +7,7 @@ behind."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from dslab.faults.linearizable import NotLinearizable
 from dslab.faults.nemesis import Nemesis, ProcessTarget, Step
 from dslab.faults.run import fault_stack, run_faults
 from dslab.stack import wait_until
+from dslab.supervisor import ProcessSupervisor
 
 pytestmark = pytest.mark.skipif(
     shutil.which("iptables") is None or os.geteuid() != 0,
@@ -37,6 +39,8 @@ HEARTBEATS = ("--heartbeat-interval", "0.25", "--heartbeat-timeout", "1.0",
               "--heartbeat-misses", "3")
 HEARTBEAT_TIMEOUT = 1.0
 DETECTION = detection_time("dslab.db", *HEARTBEATS)  # a hung server found dead within it
+# A replacement answers within the process supervisor's start timeout, or has failed.
+START = inspect.signature(ProcessSupervisor).parameters["start_timeout"].default
 SMALL = {"writers": 2, "updaters": 2, "readers": 3, "registers_per_updater": 3}
 
 
@@ -79,6 +83,17 @@ def not_acknowledged_within(run, start: float, end: float) -> list:
             if start <= op.start <= end and op.outcome is not Outcome.OK]
 
 
+def settled(url: str) -> None:
+    """Wait until no replica of the (shared) stack is evicted and awaiting its replacement: a
+    fault of an earlier test may still be being repaired, and a fault aimed at a server
+    already evicted would show no new eviction. Within the time to find a hung server and
+    start another, twice."""
+    deadline = time.monotonic() + 2 * (DETECTION + START)
+    while counter(url, "dslab_replicas_evicted") > 0:
+        assert time.monotonic() < deadline, "the stack did not settle"
+        time.sleep(0.1)
+
+
 def stalled_within(run, start: float, end: float, seconds: float) -> list:
     """Operations that began in [start, end] and waited ``seconds`` or more for an answer."""
     return [op for op in run.history
@@ -103,6 +118,7 @@ def test_one_server_faulted_under_load_loses_nothing_and_reads_stay_linearizable
     """A fault of one shard server 1 s in, lasting twice the time to find a hung server (so a
     pause and a partition are found and the server replaced), then as long again of load."""
     lasts = 0.0 if kind == "kill" else 2 * DETECTION
+    settled(stack.url)
     evicted = counter(stack.url, "dslab_evictions_total")
     run = run_faults(stack, [Step(1.0, kind, lasts)], 1.0 + lasts + DETECTION + 2, **SMALL)
     [event] = run.events
@@ -137,6 +153,7 @@ def test_under_majority_one_server_faulted_loses_nothing_and_reads_stay_lineariz
     grows), a faulted secondary is not waited for; nothing acknowledged is lost, no read goes
     back in time, every register is decided."""
     lasts = 0.0 if kind == "kill" else 2 * DETECTION
+    settled(majority.url)
     elections = summed(majority.url, "dslab_db_elections_total")
     run = run_faults(majority, [Step(1.0, kind, lasts)], 1.0 + lasts + DETECTION + 2, **SMALL)
     [event] = run.events
