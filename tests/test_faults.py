@@ -88,10 +88,8 @@ def settled(url: str) -> None:
     fault of an earlier test may still be being repaired, and a fault aimed at a server
     already evicted would show no new eviction. Within the time to find a hung server and
     start another, twice."""
-    deadline = time.monotonic() + 2 * (DETECTION + START)
-    while counter(url, "dslab_replicas_evicted") > 0:
-        assert time.monotonic() < deadline, "the stack did not settle"
-        time.sleep(0.1)
+    wait_until(lambda: counter(url, "dslab_replicas_evicted") == 0, 2 * (DETECTION + START),
+               interval=0.1, what="no replica awaiting its replacement")
 
 
 def stalled_within(run, start: float, end: float, seconds: float) -> list:

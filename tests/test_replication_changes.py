@@ -68,7 +68,6 @@ def run(scenario: Callable[[ShardChanges, ReplicaHost, ShardStore, GatedApplier]
 
         host = ReplicaHost(NAME, "sh1", Journal(db, "sh1"), applier, no_peers)
         changes = ShardChanges(store, "sh1", host, TIMEOUT)
-        host.stepped_down = changes.forget_all
         try:
             await host.receive(Promise(1, "balancer", NAME))
             await host.receive(Appoint(1, "balancer", NAME, (NAME,)))

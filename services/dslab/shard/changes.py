@@ -113,7 +113,8 @@ class ShardChanges:
         Raises the log's NotPrimary or NotCommitted."""
         async with self._deciding:
             term = await self.log.decidable(self.timeout)
-            if term != self._term:  # entries logged in another term may have been replaced
+            if term != self._term:  # primary again, or anew: entries of an earlier term it
+                # logged may have been replaced, and the no-op applied covers those that stayed
                 self._pending.clear()
                 self._term = term
             touching = [self._pending[i] for i in change.ids if i in self._pending]
@@ -147,10 +148,6 @@ class ShardChanges:
         applied = self.log.applied
         self._pending = {i: index for i, index in self._pending.items() if index > applied}
         self._prune_at = max(_PRUNE_FROM, 2 * len(self._pending))
-
-    def forget_all(self) -> None:
-        """This replica is no longer primary: what it logged and did not apply may never be."""
-        self._pending.clear()
 
 
 _PRUNE_FROM = 1024

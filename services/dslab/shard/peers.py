@@ -36,9 +36,7 @@ class Replicas:
             host = self._hosts[shard] = ReplicaHost(
                 self.name, shard, Journal(self.store.db, shard), apply, transport,
                 heartbeat_interval=self.heartbeat_interval)
-            changes = self._changes[shard] = ShardChanges(self.store, shard, host,
-                                                          self.commit_timeout)
-            host.stepped_down = changes.forget_all
+            self._changes[shard] = ShardChanges(self.store, shard, host, self.commit_timeout)
         return host
 
     def changes(self, shard: str) -> ShardChanges:

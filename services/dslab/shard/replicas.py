@@ -95,7 +95,6 @@ class ReplicaHost:
         self.heartbeat_interval = heartbeat_interval
         self.max_batch = max_batch
         self.peers: dict[str, str] = {}
-        self.stepped_down: Callable[[], None] = lambda: None  # the changes' hook
         self.applied = 0  # the last entry the shard's rows hold (the core's runs ahead)
         self._replica: Replica | None = None
         self._starting = asyncio.Lock()
@@ -235,7 +234,6 @@ class ReplicaHost:
             if not waiter.done():
                 waiter.set_exception(NotPrimary(f"{why}: ask again"))
         self._until = []
-        self.stepped_down()
 
     async def _beat(self, replica: Replica) -> None:
         """The primary's heartbeats: carry the commit index, resend what was lost."""
@@ -283,9 +281,8 @@ class ReplicaHost:
                         queued.done.set_exception(NotCommitted(f"journal failed: {exc}"))
                 self._queue = []
                 return
-            appended = [entry for queued in batch for entry in queued.ready.append]
-            if appended and replica is not None and replica is self._replica:
-                last = appended[-1]
+            last = next((q.ready.append[-1] for q in reversed(batch) if q.ready.append), None)
+            if last is not None and replica is not None and replica is self._replica:
                 self._submit(replica.persisted(last.index, last.term))  # may commit
             for queued in batch:
                 replies = []
